@@ -1,0 +1,148 @@
+//! [`WorkerCommand`]: which program to start as a worker, and how.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::console::Output;
+use crate::wire::DEFAULT_MAX_FRAME;
+
+/// The environment variable that tells a re-executed binary it is a worker.
+/// Its value is the parent's PID. It carries no secret.
+pub const WORKER_ENV: &str = "WORKER_FACADE_WORKER";
+
+/// Describes how to start a worker process: the program, its arguments and
+/// environment, where its output goes, and process limits.
+///
+/// A builder taken by value; pass it to
+/// [`WorkingProcessFacade::spawn`](crate::WorkingProcessFacade::spawn).
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_facade::{Output, WorkerCommand};
+///
+/// let cmd = WorkerCommand::new("target/debug/facade-worker")
+///     .arg("--quiet")
+///     .env("RUST_BACKTRACE", "1")
+///     .handshake_timeout(Duration::from_secs(5))
+///     .output(Output::Silent);
+/// assert_eq!(cmd.program(), std::path::Path::new("target/debug/facade-worker"));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a WorkerCommand does nothing until passed to WorkingProcessFacade::spawn"]
+pub struct WorkerCommand {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) current_dir: Option<PathBuf>,
+    pub(crate) output: Output,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_frame: u32,
+    pub(crate) core_dumps: bool,
+    pub(crate) memory_limit: Option<u64>,
+}
+
+impl WorkerCommand {
+    /// A worker that is the program at `program`: the stock `facade-worker`,
+    /// or your own binary whose `main` calls
+    /// [`worker::serve`](crate::worker::serve).
+    pub fn new(program: impl AsRef<Path>) -> Self {
+        WorkerCommand {
+            program: program.as_ref().to_path_buf(),
+            args: Vec::new(),
+            env: Vec::new(),
+            current_dir: None,
+            output: Output::default(),
+            handshake_timeout: Duration::from_secs(10),
+            max_frame: DEFAULT_MAX_FRAME,
+            core_dumps: false,
+            memory_limit: None,
+        }
+    }
+
+    /// A worker that is this very executable, re-executed. Its `main` must
+    /// call [`worker::run_if_worker`](crate::worker::run_if_worker) first.
+    /// None of the parent's arguments are forwarded.
+    ///
+    /// Falls back to `argv[0]` if the OS cannot name the current executable.
+    pub fn current_exe() -> Self {
+        let program = std::env::current_exe()
+            .unwrap_or_else(|_| std::env::args_os().next().unwrap_or_default().into());
+        WorkerCommand::new(program)
+    }
+
+    /// Adds an argument for the worker.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds several arguments for the worker.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable for the worker.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes an environment variable from the worker's environment.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Sets the worker's working directory.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.current_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Where the worker's stdout and stderr go (default: [`Output::Prefixed`]).
+    pub fn output(mut self, output: Output) -> Self {
+        self.output = output;
+        self
+    }
+
+    /// How long the worker has to connect and say hello (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The largest frame either side accepts, in bytes (default 64 MiB). A
+    /// task or result larger than this is refused with a clear outcome.
+    pub fn max_frame_size(mut self, bytes: u32) -> Self {
+        self.max_frame = bytes.max(64);
+        self
+    }
+
+    /// Whether a crashing worker may write a core dump (default `false`:
+    /// crash reports carry the signal, and a crash loop cannot fill the disk).
+    pub fn core_dumps(mut self, allow: bool) -> Self {
+        self.core_dumps = allow;
+        self
+    }
+
+    /// Caps the worker's address space (`RLIMIT_AS`), in bytes. An allocation
+    /// beyond it fails inside the worker, which usually aborts it; the task it
+    /// was running is then reported as crashed.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The program this command starts.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+}

@@ -1,0 +1,75 @@
+//! Settings of a facade beyond how its worker is started.
+
+use std::time::Duration;
+
+use crate::command::WorkerCommand;
+
+/// What a facade does when its worker dies unexpectedly.
+///
+/// The task the worker was running is reported as crashed either way and is
+/// never re-run unless [`retries`](crate::FacadeBuilder::retries) asks for it.
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_facade::RestartPolicy;
+///
+/// let policy = RestartPolicy::Limited { max_restarts: 3, window: Duration::from_secs(10) };
+/// assert_ne!(policy, RestartPolicy::Never);
+/// assert_eq!(RestartPolicy::default(), RestartPolicy::Limited {
+///     max_restarts: 5,
+///     window: Duration::from_secs(60),
+/// });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// No replacement: tasks that had not started are reported
+    /// [`NotRun`](crate::Outcome::NotRun), and so is every later task.
+    Never,
+    /// Start a fresh worker for the tasks that had not started, at most
+    /// `max_restarts` times within any `window`; past that budget the rest is
+    /// `NotRun`. Timeouts and recycling do not count against the budget.
+    Limited {
+        /// Restarts allowed within one window.
+        max_restarts: u32,
+        /// The sliding window.
+        window: Duration,
+    },
+}
+
+impl Default for RestartPolicy {
+    /// Up to 5 restarts a minute.
+    fn default() -> Self {
+        RestartPolicy::Limited {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything a supervisor needs to know, fixed at construction.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) command: WorkerCommand,
+    pub(crate) grace: Duration,
+    pub(crate) term_grace: Duration,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) retries: u32,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) queue_bound: Option<usize>,
+}
+
+impl Config {
+    pub(crate) fn new(command: WorkerCommand) -> Self {
+        Config {
+            command,
+            grace: Duration::from_secs(5),
+            term_grace: Duration::from_millis(500),
+            restart: RestartPolicy::default(),
+            retries: 0,
+            task_timeout: None,
+            max_tasks_per_worker: None,
+            queue_bound: None,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Errors of the parent-side API. Each says what went wrong and what to do.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::task::ExitInfo;
+
+/// A worker could not be started.
+///
+/// ```no_run
+/// use worker_facade::{SpawnError, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+/// match WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("/no/such/worker")) {
+///     Err(SpawnError::NotFound { path }) => eprintln!("build the worker first: {}", path.display()),
+///     Err(other) => eprintln!("{other}"),
+///     Ok(_) => {}
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// There is no file at the worker's path.
+    #[error(
+        "worker binary {} not found: build it, or pass the right path to WorkerCommand::new",
+        path.display()
+    )]
+    NotFound {
+        /// The path that was tried.
+        path: PathBuf,
+    },
+    /// The file exists but may not be executed.
+    #[error("worker binary {} is not executable: check its permissions (chmod +x)", path.display())]
+    NotExecutable {
+        /// The path that was tried.
+        path: PathBuf,
+    },
+    /// Starting the process failed for another reason.
+    #[error("could not start worker {}", path.display())]
+    Start {
+        /// The path that was tried.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A resource the facade needs (socket, pipe, thread, temporary
+    /// directory) could not be created. Usually a descriptor or process limit.
+    #[error("could not create the {what} for worker {}", path.display())]
+    Resource {
+        /// Which resource.
+        what: &'static str,
+        /// The worker's path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The worker exited before completing the handshake. Its stderr tail
+    /// usually says why; a worker that never calls `worker::serve` (or
+    /// `run_if_worker`) ends up here too.
+    #[error(
+        "worker {} exited before the handshake: {status}{}",
+        path.display(),
+        tail_suffix(stderr_tail)
+    )]
+    ExitedEarly {
+        /// The worker's path.
+        path: PathBuf,
+        /// How it exited.
+        status: ExitInfo,
+        /// Its last stderr lines.
+        stderr_tail: Vec<String>,
+    },
+    /// The worker did not complete the handshake in time; it was killed.
+    #[error(
+        "worker {} did not complete the handshake within {timeout:?} and was killed{}",
+        path.display(),
+        tail_suffix(stderr_tail)
+    )]
+    HandshakeTimeout {
+        /// The worker's path.
+        path: PathBuf,
+        /// The limit (see `WorkerCommand::handshake_timeout`).
+        timeout: Duration,
+        /// Its last stderr lines.
+        stderr_tail: Vec<String>,
+    },
+    /// The worker speaks another protocol version: rebuild it against the same
+    /// version of this crate as the parent.
+    #[error(
+        "worker {} speaks protocol {found} (crate {worker_version}), the parent speaks {expected} \
+         (crate {}): rebuild the worker against the parent's worker-facade version",
+        path.display(),
+        env!("CARGO_PKG_VERSION")
+    )]
+    ProtocolMismatch {
+        /// The worker's path.
+        path: PathBuf,
+        /// The parent's protocol version.
+        expected: u32,
+        /// The worker's protocol version.
+        found: u32,
+        /// The worker's crate version, as it reported it.
+        worker_version: String,
+    },
+    /// The worker connected but its handshake was not valid.
+    #[error("worker {} sent a bad handshake: {detail}", path.display())]
+    BadHandshake {
+        /// The worker's path.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+fn tail_suffix(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n  {}", tail.join("\n  "))
+    }
+}
+
+/// A task was refused. The task is handed back.
+///
+/// ```
+/// use worker_facade::{SubmitError, simple::SimpleTask};
+/// let err = SubmitError::Closed(SimpleTask::new("late", 0.0));
+/// assert_eq!(err.into_task().id, "late");
+/// ```
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError<T> {
+    /// The facade was collected or closed: it accepts no more tasks.
+    #[error("the facade is collected or closed and accepts no more tasks")]
+    Closed(T),
+    /// The bounded queue is full (only from `try_process_task`): wait for
+    /// outcomes to come back, then try again.
+    #[error("the facade's queue is full; retry once outcomes have come back")]
+    Full(T),
+}
+
+impl<T> SubmitError<T> {
+    /// The task that was refused.
+    pub fn into_task(self) -> T {
+        match self {
+            SubmitError::Closed(t) | SubmitError::Full(t) => t,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::Closed(_) => f.write_str("Closed(..)"),
+            SubmitError::Full(_) => f.write_str("Full(..)"),
+        }
+    }
+}
+
+/// `collect_tasks` could not return the records.
+///
+/// ```no_run
+/// # use worker_facade::{CollectError, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+/// # let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker")).unwrap();
+/// w.collect_tasks().unwrap();
+/// assert!(matches!(w.collect_tasks(), Err(CollectError::AlreadyCollected)));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectError {
+    /// `collect_tasks` was already called on this facade; the records went to
+    /// that call.
+    #[error("the tasks were already collected: collect_tasks returns the records once")]
+    AlreadyCollected,
+    /// The facade's supervisor thread ended unexpectedly (a bug in this
+    /// library: please report it). The worker has been killed.
+    #[error("the facade's supervisor thread ended unexpectedly; the outcomes are lost")]
+    SupervisorGone,
+}
+
+/// Waiting for a single task's outcome failed.
+///
+/// ```
+/// use worker_facade::WaitError;
+/// assert_eq!(WaitError::Timeout.to_string(), "the task's outcome did not arrive in time");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The outcome has not arrived before the deadline; the handle can wait again.
+    #[error("the task's outcome did not arrive in time")]
+    Timeout,
+    /// The outcome can never arrive (the facade's supervisor ended; a bug).
+    #[error("the task's outcome can never arrive: the facade's supervisor ended")]
+    Disconnected,
+}

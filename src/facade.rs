@@ -1,0 +1,410 @@
+//! [`WorkingProcessFacade`]: one worker process behind a non-blocking handle.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, unbounded};
+
+use crate::command::WorkerCommand;
+use crate::config::{Config, RestartPolicy};
+use crate::error::{CollectError, SpawnError, SubmitError};
+use crate::guard::CollectOnDrop;
+use crate::handle::TaskHandle;
+use crate::stats::{FacadeStats, StatsCells};
+use crate::supervisor::{Command, Submission, Supervisor};
+use crate::task::{Task, TaskId, TaskRecord};
+
+/// Set in the task counter once the facade accepts no more tasks.
+const CLOSED: u64 = 1 << 63;
+
+/// A worker process behind a handle: tasks go in without blocking, outcomes
+/// come back matched to their IDs, and a crash of the worker never reaches
+/// the caller.
+///
+/// Construction spawns the worker and completes a handshake with it.
+/// [`process_task`](Self::process_task) queues a task and returns its ID at
+/// once — whether the worker is busy, slow or dead.
+/// [`collect_tasks`](Self::collect_tasks) sends the terminator behind every
+/// queued task, waits for the worker to finish and exit, reaps it, and
+/// returns one [`TaskRecord`] per accepted task, in submission order.
+///
+/// The facade is `Send + Sync`: share it by reference (or in an `Arc`)
+/// between threads that submit concurrently.
+///
+/// # Drop
+///
+/// Unlike `std::process::Child`, dropping a facade never leaves a process
+/// behind. Dropping an uncollected facade cancels the tasks that had not
+/// started, sends the terminator, gives the worker the grace period (default
+/// 5 s) to finish what it is running, then kills its process group, reaps the
+/// worker and joins every thread. The outcomes of tasks without a
+/// [`TaskHandle`] are discarded: use [`collect_on_drop`](Self::collect_on_drop)
+/// to keep them. This also holds while unwinding from a panic.
+///
+/// # Example
+///
+/// ```no_run
+/// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+///
+/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("target/debug/facade-worker"))?;
+/// w.process_task(SimpleTask::new("one", 1.0))?;
+/// w.process_task(SimpleTask::new("two", 2.5))?;
+/// for record in w.collect_tasks()? {
+///     match record.outcome {
+///         Outcome::Completed(result) => println!("{} - {}", record.task.id, result),
+///         other => println!("{} - {:?}", record.task.id, other),
+///     }
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct WorkingProcessFacade<T: Task> {
+    tx: Sender<Command<T>>,
+    /// The next task ID, with [`CLOSED`] set once submission is closed.
+    counter: AtomicU64,
+    collected: AtomicBool,
+    bound: Option<u64>,
+    stats: Arc<StatsCells>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<T: Task> fmt::Debug for WorkingProcessFacade<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkingProcessFacade")
+            .field("stats", &self.stats())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Configures a [`WorkingProcessFacade`] before spawning it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use worker_facade::{RestartPolicy, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+///
+/// let w = WorkingProcessFacade::<SimpleTask>::builder(WorkerCommand::new("facade-worker"))
+///     .task_timeout(Duration::from_secs(30))
+///     .restart(RestartPolicy::Never)
+///     .grace_period(Duration::from_secs(1))
+///     .spawn()?;
+/// # Ok::<(), worker_facade::SpawnError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .spawn() is called"]
+pub struct FacadeBuilder {
+    cfg: Config,
+}
+
+impl FacadeBuilder {
+    /// How long a worker gets to exit after the terminator once it has
+    /// answered every task, or after the facade is dropped, before it is
+    /// killed (default 5 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.cfg.grace = grace;
+        self
+    }
+
+    /// Between SIGTERM and SIGKILL when a task times out (default 500 ms).
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.cfg.term_grace = grace;
+        self
+    }
+
+    /// What to do when the worker dies unexpectedly (default: restart, at
+    /// most 5 times a minute).
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.cfg.restart = policy;
+        self
+    }
+
+    /// Re-run a task that crashed its worker, at most `retries` times
+    /// (default 0: a crashing task is reported, never retried).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.cfg.retries = retries;
+        self
+    }
+
+    /// A time limit for each task, counted from the moment the worker starts
+    /// it (default: none). A task over its limit is
+    /// [`TimedOut`](crate::Outcome::TimedOut); its worker is killed and the
+    /// tasks behind it go to a fresh one.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.cfg.task_timeout = Some(limit);
+        self
+    }
+
+    /// Replace the worker with a fresh one after it has run `n` tasks.
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.cfg.max_tasks_per_worker = Some(n.max(1));
+        self
+    }
+
+    /// Bounds the tasks in flight for
+    /// [`try_process_task`](WorkingProcessFacade::try_process_task), which
+    /// refuses with [`SubmitError::Full`] beyond it.
+    /// [`process_task`](WorkingProcessFacade::process_task) stays unbounded.
+    pub fn queue_bound(mut self, n: usize) -> Self {
+        self.cfg.queue_bound = Some(n.max(1));
+        self
+    }
+
+    /// Spawns the worker and completes the handshake.
+    pub fn spawn<T: Task>(self) -> Result<WorkingProcessFacade<T>, SpawnError> {
+        WorkingProcessFacade::start(self.cfg)
+    }
+}
+
+impl<T: Task> WorkingProcessFacade<T> {
+    /// Spawns the worker described by `command` with default settings and
+    /// completes the handshake (protocol version, worker pid).
+    ///
+    /// Errors name the path, the worker's exit status and the tail of its
+    /// stderr: see [`SpawnError`].
+    pub fn spawn(command: WorkerCommand) -> Result<Self, SpawnError> {
+        Self::builder(command).spawn()
+    }
+
+    /// A builder for settings beyond the defaults.
+    pub fn builder(command: WorkerCommand) -> FacadeBuilder {
+        FacadeBuilder {
+            cfg: Config::new(command),
+        }
+    }
+
+    fn start(cfg: Config) -> Result<Self, SpawnError> {
+        let (tx, rx) = unbounded();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let stats = Arc::new(StatsCells::default());
+        let bound = cfg.queue_bound.map(|b| b as u64);
+        let path = cfg.command.program.clone();
+        let sup_stats = stats.clone();
+        // Workers are spawned from this long-lived thread: PR_SET_PDEATHSIG
+        // fires when the *thread* that forked the worker ends, so spawning
+        // from the caller's (maybe short-lived) thread would kill the worker
+        // with it.
+        let supervisor = thread::Builder::new()
+            .name("wf-supervisor".into())
+            .spawn(move || {
+                let mut sup = Supervisor::new(cfg, rx, sup_stats);
+                match sup.spawn_worker() {
+                    Ok(()) => {
+                        let _ = ready_tx.send(Ok(()));
+                        sup.run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|source| SpawnError::Resource {
+                what: "supervisor thread",
+                path: path.clone(),
+                source,
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(WorkingProcessFacade {
+                tx,
+                counter: AtomicU64::new(0),
+                collected: AtomicBool::new(false),
+                bound,
+                stats,
+                supervisor: Mutex::new(Some(supervisor)),
+            }),
+            Ok(Err(e)) => {
+                let _ = supervisor.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = supervisor.join();
+                Err(SpawnError::Resource {
+                    what: "supervisor thread",
+                    path,
+                    source: std::io::Error::other("the supervisor thread panicked while starting"),
+                })
+            }
+        }
+    }
+
+    /// Queues `task` for the worker and returns its ID. Never blocks: not
+    /// when the worker is busy, not when its socket is full, not when it is
+    /// dead (the task then still gets an outcome).
+    ///
+    /// Fails only once the facade is collected, handing the task back.
+    pub fn process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
+        self.send(task, None, None)
+    }
+
+    /// Like [`process_task`](Self::process_task), but refuses with
+    /// [`SubmitError::Full`] when the tasks in flight reach the
+    /// [`queue_bound`](FacadeBuilder::queue_bound).
+    pub fn try_process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
+        if let Some(bound) = self.bound {
+            if self.stats.snapshot().in_flight >= bound {
+                return Err(SubmitError::Full(task));
+            }
+        }
+        self.send(task, None, None)
+    }
+
+    /// Queues `task` and returns a [`TaskHandle`] that receives its outcome
+    /// as soon as the worker answers, while other work continues. The outcome
+    /// goes to the handle, not to `collect_tasks` (unless the handle was
+    /// dropped by then).
+    pub fn submit(&self, task: T) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
+        self.submit_with_timeout(task, None)
+    }
+
+    /// Like [`submit`](Self::submit), with this task's own time limit
+    /// (overriding [`task_timeout`](FacadeBuilder::task_timeout)).
+    pub fn submit_with_timeout(
+        &self,
+        task: T,
+        timeout: Option<Duration>,
+    ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
+        let (notify, rx) = oneshot::channel();
+        let id = self.send(task, Some(notify), timeout)?;
+        Ok(TaskHandle::new(id, rx))
+    }
+
+    fn send(
+        &self,
+        task: T,
+        notify: Option<oneshot::Sender<crate::task::Outcome<T::Output>>>,
+        timeout: Option<Duration>,
+    ) -> Result<TaskId, SubmitError<T>> {
+        let id = self.counter.fetch_add(1, Ordering::AcqRel);
+        if id & CLOSED != 0 {
+            return Err(SubmitError::Closed(task));
+        }
+        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        let sub = Submission {
+            id,
+            task,
+            notify,
+            timeout,
+        };
+        match self.tx.send(Command::Task(sub)) {
+            Ok(()) => Ok(TaskId(id)),
+            Err(crossbeam_channel::SendError(cmd)) => {
+                self.stats.submitted.fetch_sub(1, Ordering::Relaxed);
+                match cmd {
+                    Command::Task(sub) => Err(SubmitError::Closed(sub.task)),
+                    // Only tasks are sent here.
+                    _ => unreachable!("send() only sends tasks"),
+                }
+            }
+        }
+    }
+
+    /// Closes submission, sends the terminator behind every queued task,
+    /// waits for the worker to finish them and exit, reaps it, and returns
+    /// one record per accepted task in submission order.
+    ///
+    /// Waits as long as the tasks take (bound them with
+    /// [`task_timeout`](FacadeBuilder::task_timeout), or use
+    /// [`collect_tasks_timeout`](Self::collect_tasks_timeout)). A dead worker
+    /// does not make it wait. A second call returns
+    /// [`CollectError::AlreadyCollected`].
+    pub fn collect_tasks(&self) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        self.collect(None)
+    }
+
+    /// Like [`collect_tasks`](Self::collect_tasks), but once `timeout` has
+    /// passed the worker is killed: the task it was running is reported
+    /// crashed, and the tasks that had not started
+    /// [`NotRun`](crate::Outcome::NotRun) with
+    /// [`DeadlineExpired`](crate::NotRunReason::DeadlineExpired).
+    pub fn collect_tasks_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        self.collect(Instant::now().checked_add(timeout))
+    }
+
+    /// Like [`collect_tasks_timeout`](Self::collect_tasks_timeout), with a
+    /// deadline.
+    pub fn collect_tasks_deadline(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        self.collect(Some(deadline))
+    }
+
+    fn collect(&self, deadline: Option<Instant>) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        if self.collected.swap(true, Ordering::AcqRel) {
+            return Err(CollectError::AlreadyCollected);
+        }
+        let expected = self.counter.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED;
+        let (reply, records) = oneshot::channel();
+        let sent = self.tx.send(Command::Collect {
+            expected,
+            deadline,
+            reply,
+        });
+        let records = match sent {
+            Ok(()) => records.recv().map_err(|_| CollectError::SupervisorGone),
+            Err(_) => Err(CollectError::SupervisorGone),
+        };
+        self.join_supervisor();
+        records
+    }
+
+    /// Returns a guard that derefs to this facade and collects on drop,
+    /// handing the records (or the error) to `sink` — also while unwinding
+    /// from a panic. See [`CollectOnDrop`].
+    pub fn collect_on_drop<F>(self, sink: F) -> CollectOnDrop<T>
+    where
+        F: FnOnce(Result<Vec<TaskRecord<T>>, CollectError>) + Send + 'static,
+    {
+        CollectOnDrop::new(self, Box::new(sink))
+    }
+
+    /// Whether the facade still accepts tasks.
+    pub fn is_closed(&self) -> bool {
+        self.counter.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// A snapshot of the counters: submitted, completed, failed, crashed,
+    /// in flight, restarts, the current worker's pid.
+    pub fn stats(&self) -> FacadeStats {
+        self.stats.snapshot()
+    }
+
+    /// The current worker's process ID, if one is running.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.stats.snapshot().worker_pid
+    }
+
+    fn join_supervisor(&self) {
+        let handle = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl<T: Task> Drop for WorkingProcessFacade<T> {
+    fn drop(&mut self) {
+        if !self.collected.load(Ordering::Acquire) {
+            self.counter.fetch_or(CLOSED, Ordering::AcqRel);
+            let _ = self.tx.send(Command::Shutdown);
+        }
+        self.join_supervisor();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn facade_is_send_and_sync() {
+        fn is<X: Send + Sync>() {}
+        is::<super::WorkingProcessFacade<crate::simple::SimpleTask>>();
+    }
+}

@@ -1,0 +1,100 @@
+//! Run crash-prone or CPU-heavy work in child worker processes, so that a
+//! crash, abort, leak or hang in the work never takes the caller down.
+//!
+//! A [`WorkingProcessFacade`] spawns a worker process, streams tasks to it
+//! over a private local socket without ever blocking the caller, watches the
+//! worker's process status, and gives every accepted task exactly one
+//! [`Outcome`]: completed, failed, crashed (with the signal or exit code),
+//! not run, or timed out.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // In the worker, serve tasks and exit; in the parent, return at once.
+//!     worker_facade::worker::run_if_worker(|t: SimpleTask| Ok::<_, String>(t.solve()));
+//!
+//!     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+//!     w.process_task(SimpleTask::new("one", 1.0))?;
+//!     w.process_task(SimpleTask::new("two", 2.5))?;
+//!     for record in w.collect_tasks()? {
+//!         match record.outcome {
+//!             Outcome::Completed(result) => println!("{} - {}", record.task.id, result),
+//!             other => println!("{} - {}", record.task.id, other),
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Writing a worker
+//!
+//! Two ways, both running the same [`worker::serve`] loop:
+//!
+//! - **A dedicated binary** whose `main` is
+//!   `worker_facade::worker::serve(handler)`; the parent starts it with
+//!   [`WorkerCommand::new`]. The stock `facade-worker` binary of this crate is
+//!   one, for [`simple::SimpleTask`].
+//! - **The current executable, re-executed**: the first line of `main` is
+//!   [`worker::run_if_worker`]`(handler)`, and the parent uses
+//!   [`WorkerCommand::current_exe`]. No second binary to build or find.
+//!
+//! A task type implements [`Task`], naming its output type. Both travel as
+//! serde + bincode 2.
+//!
+//! # Bincode limitations
+//!
+//! Bincode is not self-describing: `#[serde(flatten)]`, `#[serde(untagged)]`,
+//! `#[serde(skip_serializing_if)]` and `deserialize_any` do not work in task
+//! or output types.
+//!
+//! # Guarantees
+//!
+//! - Every accepted task gets exactly one outcome, delivered once.
+//! - `process_task` never blocks and never panics.
+//! - A worker's death is read from its process status at once (a monitor
+//!   thread waits in `waitid`); the task it was running is `Crashed` with the
+//!   signal or exit code and the tail of its stderr; tasks it had not started
+//!   go to a fresh worker (see [`RestartPolicy`]).
+//! - No process, zombie, thread, descriptor or socket file outlives the
+//!   facade, also when it is dropped during a panic.
+//! - Only the spawned worker can connect: a private 0700 directory, a random
+//!   name removed once connected, the peer's pid and uid checked, and a
+//!   one-time token passed on the worker's stdin.
+//!
+//! # Platforms
+//!
+//! Linux. The process handling uses `waitid(WNOWAIT)` and `PR_SET_PDEATHSIG`.
+
+#![deny(missing_docs)]
+
+mod codec;
+mod command;
+mod config;
+mod console;
+mod error;
+mod facade;
+mod guard;
+mod handle;
+mod process;
+mod stats;
+mod supervisor;
+mod task;
+mod wire;
+
+pub mod simple;
+pub mod worker;
+
+pub use codec::CodecError;
+pub use command::{WORKER_ENV, WorkerCommand};
+pub use config::RestartPolicy;
+pub use console::{Output, OutputLine, OutputStream};
+pub use error::{CollectError, SpawnError, SubmitError, WaitError};
+pub use facade::{FacadeBuilder, WorkingProcessFacade};
+pub use guard::CollectOnDrop;
+pub use handle::{TaskFuture, TaskHandle};
+pub use stats::FacadeStats;
+pub use task::{CrashInfo, ExitInfo, NotRunReason, Outcome, Task, TaskId, TaskRecord};
+pub use wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, WireError};

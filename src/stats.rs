@@ -1,0 +1,96 @@
+//! Counters of one facade, readable at any time from any thread.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a facade's counters.
+///
+/// ```no_run
+/// # use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+/// # let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker")).unwrap();
+/// let stats = w.stats();
+/// println!("{} in flight, {} restarts", stats.in_flight, stats.restarts);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FacadeStats {
+    /// Tasks accepted.
+    pub submitted: u64,
+    /// Tasks that completed.
+    pub completed: u64,
+    /// Tasks whose handler failed or panicked.
+    pub failed: u64,
+    /// Tasks that crashed their worker.
+    pub crashed: u64,
+    /// Tasks that never ran.
+    pub not_run: u64,
+    /// Tasks that exceeded their time limit.
+    pub timed_out: u64,
+    /// Accepted tasks without an outcome yet.
+    pub in_flight: u64,
+    /// Workers started to replace one that crashed, hung or broke the
+    /// protocol (recycling after `max_tasks_per_worker` is counted apart).
+    pub restarts: u64,
+    /// Workers started to replace one that reached `max_tasks_per_worker`.
+    pub recycles: u64,
+    /// Connections to the facade's socket refused because they did not come
+    /// from the worker.
+    pub refused_connections: u64,
+    /// The current worker's PID, if one is running.
+    pub worker_pid: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct StatsCells {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) crashed: AtomicU64,
+    pub(crate) not_run: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    pub(crate) recycles: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) worker_pid: AtomicU32,
+}
+
+impl StatsCells {
+    pub(crate) fn finished(&self) -> u64 {
+        self.completed.load(Relaxed)
+            + self.failed.load(Relaxed)
+            + self.crashed.load(Relaxed)
+            + self.not_run.load(Relaxed)
+            + self.timed_out.load(Relaxed)
+    }
+
+    pub(crate) fn snapshot(&self) -> FacadeStats {
+        // Read the outcomes before `submitted`, so in_flight never underflows.
+        let finished = self.finished();
+        let submitted = self.submitted.load(Relaxed);
+        let pid = self.worker_pid.load(Relaxed);
+        FacadeStats {
+            submitted,
+            completed: self.completed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            crashed: self.crashed.load(Relaxed),
+            not_run: self.not_run.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            in_flight: submitted.saturating_sub(finished),
+            restarts: self.restarts.load(Relaxed),
+            recycles: self.recycles.load(Relaxed),
+            refused_connections: self.refused.load(Relaxed),
+            worker_pid: (pid != 0).then_some(pid),
+        }
+    }
+
+    pub(crate) fn count<O>(&self, outcome: &crate::task::Outcome<O>) {
+        use crate::task::Outcome::*;
+        let cell = match outcome {
+            Completed(_) => &self.completed,
+            Failed(_) => &self.failed,
+            Crashed(_) => &self.crashed,
+            NotRun(_) => &self.not_run,
+            TimedOut(_) => &self.timed_out,
+        };
+        cell.fetch_add(1, Relaxed);
+    }
+}

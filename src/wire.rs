@@ -1,0 +1,499 @@
+//! The wire format between the parent and a worker.
+//!
+//! Every message is one frame: a little-endian `u32` length, then that many
+//! bytes of body. The body's first byte is the message kind; task-related
+//! messages follow it with the task ID as a little-endian `u64`, then the
+//! payload encoded by [`crate::codec`].
+//!
+//! ```text
+//! frame   = len:u32le body[len]
+//! body    = kind:u8 rest
+//! TASK    = 0x01 id:u64le payload      parent -> worker
+//! STOP    = 0x02                       parent -> worker (the terminator)
+//! HELLO   = 0x10 magic:u32le protocol:u32le pid:u32le token[16] crate_version
+//! STARTED = 0x11 id:u64le              worker -> parent, before running a task
+//! OK      = 0x12 id:u64le payload      worker -> parent
+//! ERR     = 0x13 id:u64le utf8-message worker -> parent
+//! BOOT    = 0x20 magic:u32le protocol:u32le payload   parent -> worker, on stdin
+//! ```
+//!
+//! A reader checks the length against its maximum frame size *before*
+//! allocating anything, so a hostile or broken peer cannot make the other
+//! side allocate what a frame claims.
+
+use std::io::{self, Read};
+
+use serde::{Deserialize, Serialize};
+
+/// Marks the start of a worker-facade handshake ("WFAC").
+pub(crate) const MAGIC: u32 = 0x5746_4143;
+/// Bumped on every incompatible change to this file or to [`crate::codec`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The default maximum frame size: 64 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;
+/// Length of the one-time token that authenticates the worker's connection.
+pub(crate) const TOKEN_LEN: usize = 16;
+
+pub(crate) const KIND_TASK: u8 = 0x01;
+pub(crate) const KIND_STOP: u8 = 0x02;
+pub(crate) const KIND_HELLO: u8 = 0x10;
+pub(crate) const KIND_STARTED: u8 = 0x11;
+pub(crate) const KIND_OK: u8 = 0x12;
+pub(crate) const KIND_ERR: u8 = 0x13;
+pub(crate) const KIND_BOOT: u8 = 0x20;
+
+/// A frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The underlying read or write failed.
+    #[error("socket I/O failed")]
+    Io(#[from] io::Error),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes the frame needed.
+        want: usize,
+    },
+    /// A frame claimed more bytes than the maximum frame size.
+    #[error("frame of {len} bytes exceeds the maximum frame size of {max} bytes")]
+    TooLarge {
+        /// The length the frame claimed.
+        len: u32,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// The frame's content does not follow the protocol.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// One decoded frame, borrowing its body from the reader's buffer.
+#[derive(Debug)]
+pub(crate) struct Frame<'a> {
+    pub(crate) kind: u8,
+    /// Everything after the kind byte.
+    pub(crate) rest: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// Splits a task-related frame into its ID and payload.
+    pub(crate) fn id_and_payload(&self) -> Result<(u64, &'a [u8]), WireError> {
+        if self.rest.len() < 8 {
+            return Err(WireError::Malformed(format!(
+                "kind {:#04x} needs an 8-byte task ID, got {} bytes",
+                self.kind,
+                self.rest.len()
+            )));
+        }
+        let (id, payload) = self.rest.split_at(8);
+        let id = u64::from_le_bytes(id.try_into().map_err(|_| bad("task ID"))?);
+        Ok((id, payload))
+    }
+}
+
+fn bad(what: &str) -> WireError {
+    WireError::Malformed(format!("could not read {what}"))
+}
+
+/// Appends a frame of `kind` with `id` and a payload that `fill` writes.
+///
+/// The length is patched in after `fill` ran, so the payload is encoded
+/// straight into `out` with no intermediate buffer. On error `out` is left as
+/// it was.
+pub(crate) fn push_frame<E>(
+    out: &mut Vec<u8>,
+    kind: u8,
+    id: Option<u64>,
+    max: u32,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), PushError<E>> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind);
+    if let Some(id) = id {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    if let Err(e) = fill(out) {
+        out.truncate(start);
+        return Err(PushError::Fill(e));
+    }
+    let body = out.len() - start - 4;
+    match u32::try_from(body) {
+        Ok(len) if len <= max => {
+            out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            Ok(())
+        }
+        _ => {
+            out.truncate(start);
+            Err(PushError::TooLarge { len: body, max })
+        }
+    }
+}
+
+/// Why [`push_frame`] refused a frame.
+#[derive(Debug)]
+pub(crate) enum PushError<E> {
+    Fill(E),
+    TooLarge { len: usize, max: u32 },
+}
+
+/// Appends a frame with no payload.
+pub(crate) fn push_bare(out: &mut Vec<u8>, kind: u8, id: Option<u64>) {
+    out.extend_from_slice(&(1 + if id.is_some() { 8u32 } else { 0 }).to_le_bytes());
+    out.push(kind);
+    if let Some(id) = id {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+}
+
+/// Reads frames from a byte stream, buffering so that many small frames cost
+/// one `read` call.
+#[derive(Debug)]
+pub(crate) struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max: u32,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+impl<R: Read> FrameReader<R> {
+    pub(crate) fn new(inner: R, max: u32) -> Self {
+        FrameReader {
+            inner,
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+            max,
+        }
+    }
+
+    /// Whether a whole frame is already buffered, so that [`Self::next_frame`]
+    /// will not touch the stream.
+    pub(crate) fn has_buffered_frame(&self) -> bool {
+        let avail = &self.buf[self.start..self.end];
+        match header_len(avail) {
+            Some(len) => avail.len() - 4 >= len as usize,
+            None => false,
+        }
+    }
+
+    /// Reads the next frame. `Ok(None)` is a clean end of stream between
+    /// frames; an end of stream inside a frame is [`WireError::Truncated`].
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame<'_>>, WireError> {
+        if !self.fill_to(4)? {
+            return match self.end - self.start {
+                0 => Ok(None),
+                got => Err(WireError::Truncated { got, want: 4 }),
+            };
+        }
+        let len = header_len(&self.buf[self.start..self.end]).ok_or_else(|| bad("frame length"))?;
+        if len > self.max {
+            return Err(WireError::TooLarge { len, max: self.max });
+        }
+        if len == 0 {
+            return Err(WireError::Malformed("empty frame".into()));
+        }
+        let want = 4 + len as usize;
+        if !self.fill_to(want)? {
+            return Err(WireError::Truncated {
+                got: self.end - self.start,
+                want,
+            });
+        }
+        let body = &self.buf[self.start + 4..self.start + want];
+        self.start += want;
+        Ok(Some(Frame {
+            kind: body[0],
+            rest: &body[1..],
+        }))
+    }
+
+    /// Makes sure `n` bytes are buffered; `Ok(false)` when the stream ended
+    /// first. Grows the buffer only as far as `n`, which the caller bounds by
+    /// the maximum frame size.
+    fn fill_to(&mut self, n: usize) -> Result<bool, WireError> {
+        if self.end - self.start >= n {
+            return Ok(true);
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+        while self.end < n {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(got) => self.end += got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(WireError::Io(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Releases memory held for a large frame once no bytes are buffered.
+    pub(crate) fn shrink(&mut self) {
+        if self.start == self.end && self.buf.len() > 4 * READ_CHUNK {
+            self.buf = vec![0; READ_CHUNK];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+fn header_len(avail: &[u8]) -> Option<u32> {
+    let bytes: [u8; 4] = avail.get(..4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(bytes))
+}
+
+/// What the parent tells a new worker, over the worker's stdin, before
+/// anything else. It never travels on argv or in the environment.
+///
+/// The socket path and token come first in a fixed layout, so that a worker
+/// of any protocol version can reach the parent and report its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Bootstrap {
+    /// Filesystem path of the parent's listening socket.
+    pub(crate) socket_path: String,
+    /// One-time token the worker echoes in its HELLO.
+    pub(crate) token: [u8; TOKEN_LEN],
+    /// Everything else, encoded with the codec.
+    pub(crate) options: WorkerOptions,
+}
+
+/// Settings the worker applies to itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WorkerOptions {
+    /// The maximum frame size, both directions.
+    pub(crate) max_frame: u32,
+    /// The parent's PID.
+    pub(crate) parent_pid: u32,
+    /// Whether the worker may write core dumps (sets `RLIMIT_CORE` to 0 when not).
+    pub(crate) core_dumps: bool,
+    /// An address-space limit (`RLIMIT_AS`) for the worker, in bytes.
+    pub(crate) memory_limit: Option<u64>,
+}
+
+/// Encodes the bootstrap frame sent on the worker's stdin:
+/// `BOOT magic protocol token[16] path_len:u16le path options`.
+pub(crate) fn encode_bootstrap(boot: &Bootstrap) -> Result<Vec<u8>, crate::codec::CodecError> {
+    let mut body = vec![KIND_BOOT];
+    body.extend_from_slice(&MAGIC.to_le_bytes());
+    body.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    body.extend_from_slice(&boot.token);
+    let path = boot.socket_path.as_bytes();
+    body.extend_from_slice(&(path.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    body.extend_from_slice(&path[..path.len().min(u16::MAX as usize)]);
+    crate::codec::encode_into(&boot.options, &mut body)?;
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// A decoded BOOT frame: the parent's protocol version, the path and token
+/// (readable whatever the version), and the options when the version matches.
+#[derive(Debug)]
+pub(crate) struct BootFrame {
+    pub(crate) protocol: u32,
+    pub(crate) socket_path: String,
+    pub(crate) token: [u8; TOKEN_LEN],
+    pub(crate) options: Option<WorkerOptions>,
+}
+
+pub(crate) fn decode_bootstrap(frame: &Frame<'_>) -> Result<BootFrame, WireError> {
+    let r = frame.rest;
+    let fixed = 8 + TOKEN_LEN + 2;
+    if frame.kind != KIND_BOOT || r.len() < fixed {
+        return Err(WireError::Malformed("expected a bootstrap frame".into()));
+    }
+    let word = |at: usize| u32::from_le_bytes([r[at], r[at + 1], r[at + 2], r[at + 3]]);
+    if word(0) != MAGIC {
+        return Err(WireError::Malformed(format!("bad magic {:#x}", word(0))));
+    }
+    let protocol = word(4);
+    let mut token = [0; TOKEN_LEN];
+    token.copy_from_slice(&r[8..8 + TOKEN_LEN]);
+    let path_len = u16::from_le_bytes([r[8 + TOKEN_LEN], r[9 + TOKEN_LEN]]) as usize;
+    let path = r
+        .get(fixed..fixed + path_len)
+        .ok_or_else(|| WireError::Malformed("bootstrap path cut short".into()))?;
+    let socket_path = String::from_utf8(path.to_vec())
+        .map_err(|_| WireError::Malformed("bootstrap path is not UTF-8".into()))?;
+    let options = if protocol == PROTOCOL_VERSION {
+        Some(
+            crate::codec::decode(&r[fixed + path_len..])
+                .map_err(|e| WireError::Malformed(format!("bootstrap options: {e}")))?,
+        )
+    } else {
+        None
+    };
+    Ok(BootFrame {
+        protocol,
+        socket_path,
+        token,
+        options,
+    })
+}
+
+/// The worker's first message on the socket. Its layout is fixed for every
+/// protocol version so that any two versions can tell each other apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub(crate) protocol: u32,
+    pub(crate) pid: u32,
+    pub(crate) token: [u8; TOKEN_LEN],
+    pub(crate) crate_version: String,
+}
+
+pub(crate) fn push_hello(out: &mut Vec<u8>, hello: &Hello) {
+    let body = 1 + 4 + 4 + 4 + TOKEN_LEN + hello.crate_version.len();
+    out.extend_from_slice(&(body as u32).to_le_bytes());
+    out.push(KIND_HELLO);
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&hello.protocol.to_le_bytes());
+    out.extend_from_slice(&hello.pid.to_le_bytes());
+    out.extend_from_slice(&hello.token);
+    out.extend_from_slice(hello.crate_version.as_bytes());
+}
+
+pub(crate) fn decode_hello(frame: &Frame<'_>) -> Result<Hello, WireError> {
+    let r = frame.rest;
+    if frame.kind != KIND_HELLO || r.len() < 12 + TOKEN_LEN {
+        return Err(WireError::Malformed(format!(
+            "expected a HELLO frame, got kind {:#04x} with {} bytes",
+            frame.kind,
+            r.len()
+        )));
+    }
+    let word = |at: usize| -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(
+            r[at..at + 4].try_into().map_err(|_| bad("handshake"))?,
+        ))
+    };
+    if word(0)? != MAGIC {
+        return Err(WireError::Malformed("HELLO with a bad magic value".into()));
+    }
+    let mut token = [0; TOKEN_LEN];
+    token.copy_from_slice(&r[12..12 + TOKEN_LEN]);
+    Ok(Hello {
+        protocol: word(4)?,
+        pid: word(8)?,
+        token,
+        crate_version: String::from_utf8_lossy(&r[12 + TOKEN_LEN..]).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(bytes: &[u8], max: u32) -> Result<Vec<(u8, Vec<u8>)>, WireError> {
+        let mut r = FrameReader::new(bytes, max);
+        let mut out = Vec::new();
+        while let Some(f) = r.next_frame()? {
+            out.push((f.kind, f.rest.to_vec()));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let mut out = Vec::new();
+        push_frame(&mut out, KIND_TASK, Some(9), 1024, |o| {
+            crate::codec::encode_into(&"hi", o)
+        })
+        .map_err(|_| "push")
+        .expect("fits");
+        push_bare(&mut out, KIND_STOP, None);
+        let frames = read_all(&out, 1024).expect("reads");
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].0, KIND_TASK);
+        assert_eq!(&frames[0].1[..8], &9u64.to_le_bytes());
+        assert_eq!(frames[1], (KIND_STOP, vec![]));
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_allocating() {
+        let claim = u32::MAX.to_le_bytes();
+        let err = read_all(&claim, 1024).expect_err("too large");
+        assert!(matches!(
+            err,
+            WireError::TooLarge {
+                len: u32::MAX,
+                max: 1024
+            }
+        ));
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error() {
+        let mut out = Vec::new();
+        push_bare(&mut out, KIND_STARTED, Some(1));
+        out.pop();
+        assert!(matches!(
+            read_all(&out, 1024),
+            Err(WireError::Truncated { .. })
+        ));
+        assert!(matches!(
+            read_all(&out[..2], 1024),
+            Err(WireError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn push_frame_refuses_over_max_and_leaves_buffer_intact() {
+        let mut out = vec![1, 2, 3];
+        let r = push_frame(&mut out, KIND_TASK, Some(1), 16, |o| {
+            o.extend_from_slice(&[0; 64]);
+            Ok::<(), ()>(())
+        });
+        assert!(matches!(r, Err(PushError::TooLarge { .. })));
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn bootstrap_round_trips() {
+        let boot = Bootstrap {
+            socket_path: "/tmp/wf-x/s".into(),
+            token: [3; TOKEN_LEN],
+            options: WorkerOptions {
+                max_frame: 1024,
+                parent_pid: 1,
+                core_dumps: false,
+                memory_limit: Some(1 << 30),
+            },
+        };
+        let bytes = encode_bootstrap(&boot).expect("encodes");
+        let mut r = FrameReader::new(&bytes[..], 4096);
+        let frame = r.next_frame().expect("reads").expect("one frame");
+        let back = decode_bootstrap(&frame).expect("decodes");
+        assert_eq!(back.protocol, PROTOCOL_VERSION);
+        assert_eq!(back.socket_path, boot.socket_path);
+        assert_eq!(back.token, boot.token);
+        assert_eq!(back.options, Some(boot.options));
+    }
+
+    #[test]
+    fn hello_round_trips() {
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: 77,
+            token: [5; TOKEN_LEN],
+            crate_version: "0.1.0".into(),
+        };
+        let mut out = Vec::new();
+        push_hello(&mut out, &hello);
+        let mut r = FrameReader::new(&out[..], 1024);
+        let frame = r.next_frame().expect("reads").expect("one frame");
+        assert_eq!(decode_hello(&frame).expect("decodes"), hello);
+    }
+}
