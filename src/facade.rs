@@ -362,6 +362,20 @@ impl<T: Task> WorkingProcessFacade<T> {
         CollectOnDrop::new(self, Box::new(sink))
     }
 
+    /// Kills the worker now, without waiting for its tasks. The task it was
+    /// running is reported [`Crashed`](crate::Outcome::Crashed) with `reason`;
+    /// every task not yet started, and every task submitted later, is
+    /// [`NotRun`](crate::Outcome::NotRun) with
+    /// [`Cancelled`](crate::NotRunReason::Cancelled)`(reason)`. No worker is
+    /// started again. `collect_tasks` still returns every record.
+    ///
+    /// This is how a lease that expired is revoked.
+    pub fn terminate(&self, reason: impl Into<String>) {
+        let _ = self.tx.send(Command::Terminate {
+            reason: reason.into(),
+        });
+    }
+
     /// Whether the facade still accepts tasks.
     pub fn is_closed(&self) -> bool {
         self.counter.load(Ordering::Acquire) & CLOSED != 0

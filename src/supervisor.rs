@@ -61,6 +61,10 @@ pub(crate) enum Command<T: Task> {
     /// The facade is being dropped: cancel what has not started, stop the
     /// worker within the grace period.
     Shutdown,
+    /// Kill the worker now; nothing runs on this facade again.
+    Terminate {
+        reason: String,
+    },
 }
 
 pub(crate) struct Submission<T: Task> {
@@ -367,6 +371,12 @@ impl<T: Task> Supervisor<T> {
                 self.collect = Some((expected, deadline, reply));
             }
             Command::Shutdown => self.on_shutdown(),
+            Command::Terminate { reason } => {
+                self.set_dead(NotRunReason::Cancelled(reason.clone()));
+                if let Some(live) = self.live.as_mut() {
+                    live.kill(reason);
+                }
+            }
         }
     }
 
