@@ -1,0 +1,152 @@
+//! Shared by the integration tests: the stock worker's path, a test worker
+//! made by re-running the test binary itself, a watchdog, and /proc helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use worker_facade::simple::SimpleTask;
+use worker_facade::{Output, WorkerCommand};
+
+/// The stock worker, built by cargo before the tests.
+pub fn stock_worker() -> WorkerCommand {
+    WorkerCommand::new(env!("CARGO_BIN_EXE_facade-worker")).output(Output::Silent)
+}
+
+/// This test binary re-executed as a worker running [`test_handler`]: it
+/// runs only the ignored test below, which serves tasks.
+pub fn test_worker() -> WorkerCommand {
+    WorkerCommand::current_exe()
+        .args([
+            "--ignored",
+            "--exact",
+            "common::worker_main",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .output(Output::Silent)
+}
+
+/// The test worker's behaviour, chosen by the task's id:
+/// `crash` aborts, `exit0` exits with code 0, `panic` panics in the handler,
+/// `fail` returns an error, `hang` sleeps for an hour, `print:<text>` prints
+/// the text on stdout and stderr, `announce...` prints `started <id>` on
+/// stderr and then works like the stock worker; anything else behaves like
+/// the stock worker.
+pub fn test_handler(t: SimpleTask) -> Result<String, String> {
+    match t.id.as_str() {
+        "exit0" => std::process::exit(0),
+        "panic" => panic!("handler panic for {}", t.id),
+        "fail" => Err(format!("task {} refused", t.id)),
+        "hang" => {
+            thread::sleep(Duration::from_secs(3600));
+            Ok("woke".into())
+        }
+        id if id.starts_with("announce") => {
+            eprintln!("started {id}");
+            Ok(t.solve())
+        }
+        id if id.starts_with("print:") => {
+            let text = &id["print:".len()..];
+            println!("{text}");
+            eprintln!("{text}");
+            Ok(text.to_string())
+        }
+        _ => Ok(t.solve()),
+    }
+}
+
+#[test]
+#[ignore = "not a test: the worker side of `test_worker()`"]
+fn worker_main() {
+    if worker_facade::worker::is_worker() {
+        worker_facade::worker::serve(test_handler);
+        std::process::exit(0);
+    }
+}
+
+/// A test worker whose output lines arrive on the returned channel, so a
+/// test can wait for `started <id>` instead of sleeping.
+pub fn announcing_worker() -> (WorkerCommand, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let cmd = test_worker().output(Output::capture(move |line| {
+        let _ = tx.lock().map(|tx| tx.send(line.text));
+    }));
+    (cmd, rx)
+}
+
+/// Waits for a line equal to `want`, skipping others.
+pub fn wait_for_line(rx: &mpsc::Receiver<String>, want: &str) {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line == want => return,
+            Ok(_) => continue,
+            Err(e) => panic!("no line {want:?} from the worker: {e}"),
+        }
+    }
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`,
+/// instead of hanging CI.
+pub fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel();
+    let worker = thread::Builder::new()
+        .name("test-body".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .expect("spawn test thread");
+    match rx.recv_timeout(limit) {
+        Ok(r) => {
+            worker.join().expect("test thread");
+            r
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("watchdog: test body still running after {limit:?}")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("sender dropped without sending"),
+        },
+    }
+}
+
+/// Whether a process with this pid exists (a zombie counts as existing).
+pub fn process_exists(pid: u32) -> bool {
+    PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+/// PIDs of our direct children (zombies included).
+pub fn child_pids() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the last ')' : state ppid ...
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let mut fields = rest.split_whitespace();
+            let _state = fields.next();
+            if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(me) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+}
