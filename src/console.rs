@@ -102,15 +102,20 @@ impl fmt::Debug for Output {
     }
 }
 
-/// The last stderr lines of one worker.
-pub(crate) type Tail = Arc<Mutex<VecDeque<String>>>;
+/// The last stderr lines of one worker, and whether it reported a failed
+/// allocation (Rust's allocator prints "memory allocation of N bytes failed"
+/// before aborting; a backtrace may follow and push it out of the tail).
+#[derive(Debug, Default)]
+pub(crate) struct TailState {
+    pub(crate) lines: VecDeque<String>,
+    pub(crate) alloc_failed: bool,
+}
 
-pub(crate) fn tail_snapshot(tail: &Tail) -> Vec<String> {
-    tail.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .cloned()
-        .collect()
+pub(crate) type Tail = Arc<Mutex<TailState>>;
+
+pub(crate) fn tail_snapshot(tail: &Tail) -> (Vec<String>, bool) {
+    let tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+    (tail.lines.iter().cloned().collect(), tail.alloc_failed)
 }
 
 /// A running pump thread. Dropping it without [`Pump::finish`] detaches
@@ -135,7 +140,7 @@ impl Pump {
     ) -> io::Result<Pump> {
         let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let stop_reader = stop_rx.try_clone()?;
-        let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let tail: Tail = Arc::new(Mutex::new(TailState::default()));
         let state = PumpState {
             pid,
             output,
@@ -157,7 +162,7 @@ impl Pump {
     /// joins it. Call after the worker is dead: in the usual case the pump has
     /// seen end-of-file already; a grandchild that escaped the worker's
     /// process group and holds the pipes open cannot keep it running.
-    pub(crate) fn finish(self) -> Vec<String> {
+    pub(crate) fn finish(self) -> (Vec<String>, bool) {
         // A failed write means the pump already exited and closed its end.
         let _ = nix::unistd::write(&self.stop, b"x");
         let _ = self.thread.join();
@@ -262,10 +267,13 @@ impl PumpState {
         let text = String::from_utf8_lossy(line).into_owned();
         if stream == 1 {
             let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-            if tail.len() == TAIL_LINES {
-                tail.pop_front();
+            if text.starts_with("memory allocation of") && text.ends_with("failed") {
+                tail.alloc_failed = true;
             }
-            tail.push_back(text.clone());
+            if tail.lines.len() == TAIL_LINES {
+                tail.lines.pop_front();
+            }
+            tail.lines.push_back(text.clone());
         }
         match &self.output {
             Output::Prefixed => {

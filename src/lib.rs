@@ -98,3 +98,8 @@ pub use handle::{TaskFuture, TaskHandle};
 pub use stats::FacadeStats;
 pub use task::{CrashInfo, ExitInfo, NotRunReason, Outcome, Task, TaskId, TaskRecord};
 pub use wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, WireError};
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

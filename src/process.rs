@@ -66,6 +66,8 @@ pub(crate) struct WorkerProcess {
 pub(crate) struct Reaped {
     pub(crate) exit: ExitInfo,
     pub(crate) stderr_tail: Vec<String>,
+    /// The worker reported a failed allocation on stderr.
+    pub(crate) alloc_failed: bool,
 }
 
 impl WorkerProcess {
@@ -195,6 +197,7 @@ impl WorkerProcess {
                 let reaped = starting.reap().unwrap_or_else(|| Reaped {
                     exit: exit_info(pid, None),
                     stderr_tail: Vec::new(),
+                    alloc_failed: false,
                 });
                 Err(failure.into_error(path, cmd.handshake_timeout, reaped))
             }
@@ -304,10 +307,11 @@ impl Proc {
         if let Some(monitor) = self.monitor.take() {
             let _ = monitor.join();
         }
-        let stderr_tail = self.pump.take().map(Pump::finish).unwrap_or_default();
+        let (stderr_tail, alloc_failed) = self.pump.take().map(Pump::finish).unwrap_or_default();
         Some(Reaped {
             exit: exit_info(self.pid, status),
             stderr_tail,
+            alloc_failed,
         })
     }
 }

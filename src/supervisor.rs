@@ -571,10 +571,15 @@ impl<T: Task> Supervisor<T> {
         let reaped = reaped.unwrap_or_else(|| crate::process::Reaped {
             exit: crate::process::exit_info(live.proc.pid, None),
             stderr_tail: Vec::new(),
+            alloc_failed: false,
         });
+        let reason = live
+            .broken
+            .clone()
+            .or_else(|| self.memory_limit_reason(reaped.alloc_failed));
         let crash = CrashInfo {
             exit: reaped.exit,
-            reason: live.broken.clone(),
+            reason,
             stderr_tail: reaped.stderr_tail,
         };
         let clean = live.stop_sent && live.inflight.is_empty() && live.broken.is_none();
@@ -642,6 +647,14 @@ impl<T: Task> Supervisor<T> {
                 self.replace = Some(Replace::Restart);
             }
         }
+    }
+
+    /// When the worker has a memory limit and died of a failed allocation
+    /// (Rust's allocator prints "memory allocation of N bytes failed" before
+    /// aborting), say so.
+    fn memory_limit_reason(&self, alloc_failed: bool) -> Option<String> {
+        let limit = self.cfg.command.memory_limit?;
+        alloc_failed.then(|| format!("memory limit of {limit} bytes (RLIMIT_AS) exceeded"))
     }
 
     /// Starts a replacement when work is waiting and none is running.

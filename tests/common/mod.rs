@@ -32,7 +32,8 @@ pub fn test_worker() -> WorkerCommand {
 
 /// The test worker's behaviour, chosen by the task's id:
 /// `crash` aborts, `exit0` exits with code 0, `panic` panics in the handler,
-/// `fail` returns an error, `hang` sleeps for an hour, `print:<text>` prints
+/// `fail` returns an error, `hang` sleeps for an hour, `alloc` allocates
+/// `estimated_processing_time` MiB, `print:<text>` prints
 /// the text on stdout and stderr, `announce...` prints `started <id>` on
 /// stderr and then works like the stock worker; anything else behaves like
 /// the stock worker.
@@ -44,6 +45,15 @@ pub fn test_handler(t: SimpleTask) -> Result<String, String> {
         "hang" => {
             thread::sleep(Duration::from_secs(3600));
             Ok("woke".into())
+        }
+        "alloc" => {
+            // Allocate (and touch) estimated_processing_time MiB.
+            let bytes = (t.estimated_processing_time * 1024.0 * 1024.0) as usize;
+            let v = vec![1u8; bytes];
+            Ok(format!(
+                "allocated {}",
+                v.iter().map(|&b| b as usize).sum::<usize>()
+            ))
         }
         id if id.starts_with("announce") => {
             eprintln!("started {id}");
@@ -63,6 +73,16 @@ pub fn test_handler(t: SimpleTask) -> Result<String, String> {
 #[ignore = "not a test: the worker side of `test_worker()`"]
 fn worker_main() {
     if worker_facade::worker::is_worker() {
+        if std::env::var_os("TEST_WORKER_IGNORE_TERM").is_some() {
+            // SAFETY: SIG_IGN installs no handler code; nothing else in this
+            // process depends on SIGTERM's disposition.
+            unsafe {
+                let _ = nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGTERM,
+                    nix::sys::signal::SigHandler::SigIgn,
+                );
+            }
+        }
         worker_facade::worker::serve(test_handler);
         std::process::exit(0);
     }

@@ -1,0 +1,239 @@
+//! Respawn after a crash, the restart budget, opt-in retries, per-task
+//! timeouts and recycling: each fault done for real.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{announcing_worker, process_exists, test_worker, wait_for_line, within};
+use worker_facade::simple::SimpleTask;
+use worker_facade::{NotRunReason, Outcome, RestartPolicy, WorkingProcessFacade};
+
+fn t(name: &str) -> SimpleTask {
+    SimpleTask::new(name, 0.0)
+}
+
+#[test]
+fn restart_budget_exhausted_leaves_the_rest_not_run() {
+    within(Duration::from_secs(30), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .restart(RestartPolicy::Limited {
+                max_restarts: 2,
+                window: Duration::from_secs(60),
+            })
+            .spawn()
+            .expect("spawn");
+        for name in ["a", "crash", "b", "crash", "c", "crash", "d", "e"] {
+            w.process_task(t(name)).expect("accepted");
+        }
+        let records = w.collect_tasks().expect("collect");
+        let kinds: Vec<_> = records.iter().map(|r| r.outcome.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "completed",
+                "crashed",
+                "completed",
+                "crashed",
+                "completed",
+                "crashed",
+                "not run",
+                "not run"
+            ]
+        );
+        match &records[6].outcome {
+            Outcome::NotRun(NotRunReason::WorkerUnavailable(why)) => {
+                assert!(why.contains("restart budget exhausted"), "{why}")
+            }
+            other => panic!("expected WorkerUnavailable, got {other:?}"),
+        }
+        let stats = w.stats();
+        assert_eq!((stats.restarts, stats.crashed, stats.not_run), (2, 3, 2));
+    });
+}
+
+#[test]
+fn retries_rerun_a_crashing_task_at_most_n_times() {
+    within(Duration::from_secs(30), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .retries(2)
+            .spawn()
+            .expect("spawn");
+        w.process_task(t("crash")).expect("accepted");
+        w.process_task(t("after")).expect("accepted");
+        let records = w.collect_tasks().expect("collect");
+        assert!(matches!(records[0].outcome, Outcome::Crashed(_)));
+        assert_eq!(
+            records[1].outcome,
+            Outcome::Completed("after solved after 0".into())
+        );
+        // First run plus two retries: three workers crashed on it.
+        assert_eq!(w.stats().restarts, 3);
+        assert_eq!(w.stats().crashed, 1);
+    });
+}
+
+#[test]
+fn hung_task_times_out_and_the_rest_continue_on_a_fresh_worker() {
+    within(Duration::from_secs(30), || {
+        let (cmd, lines) = announcing_worker();
+        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
+            .task_timeout(Duration::from_millis(300))
+            .kill_grace(Duration::from_millis(100))
+            .spawn()
+            .expect("spawn");
+        let first_pid = w.worker_pid().expect("running");
+        w.process_task(t("before")).expect("accepted");
+        w.process_task(SimpleTask::new("announce-hang", 3600.0))
+            .expect("accepted");
+        w.process_task(t("after")).expect("accepted");
+        wait_for_line(&lines, "started announce-hang");
+        let records = w.collect_tasks().expect("collect");
+        assert!(records[0].outcome.is_completed());
+        assert_eq!(
+            records[1].outcome,
+            Outcome::TimedOut(Duration::from_millis(300))
+        );
+        assert_eq!(
+            records[2].outcome,
+            Outcome::Completed("after solved after 0".into())
+        );
+        assert!(
+            !process_exists(first_pid),
+            "the hung worker was killed and reaped"
+        );
+        let stats = w.stats();
+        assert_eq!((stats.timed_out, stats.restarts, stats.crashed), (1, 1, 0));
+    });
+}
+
+#[test]
+fn per_task_timeout_overrides_the_default() {
+    within(Duration::from_secs(30), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .task_timeout(Duration::from_secs(3600))
+            .kill_grace(Duration::from_millis(100))
+            .spawn()
+            .expect("spawn");
+        let quick = w
+            .submit_with_timeout(
+                SimpleTask::new("slow", 30.0),
+                Some(Duration::from_millis(200)),
+            )
+            .expect("accepted");
+        assert_eq!(
+            quick.wait(),
+            Ok(Outcome::TimedOut(Duration::from_millis(200)))
+        );
+        let next = w.submit(t("next")).expect("accepted");
+        assert!(next.wait().expect("outcome").is_completed());
+        w.collect_tasks().expect("collect");
+    });
+}
+
+#[test]
+fn timeout_that_ignores_sigterm_is_killed() {
+    within(Duration::from_secs(30), || {
+        // A worker that ignores SIGTERM still dies: SIGKILL follows the
+        // kill grace.
+        let (cmd, lines) = announcing_worker();
+        let w =
+            WorkingProcessFacade::<SimpleTask>::builder(cmd.env("TEST_WORKER_IGNORE_TERM", "1"))
+                .task_timeout(Duration::from_millis(200))
+                .kill_grace(Duration::from_millis(200))
+                .restart(RestartPolicy::Never)
+                .spawn()
+                .expect("spawn");
+        let pid = w.worker_pid().expect("running");
+        let h = w
+            .submit(SimpleTask::new("announce-hang", 3600.0))
+            .expect("accepted");
+        wait_for_line(&lines, "started announce-hang");
+        assert_eq!(h.wait(), Ok(Outcome::TimedOut(Duration::from_millis(200))));
+        w.collect_tasks().expect("collect");
+        assert!(!process_exists(pid));
+    });
+}
+
+#[test]
+fn recycling_after_every_task_loses_and_reorders_nothing() {
+    within(Duration::from_secs(60), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .max_tasks_per_worker(1)
+            .spawn()
+            .expect("spawn");
+        for i in 0..20 {
+            w.process_task(t(&format!("r{i}"))).expect("accepted");
+        }
+        let records = w.collect_tasks().expect("collect");
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(
+                r.outcome,
+                Outcome::Completed(format!("r{i} solved after 0"))
+            );
+        }
+        let stats = w.stats();
+        assert_eq!(stats.recycles, 19);
+        assert_eq!(stats.restarts, 0);
+    });
+}
+
+#[test]
+fn recycling_interleaved_with_a_crash() {
+    within(Duration::from_secs(60), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .max_tasks_per_worker(2)
+            .spawn()
+            .expect("spawn");
+        for name in ["a", "b", "c", "crash", "d", "e", "f"] {
+            w.process_task(t(name)).expect("accepted");
+        }
+        let records = w.collect_tasks().expect("collect");
+        let kinds: Vec<_> = records.iter().map(|r| r.outcome.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "completed",
+                "completed",
+                "completed",
+                "crashed",
+                "completed",
+                "completed",
+                "completed"
+            ]
+        );
+    });
+}
+
+#[test]
+fn memory_limit_crash_names_the_limit() {
+    within(Duration::from_secs(30), || {
+        let limit = 512 * 1024 * 1024;
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker().memory_limit(limit))
+            .restart(RestartPolicy::Never)
+            .spawn()
+            .expect("spawn");
+        w.process_task(SimpleTask::new("alloc", 1.0))
+            .expect("accepted");
+        w.process_task(SimpleTask::new("alloc", 2048.0))
+            .expect("accepted");
+        let records = w.collect_tasks().expect("collect");
+        assert_eq!(
+            records[0].outcome,
+            Outcome::Completed(format!("allocated {}", 1024 * 1024))
+        );
+        match &records[1].outcome {
+            Outcome::Crashed(crash) => {
+                assert_eq!(
+                    crash.reason.as_deref(),
+                    // (tail shown on failure)
+                    Some("memory limit of 536870912 bytes (RLIMIT_AS) exceeded"),
+                    "stderr tail: {:?}",
+                    crash.stderr_tail
+                );
+                assert_eq!(crash.exit.signal_name(), Some("SIGABRT"));
+            }
+            other => panic!("expected Crashed, got {other:?}"),
+        }
+    });
+}
