@@ -1,0 +1,86 @@
+//! Nothing leaks: after 200 facades are created, used, crashed, killed and
+//! dropped, this process has the threads, descriptors, children and socket
+//! files it had before. Its own file (its own process), since it counts
+//! process-wide resources.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{child_pids, signal, stock_worker, within};
+use nix::sys::signal::Signal;
+use worker_facade::simple::SimpleTask;
+use worker_facade::{RestartPolicy, WorkingProcessFacade};
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn socket_dirs() -> BTreeSet<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("wf-") && n.len() == 19)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn use_one(i: usize) {
+    let builder = WorkingProcessFacade::<SimpleTask>::builder(stock_worker())
+        .grace_period(Duration::from_millis(100));
+    let builder = if i % 2 == 0 {
+        builder.restart(RestartPolicy::Never)
+    } else {
+        builder
+    };
+    let w = builder.spawn().expect("spawn");
+    let h = w.submit(SimpleTask::new("a", 0.0)).expect("accepted");
+    match i % 4 {
+        0 => {
+            w.process_task(SimpleTask::new("crash", 0.0))
+                .expect("accepted");
+            w.process_task(SimpleTask::new("b", 0.0)).expect("accepted");
+            assert_eq!(w.collect_tasks().expect("collect").len(), 2);
+        }
+        1 => {
+            assert!(h.wait().expect("outcome").is_completed());
+            signal(w.worker_pid().expect("running"), Signal::SIGKILL);
+            w.process_task(SimpleTask::new("b", 0.0)).expect("accepted");
+            w.collect_tasks().expect("collect");
+            return;
+        }
+        2 => {
+            w.process_task(SimpleTask::new("long", 30.0))
+                .expect("accepted");
+            // dropped uncollected, mid-task
+        }
+        _ => {
+            w.collect_tasks().expect("collect");
+        }
+    }
+    drop(h);
+}
+
+#[test]
+fn two_hundred_facades_leave_nothing_behind() {
+    within(Duration::from_secs(120), || {
+        // Warm up once: the first use may initialise process-wide state.
+        use_one(3);
+        let threads = count("/proc/self/task");
+        let fds = count("/proc/self/fd");
+        let children = child_pids();
+        let dirs = socket_dirs();
+        for i in 0..200 {
+            use_one(i);
+        }
+        // The watchdog thread of `within` is the same one throughout.
+        assert_eq!(count("/proc/self/task"), threads, "threads");
+        assert_eq!(count("/proc/self/fd"), fds, "descriptors");
+        assert_eq!(child_pids(), children, "child processes (zombies included)");
+        let left: Vec<_> = socket_dirs().difference(&dirs).cloned().collect();
+        assert!(left.is_empty(), "socket directories left: {left:?}");
+    });
+}
