@@ -1,6 +1,7 @@
 //! [`WorkingProcessFacade`]: one worker process behind a non-blocking handle.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -92,13 +93,30 @@ impl<T: Task> fmt::Debug for WorkingProcessFacade<T> {
 ///     .spawn()?;
 /// # Ok::<(), worker_facade::SpawnError>(())
 /// ```
-#[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until .spawn() is called"]
-pub struct FacadeBuilder {
+pub struct FacadeBuilder<T: Task> {
     cfg: Config,
+    _task: PhantomData<fn() -> T>,
 }
 
-impl FacadeBuilder {
+impl<T: Task> fmt::Debug for FacadeBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FacadeBuilder")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl<T: Task> Clone for FacadeBuilder<T> {
+    fn clone(&self) -> Self {
+        FacadeBuilder {
+            cfg: self.cfg.clone(),
+            _task: PhantomData,
+        }
+    }
+}
+
+impl<T: Task> FacadeBuilder<T> {
     /// How long a worker gets to exit after the terminator once it has
     /// answered every task, or after the facade is dropped, before it is
     /// killed (default 5 s).
@@ -152,7 +170,7 @@ impl FacadeBuilder {
     }
 
     /// Spawns the worker and completes the handshake.
-    pub fn spawn<T: Task>(self) -> Result<WorkingProcessFacade<T>, SpawnError> {
+    pub fn spawn(self) -> Result<WorkingProcessFacade<T>, SpawnError> {
         WorkingProcessFacade::start(self.cfg)
     }
 }
@@ -168,9 +186,10 @@ impl<T: Task> WorkingProcessFacade<T> {
     }
 
     /// A builder for settings beyond the defaults.
-    pub fn builder(command: WorkerCommand) -> FacadeBuilder {
+    pub fn builder(command: WorkerCommand) -> FacadeBuilder<T> {
         FacadeBuilder {
             cfg: Config::new(command),
+            _task: PhantomData,
         }
     }
 

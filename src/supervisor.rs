@@ -97,6 +97,14 @@ enum Event<O> {
     },
 }
 
+/// A pending `collect_tasks`: how many tasks it waits for, its deadline, and
+/// where the records go.
+struct CollectRequest<T: Task> {
+    expected: u64,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<Vec<TaskRecord<T>>>,
+}
+
 enum Got<T: Task> {
     Event(Event<T::Output>),
     Command(Command<T>),
@@ -183,7 +191,7 @@ pub(crate) struct Supervisor<T: Task> {
     replace: Option<Replace>,
     /// Set when no worker will run again; later tasks get this reason.
     dead: Option<NotRunReason>,
-    collect: Option<(u64, Option<Instant>, oneshot::Sender<Vec<TaskRecord<T>>>)>,
+    collect: Option<CollectRequest<T>>,
     shutting_down: bool,
 }
 
@@ -368,7 +376,11 @@ impl<T: Task> Supervisor<T> {
                 deadline,
                 reply,
             } => {
-                self.collect = Some((expected, deadline, reply));
+                self.collect = Some(CollectRequest {
+                    expected,
+                    deadline,
+                    reply,
+                });
             }
             Command::Shutdown => self.on_shutdown(),
             Command::Terminate { reason } => {
@@ -472,8 +484,11 @@ impl<T: Task> Supervisor<T> {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        if let Some((expected, Some(deadline), _)) = &self.collect {
-            let _ = expected;
+        if let Some(CollectRequest {
+            deadline: Some(deadline),
+            ..
+        }) = &self.collect
+        {
             if now >= *deadline && self.dead.is_none() {
                 self.set_dead(NotRunReason::DeadlineExpired);
                 if let Some(live) = self.live.as_mut() {
@@ -528,9 +543,9 @@ impl<T: Task> Supervisor<T> {
                 next = Some(next.map_or(d, |n| n.min(d)));
             }
         };
-        if let Some((_, deadline, _)) = &self.collect {
+        if let Some(collect) = &self.collect {
             if self.dead.is_none() {
-                consider(*deadline);
+                consider(collect.deadline);
             }
         }
         if let Some(live) = &self.live {
@@ -716,7 +731,7 @@ impl<T: Task> Supervisor<T> {
         let collecting = self
             .collect
             .as_ref()
-            .is_some_and(|(expected, _, _)| self.received >= *expected)
+            .is_some_and(|c| self.received >= c.expected)
             && self.queue.is_empty();
         if recycle || collecting || self.shutting_down {
             wire::push_bare(&mut batch, KIND_STOP, None);
@@ -769,11 +784,11 @@ impl<T: Task> Supervisor<T> {
         let ready = self
             .collect
             .as_ref()
-            .is_some_and(|(expected, _, _)| self.received >= *expected && self.queue.is_empty());
+            .is_some_and(|c| self.received >= c.expected && self.queue.is_empty());
         if !ready {
             return false;
         }
-        let Some((_, _, reply)) = self.collect.take() else {
+        let Some(CollectRequest { reply, .. }) = self.collect.take() else {
             return false;
         };
         let records = std::mem::take(&mut self.entries)

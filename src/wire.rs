@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 
 /// Marks the start of a worker-facade handshake ("WFAC").
 pub(crate) const MAGIC: u32 = 0x5746_4143;
-/// Bumped on every incompatible change to this file or to [`crate::codec`].
+/// The version of the wire format and codec; bumped on every incompatible
+/// change. A worker must speak the same version as its parent.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The default maximum frame size: 64 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;

@@ -188,8 +188,9 @@ where
 /// }
 /// ```
 ///
-/// The marker is the environment variable [`WORKER_ENV`](crate::WORKER_ENV);
-/// processes the worker itself starts inherit it unless it removes it.
+/// The marker is the environment variable [`WORKER_ENV`].
+/// Processes the worker itself starts inherit it unless the worker removes it
+/// from their environment.
 pub fn run_if_worker<T, F, E>(handler: F)
 where
     T: Task,

@@ -1,6 +1,6 @@
 //! Shared by the integration tests: the stock worker's path, a test worker
 //! made by re-running the test binary itself, a watchdog, and /proc helpers.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::exit)]
 
 use std::path::PathBuf;
 use std::sync::mpsc;
