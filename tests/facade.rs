@@ -208,3 +208,32 @@ fn handler_errors_and_panics_fail_only_their_task() {
         assert_eq!(w.stats().restarts, 0, "the worker survived");
     });
 }
+
+#[test]
+fn try_process_task_refuses_when_the_bound_is_reached() {
+    use nix::sys::signal::Signal;
+    within(Duration::from_secs(30), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(stock_worker())
+            .queue_bound(10)
+            .spawn()
+            .expect("spawn");
+        let pid = w.worker_pid().expect("running");
+        // A stopped worker answers nothing, so tasks stay in flight.
+        common::signal(pid, Signal::SIGSTOP);
+        for i in 0..10 {
+            w.try_process_task(SimpleTask::new(format!("t{i}"), 0.0))
+                .expect("below the bound");
+        }
+        match w.try_process_task(SimpleTask::new("one-too-many", 0.0)) {
+            Err(SubmitError::Full(task)) => assert_eq!(task.id, "one-too-many"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // process_task stays unbounded.
+        w.process_task(SimpleTask::new("unbounded", 0.0))
+            .expect("accepted");
+        common::signal(pid, Signal::SIGCONT);
+        let records = w.collect_tasks().expect("collect");
+        assert_eq!(records.len(), 11);
+        assert!(records.iter().all(|r| r.outcome.is_completed()));
+    });
+}
