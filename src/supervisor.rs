@@ -830,6 +830,11 @@ fn write_frames<O>(
 
 /// The reader thread: decodes the worker's frames into events until the
 /// socket ends or breaks the protocol.
+///
+/// A STARTED is held back while the next frame is already buffered: when
+/// that frame is the same task's result, the STARTED is dropped, halving the
+/// events for short tasks. It is always sent before the reader blocks, so a
+/// crash or a timeout still finds the task marked as running.
 fn read_results<O: serde::de::DeserializeOwned>(
     stream: UnixStream,
     max: u32,
@@ -837,7 +842,16 @@ fn read_results<O: serde::de::DeserializeOwned>(
     events: Sender<Event<O>>,
 ) {
     let mut reader = FrameReader::new(stream, max);
+    let mut started: Option<u64> = None;
     let error = loop {
+        if let Some(id) = started {
+            if !reader.has_buffered_frame() {
+                started = None;
+                if events.send(Event::Started { generation, id }).is_err() {
+                    break None;
+                }
+            }
+        }
         let frame = match reader.next_frame() {
             Ok(Some(frame)) => frame,
             Ok(None) => break None,
@@ -847,8 +861,24 @@ fn read_results<O: serde::de::DeserializeOwned>(
             Ok(parts) => parts,
             Err(e) => break Some(e.to_string()),
         };
+        if let Some(held) = started.take() {
+            let answers_held = held == id && matches!(frame.kind, KIND_OK | KIND_ERR);
+            if !answers_held
+                && events
+                    .send(Event::Started {
+                        generation,
+                        id: held,
+                    })
+                    .is_err()
+            {
+                break None;
+            }
+        }
         let event = match frame.kind {
-            KIND_STARTED if payload.is_empty() => Event::Started { generation, id },
+            KIND_STARTED if payload.is_empty() => {
+                started = Some(id);
+                continue;
+            }
             KIND_OK => match codec::decode::<O>(payload) {
                 Ok(output) => Event::Done {
                     generation,
@@ -880,5 +910,8 @@ fn read_results<O: serde::de::DeserializeOwned>(
         }
         reader.shrink();
     };
+    if let Some(id) = started {
+        let _ = events.send(Event::Started { generation, id });
+    }
     let _ = events.send(Event::ReaderClosed { generation, error });
 }
