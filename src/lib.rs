@@ -81,6 +81,7 @@ mod handle;
 mod process;
 mod stats;
 mod supervisor;
+mod sys;
 mod task;
 mod wire;
 
@@ -96,7 +97,9 @@ pub use facade::{FacadeBuilder, WorkingProcessFacade};
 pub use guard::CollectOnDrop;
 pub use handle::{TaskFuture, TaskHandle};
 pub use stats::FacadeStats;
-pub use task::{CrashInfo, ExitInfo, NotRunReason, Outcome, Task, TaskId, TaskRecord};
+pub use task::{
+    CrashInfo, ExitInfo, NotRunReason, Outcome, ResourceUsage, Task, TaskId, TaskRecord,
+};
 pub use wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, WireError};
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -42,7 +42,7 @@ use nix::unistd::Pid;
 use crate::command::{WORKER_ENV, WorkerCommand};
 use crate::console::Pump;
 use crate::error::SpawnError;
-use crate::task::ExitInfo;
+use crate::task::{ExitInfo, ResourceUsage};
 use crate::wire::{self, Bootstrap, KIND_HELLO, PROTOCOL_VERSION, TOKEN_LEN, WorkerOptions};
 
 /// A live (or dead but not yet reaped) worker process.
@@ -241,30 +241,30 @@ fn wait_for_death(pid: u32) {
     }
 }
 
-/// Reaps `child`, retrying on interruption.
-fn wait_reaping(child: &mut Child) -> Option<ExitStatus> {
-    loop {
-        match child.wait() {
-            Ok(status) => return Some(status),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return None,
-        }
-    }
+/// Reaps `child` with its resource usage, retrying on interruption.
+fn wait_reaping(child: Child) -> Option<(ExitStatus, ResourceUsage)> {
+    let pid = child.id();
+    // `child` is dropped unreaped by std's bookkeeping: std's `Child` has no
+    // Drop that waits or kills, and it is never waited on again.
+    drop(child);
+    crate::sys::reap(pid).ok()
 }
 
-pub(crate) fn exit_info(pid: u32, status: Option<ExitStatus>) -> ExitInfo {
-    match status {
-        Some(status) => ExitInfo {
+pub(crate) fn exit_info(pid: u32, waited: Option<(ExitStatus, ResourceUsage)>) -> ExitInfo {
+    match waited {
+        Some((status, usage)) => ExitInfo {
             pid,
             code: status.code(),
             signal: status.signal(),
             core_dumped: status.core_dumped(),
+            usage: Some(usage),
         },
         None => ExitInfo {
             pid,
             code: None,
             signal: None,
             core_dumped: false,
+            usage: None,
         },
     }
 }
@@ -300,10 +300,10 @@ impl Proc {
     /// Kills what is left of the process group, reaps the worker, joins the
     /// monitor and the output pump. `None` if already reaped.
     fn reap(&mut self) -> Option<Reaped> {
-        let mut child = self.child.take()?;
+        let child = self.child.take()?;
         // The worker may already be a zombie; its own children die here too.
         signal_group(self.pid, Signal::SIGKILL);
-        let status = wait_reaping(&mut child);
+        let status = wait_reaping(child);
         if let Some(monitor) = self.monitor.take() {
             let _ = monitor.join();
         }

@@ -67,7 +67,7 @@ impl fmt::Display for TaskId {
 ///
 /// ```
 /// use worker_facade::ExitInfo;
-/// let exit = ExitInfo { pid: 42, code: None, signal: Some(6), core_dumped: false };
+/// let exit = ExitInfo { pid: 42, code: None, signal: Some(6), core_dumped: false, usage: None };
 /// assert_eq!(exit.signal_name(), Some("SIGABRT"));
 /// assert_eq!(exit.to_string(), "worker 42 killed by signal 6 (SIGABRT)");
 /// ```
@@ -81,6 +81,40 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
     /// Whether the kernel wrote a core dump.
     pub core_dumped: bool,
+    /// What the worker used over its life, read when it was reaped.
+    pub usage: Option<ResourceUsage>,
+}
+
+/// A worker's resource use over its life, from `wait4` when it was reaped.
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_facade::ResourceUsage;
+/// let usage = ResourceUsage {
+///     max_rss_kib: 2048,
+///     user_time: Duration::from_millis(30),
+///     system_time: Duration::from_millis(5),
+/// };
+/// assert_eq!(usage.to_string(), "max RSS 2048 KiB, CPU 30ms user + 5ms system");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceUsage {
+    /// Peak resident set size, in KiB.
+    pub max_rss_kib: u64,
+    /// CPU time in user mode.
+    pub user_time: Duration,
+    /// CPU time in the kernel.
+    pub system_time: Duration,
+}
+
+impl fmt::Display for ResourceUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "max RSS {} KiB, CPU {:?} user + {:?} system",
+            self.max_rss_kib, self.user_time, self.system_time
+        )
+    }
 }
 
 impl ExitInfo {
@@ -112,10 +146,13 @@ impl fmt::Display for ExitInfo {
 
 /// The report attached to a task whose worker died while running it.
 ///
+/// Its `Display` gives the status and reason; the worker's resource use
+/// (peak memory, CPU time) is in `exit.usage`.
+///
 /// ```
 /// use worker_facade::{CrashInfo, ExitInfo};
 /// let crash = CrashInfo {
-///     exit: ExitInfo { pid: 42, code: None, signal: Some(9), core_dumped: false },
+///     exit: ExitInfo { pid: 42, code: None, signal: Some(9), core_dumped: false, usage: None },
 ///     reason: None,
 ///     stderr_tail: vec!["about to fail".into()],
 /// };

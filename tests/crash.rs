@@ -45,6 +45,9 @@ fn crash_task_without_restart_blames_it_and_leaves_the_rest_not_run() {
                 assert_eq!(crash.exit.signal, Some(Signal::SIGABRT as i32));
                 assert_eq!(crash.exit.signal_name(), Some("SIGABRT"));
                 assert_eq!(crash.exit.code, None);
+                // The reap's rusage: a running process has used memory.
+                let usage = crash.exit.usage.expect("resource usage from wait4");
+                assert!(usage.max_rss_kib > 0, "{usage}");
                 assert!(
                     crash.stderr_tail.iter().any(|l| l.contains("freak out")),
                     "stderr tail: {:?}",
