@@ -1,0 +1,340 @@
+//! The library's figures: each drives a `WorkingProcessFacade` whose worker
+//! is this bench binary re-executed (`WorkerCommand::current_exe`).
+
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::unbounded;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use worker_facade::{Outcome, RestartPolicy, WORKER_ENV, WorkerCommand, WorkingProcessFacade};
+
+use super::stats::{self, percentile, settled_rss};
+use super::tasks::{self, Blob, BlobSeq, Tiny};
+use super::{KIND_ENV, PROBE_ENV, RAW_ENV};
+
+/// The worker: this binary, serving `kind` (see `dispatch_child`).
+pub(crate) fn command(kind: &str) -> WorkerCommand {
+    WorkerCommand::current_exe()
+        .env(KIND_ENV, kind)
+        .env_remove(PROBE_ENV)
+        .env_remove(RAW_ENV)
+}
+
+pub(crate) fn spawn_tiny() -> WorkingProcessFacade<Tiny> {
+    WorkingProcessFacade::spawn(command("tiny")).expect("spawn worker")
+}
+
+fn signal(w: &WorkingProcessFacade<Tiny>, sig: Signal) {
+    let pid = w.worker_pid().expect("a running worker");
+    kill(Pid::from_raw(pid as i32), sig).expect("signal the worker");
+}
+
+fn check_tiny(records: &[worker_facade::TaskRecord<Tiny>], n: usize) {
+    assert_eq!(records.len(), n, "one record per task");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.id.as_u64(), i as u64);
+        match &r.outcome {
+            Outcome::Completed(v) => assert_eq!(*v, tasks::solve_tiny(&r.task)),
+            other => panic!("task {i}: {other:?}"),
+        }
+    }
+}
+
+/// `process_task` × n then `collect_tasks`, every outcome checked.
+pub(crate) fn streaming(n: usize) -> Duration {
+    let w = spawn_tiny();
+    let t0 = Instant::now();
+    for i in 0..n as u64 {
+        w.process_task(Tiny::new(i)).expect("accepted");
+    }
+    let records = w.collect_tasks().expect("collect");
+    let took = t0.elapsed();
+    check_tiny(&records, n);
+    took
+}
+
+/// Blobs of `size` bytes, `process_task` × n then `collect_tasks`. The
+/// blobs are built before the clock starts (the raw side does not allocate
+/// either).
+pub(crate) fn streaming_blobs(n: usize, size: usize) -> Duration {
+    let blobs: Vec<Blob> = (0..n as u64)
+        .map(|id| Blob {
+            id,
+            data: vec![0xab; size],
+        })
+        .collect();
+    let w = WorkingProcessFacade::<Blob>::spawn(command("blob")).expect("spawn worker");
+    let t0 = Instant::now();
+    for b in blobs {
+        w.process_task(b).expect("accepted");
+    }
+    let records = w.collect_tasks().expect("collect");
+    let took = t0.elapsed();
+    assert_eq!(records.len(), n);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.outcome == Outcome::Completed(size as u64)),
+        "every blob completed"
+    );
+    took
+}
+
+/// Like [`streaming_blobs`], with the bytes as a plain `Vec<u8>` (serde
+/// encodes them one `u8` at a time).
+pub(crate) fn streaming_blobs_seq(n: usize, size: usize) -> Duration {
+    let blobs: Vec<BlobSeq> = (0..n as u64)
+        .map(|id| BlobSeq {
+            id,
+            data: vec![0xab; size],
+        })
+        .collect();
+    let w = WorkingProcessFacade::<BlobSeq>::spawn(command("blobseq")).expect("spawn worker");
+    let t0 = Instant::now();
+    for b in blobs {
+        w.process_task(b).expect("accepted");
+    }
+    let records = w.collect_tasks().expect("collect");
+    let took = t0.elapsed();
+    assert_eq!(records.len(), n);
+    took
+}
+
+/// `submit(task)` then `handle.wait()`, one at a time, each timed.
+pub(crate) fn round_trip(samples: usize) -> Vec<Duration> {
+    let w = spawn_tiny();
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..(samples + samples / 10) as u64 {
+        let t0 = Instant::now();
+        let h = w.submit(Tiny::new(i)).expect("accepted");
+        let outcome = h.wait().expect("an outcome");
+        let took = t0.elapsed();
+        assert!(outcome.is_completed());
+        if i >= (samples / 10) as u64 {
+            out.push(took);
+        }
+    }
+    let _ = w.collect_tasks();
+    out
+}
+
+/// `WorkingProcessFacade::spawn` until it returns (worker connected and
+/// handshake done). The drop is not timed.
+pub(crate) fn spawn_ready() -> Duration {
+    let t0 = Instant::now();
+    let w = spawn_tiny();
+    let took = t0.elapsed();
+    drop(w);
+    took
+}
+
+/// The cost of each of `n` `process_task` calls on a live worker.
+pub(crate) fn call_cost_live(n: usize) -> Vec<Duration> {
+    let w = spawn_tiny();
+    let costs = time_calls(&w, 0, n);
+    let records = w.collect_tasks().expect("collect");
+    check_tiny(&records, n);
+    costs
+}
+
+/// The cost of each of `n` `process_task` calls once the worker was killed
+/// with SIGKILL (no restart: every task is settled `NotRun` at once).
+pub(crate) fn call_cost_dead(n: usize) -> Vec<Duration> {
+    let w: WorkingProcessFacade<Tiny> = WorkingProcessFacade::<Tiny>::builder(command("tiny"))
+        .restart(RestartPolicy::Never)
+        .spawn()
+        .expect("spawn worker");
+    signal(&w, Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.worker_pid().is_some() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert!(w.worker_pid().is_none(), "the worker is settled dead");
+    let costs = time_calls(&w, 0, n);
+    let records = w.collect_tasks().expect("collect");
+    assert_eq!(records.len(), n);
+    assert!(
+        records
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::NotRun(_))),
+        "tasks sent to a dead worker are not run"
+    );
+    costs
+}
+
+fn time_calls(w: &WorkingProcessFacade<Tiny>, from: u64, n: usize) -> Vec<Duration> {
+    // Touch the sample vector first so page faults stay out of the calls.
+    let mut costs = vec![Duration::from_nanos(1); n];
+    for (i, slot) in costs.iter_mut().enumerate() {
+        let task = Tiny::new(from + i as u64);
+        let t0 = Instant::now();
+        let r = w.process_task(task);
+        *slot = t0.elapsed();
+        r.expect("accepted");
+    }
+    costs
+}
+
+/// The baseline of a `process_task` call: one send of the same task on an
+/// unbounded crossbeam channel that another thread drains.
+pub(crate) fn channel_send_cost(n: usize) -> Vec<Duration> {
+    let (tx, rx) = unbounded::<(u64, Tiny)>();
+    let drain = thread::spawn(move || rx.iter().count());
+    let mut costs = vec![Duration::from_nanos(1); n];
+    for (i, slot) in costs.iter_mut().enumerate() {
+        let task = Tiny::new(i as u64);
+        let t0 = Instant::now();
+        let r = tx.send((i as u64, task));
+        *slot = t0.elapsed();
+        r.expect("sent");
+    }
+    drop(tx);
+    assert_eq!(drain.join().expect("drain thread"), n);
+    costs
+}
+
+/// From `kill -9` of a worker running a task, with 999 more queued behind
+/// it, until every one of the 1,000 handles has its outcome. With
+/// `restart`, the 999 go to a fresh worker and run; without, they are
+/// `NotRun` at once.
+pub(crate) fn kill_until_outcomes(restart: bool) -> Duration {
+    let policy = if restart {
+        RestartPolicy::default()
+    } else {
+        RestartPolicy::Never
+    };
+    let w: WorkingProcessFacade<Tiny> = WorkingProcessFacade::<Tiny>::builder(command("tiny"))
+        .restart(policy)
+        .spawn()
+        .expect("spawn worker");
+    let mut handles = vec![w.submit(Tiny::blocking(0)).expect("accepted")];
+    for i in 1..1000 {
+        handles.push(w.submit(Tiny::new(i)).expect("accepted"));
+    }
+    // Let the worker start the blocking task (a bench, not a test: no
+    // handshake is exposed for "task started").
+    thread::sleep(Duration::from_millis(10));
+    let pid = w.worker_pid().expect("a running worker");
+    let t0 = Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
+    let outcomes: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.wait().expect("an outcome"))
+        .collect();
+    let took = t0.elapsed();
+    assert!(
+        matches!(outcomes[0], Outcome::Crashed(_)),
+        "{:?}",
+        outcomes[0]
+    );
+    if restart {
+        assert!(outcomes[1..].iter().all(Outcome::is_completed));
+    } else {
+        assert!(
+            outcomes[1..]
+                .iter()
+                .all(|o| matches!(o, Outcome::NotRun(_)))
+        );
+    }
+    drop(w);
+    took
+}
+
+/// What one memory probe measured (in a fresh process).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoryProbe {
+    pub(crate) rss_before: u64,
+    pub(crate) rss_after: u64,
+    pub(crate) tasks: u64,
+    pub(crate) encoded: u64,
+    /// p99 of the calls that filled the queue from 0 to `tasks`.
+    pub(crate) p99_filling_ns: f64,
+    /// p99 of 100k calls with `tasks` already queued.
+    pub(crate) p99_deep_ns: f64,
+    pub(crate) max_deep_ns: f64,
+}
+
+/// Runs the memory probe in a fresh process (this binary with
+/// [`PROBE_ENV`]), so that the RSS it reads is the facade's alone.
+pub(crate) fn memory_probe() -> MemoryProbe {
+    let out = Command::new(std::env::current_exe().expect("current exe"))
+        .env(PROBE_ENV, "memory")
+        .env_remove(RAW_ENV)
+        .env_remove(WORKER_ENV)
+        .output()
+        .expect("run memory probe");
+    assert!(
+        out.status.success(),
+        "memory probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("probe "))
+        .expect("a probe line");
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    MemoryProbe {
+        rss_before: v[0] as u64,
+        rss_after: v[1] as u64,
+        tasks: v[2] as u64,
+        encoded: v[3] as u64,
+        p99_filling_ns: v[4],
+        p99_deep_ns: v[5],
+        max_deep_ns: v[6],
+    }
+}
+
+/// Number of tasks the memory probe queues.
+pub(crate) const PROBE_TASKS: usize = 1_000_000;
+
+/// The probe's side: queue 1 M tiny tasks into a facade whose worker is
+/// stopped (SIGSTOP, so nothing drains), read the RSS before and after, time
+/// every call and 100k more at that depth; print one `probe` line.
+pub(crate) fn probe_main(which: &str) {
+    assert_eq!(which, "memory", "unknown probe");
+    let w: WorkingProcessFacade<Tiny> = WorkingProcessFacade::<Tiny>::builder(command("tiny"))
+        .restart(RestartPolicy::Never)
+        .spawn()
+        .expect("spawn worker");
+    signal(&w, Signal::SIGSTOP);
+    let deep = 100_000;
+    // Both sample vectors are touched before the first RSS reading.
+    let mut filling = vec![Duration::from_nanos(1); PROBE_TASKS];
+    let mut deeper = vec![Duration::from_nanos(1); deep];
+    let before = settled_rss(Duration::from_millis(300));
+    for (i, slot) in filling.iter_mut().enumerate() {
+        let task = Tiny::new(i as u64);
+        let t0 = Instant::now();
+        let r = w.process_task(task);
+        *slot = t0.elapsed();
+        r.expect("accepted");
+    }
+    let after = settled_rss(Duration::from_secs(3));
+    for (i, slot) in deeper.iter_mut().enumerate() {
+        let task = Tiny::new((PROBE_TASKS + i) as u64);
+        let t0 = Instant::now();
+        let r = w.process_task(task);
+        *slot = t0.elapsed();
+        r.expect("accepted");
+    }
+    let encoded = bincode::serde::encode_to_vec(
+        Tiny::new(PROBE_TASKS as u64 / 2),
+        bincode::config::standard(),
+    )
+    .expect("encode")
+    .len();
+    let p99_fill = stats::ns(percentile(&mut filling, 99.0));
+    let p99_deep = stats::ns(percentile(&mut deeper, 99.0));
+    let max_deep = stats::ns(percentile(&mut deeper, 100.0));
+    println!("probe {before} {after} {PROBE_TASKS} {encoded} {p99_fill} {p99_deep} {max_deep}");
+    signal(&w, Signal::SIGCONT);
+    w.terminate("memory probe over");
+    let records = w.collect_tasks().expect("collect");
+    assert_eq!(records.len(), PROBE_TASKS + deep);
+}

@@ -1,0 +1,579 @@
+//! `cargo bench --bench report`: every figure of issue 5, each beside the
+//! raw baseline this same run measured, as markdown tables.
+//!
+//! Each figure is measured 3 times; the table shows the median of the 3.
+//! Percentiles come from our own sample vectors (nearest rank). The raw
+//! baselines are a parent and a child process over a Unix socketpair with no
+//! library in between (`benches/common/raw.rs`); the facade's worker and the
+//! raw child are both this binary, re-executed.
+//!
+//! `WF_BENCH_QUICK=1` shrinks every count tenfold (a smoke run);
+//! `WF_BENCH_PEERS=0` skips the Python peers.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Instant;
+
+use common::stats::{self, median_of, ns, p50_p99, percentile, us};
+use common::{library, raw};
+
+/// One line of the main table.
+struct Row {
+    figure: String,
+    library: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+impl Row {
+    fn new(figure: impl Into<String>) -> Self {
+        Row {
+            figure: figure.into(),
+            library: String::new(),
+            baseline: String::new(),
+            ratio: None,
+            target: String::new(),
+            met: None,
+        }
+    }
+}
+
+struct Report {
+    rows: Vec<Row>,
+    sections: String,
+    started: Instant,
+}
+
+impl Report {
+    fn progress(&self, what: &str) {
+        eprintln!("[{:6.1}s] {what}", self.started.elapsed().as_secs_f64());
+    }
+
+    fn push(&mut self, row: Row) {
+        eprintln!(
+            "           {} | {} | {} | {}",
+            row.figure,
+            row.library,
+            row.baseline,
+            row.ratio.map(fmt_ratio).unwrap_or_default()
+        );
+        self.rows.push(row);
+    }
+}
+
+const RUNS: usize = 3;
+
+/// One part of the report: measures and adds rows or a table.
+type Section = fn(&mut Report);
+
+fn scale(n: usize) -> usize {
+    if std::env::var_os("WF_BENCH_QUICK").is_some_and(|v| v != "0") {
+        (n / 10).max(1)
+    } else {
+        n
+    }
+}
+
+fn main() {
+    common::dispatch_child();
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and
+    // must not run minutes of measurements.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("report: skipped (run it with `cargo bench --bench report`)");
+        return;
+    }
+    let mut r = Report {
+        rows: Vec::new(),
+        sections: String::new(),
+        started: Instant::now(),
+    };
+    // `cargo bench --bench report -- NAME...` runs only the named sections.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let sections: [(&str, Section); 12] = [
+        ("streaming", streaming),
+        ("round_trip", round_trip),
+        ("call_cost", call_cost),
+        ("spawn", spawn),
+        ("kill", kill),
+        ("payloads", payloads),
+        ("memory", memory),
+        ("grinder", grinder),
+        ("size", size_growth),
+        ("depth", depth_growth),
+        ("pool", pool_growth),
+        ("peers", peers),
+    ];
+    for (name, section) in sections {
+        if only.is_empty() || only.iter().any(|o| o == name) {
+            section(&mut r);
+        }
+    }
+    print(&r);
+}
+
+fn fmt_ratio(x: f64) -> String {
+    format!("{x:.2}×")
+}
+
+fn rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M/s", x / 1e6)
+    } else {
+        format!("{:.1} k/s", x / 1e3)
+    }
+}
+
+fn micros(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{:.2} ms", x / 1000.0)
+    } else {
+        format!("{x:.1} µs")
+    }
+}
+
+fn nanos(x: f64) -> String {
+    format!("{x:.0} ns")
+}
+
+fn gib_s(x: f64) -> String {
+    format!("{:.2} GiB/s", x / (1u64 << 30) as f64)
+}
+
+/// Target 1: streaming tiny tasks.
+fn streaming(r: &mut Report) {
+    let n = scale(100_000);
+    r.progress(&format!("streaming {n} tiny tasks (raw, then facade)"));
+    let tasks: Vec<_> = (0..n as u64).map(common::tasks::Tiny::new).collect();
+    let [raw_rate] = median_of(RUNS, || {
+        [n as f64 / raw::stream("stream-tiny", &tasks).as_secs_f64()]
+    });
+    let [lib_rate] = median_of(RUNS, || [n as f64 / library::streaming(n).as_secs_f64()]);
+    let ratio = lib_rate / raw_rate;
+    r.push(Row {
+        library: rate(lib_rate),
+        baseline: format!("{} (raw bincode frames)", rate(raw_rate)),
+        ratio: Some(ratio),
+        target: "≥ 0.5×".into(),
+        met: Some(ratio >= 0.5),
+        ..Row::new(format!(
+            "1. Streaming: process_task × {n} + collect_tasks, tasks/s"
+        ))
+    });
+}
+
+/// Target 2: one task's round trip against a 32-byte ping-pong.
+fn round_trip(r: &mut Report) {
+    let n = scale(20_000);
+    r.progress(&format!(
+        "round trip, {n} samples (raw ping-pong, then facade)"
+    ));
+    let [raw50, raw99] = median_of(RUNS, || {
+        let (a, b) = p50_p99(&mut raw::pingpong(n));
+        [us(a), us(b)]
+    });
+    let [lib50, lib99] = median_of(RUNS, || {
+        let (a, b) = p50_p99(&mut library::round_trip(n));
+        [us(a), us(b)]
+    });
+    for (p, lib, raw, target) in [("p50", lib50, raw50, 1.5), ("p99", lib99, raw99, 2.0)] {
+        let ratio = lib / raw;
+        r.push(Row {
+            library: micros(lib),
+            baseline: format!("{} (32 B ping-pong)", micros(raw)),
+            ratio: Some(ratio),
+            target: format!("≤ {target}×"),
+            met: Some(ratio <= target),
+            ..Row::new(format!("2. Round trip submit → wait, {p}"))
+        });
+    }
+}
+
+/// Target 3: the cost of one `process_task` call.
+fn call_cost(r: &mut Report) {
+    let n = scale(200_000);
+    r.progress(&format!(
+        "process_task cost, {n} calls (channel send, live, dead)"
+    ));
+    let [base] = median_of(RUNS, || {
+        [ns(percentile(&mut library::channel_send_cost(n), 99.0))]
+    });
+    let [live] = median_of(RUNS, || {
+        [ns(percentile(&mut library::call_cost_live(n), 99.0))]
+    });
+    let [dead] = median_of(RUNS, || {
+        [ns(percentile(&mut library::call_cost_dead(n), 99.0))]
+    });
+    for (what, lib) in [("worker live", live), ("worker dead (SIGKILL)", dead)] {
+        r.push(Row {
+            library: nanos(lib),
+            baseline: format!("{} (crossbeam send)", nanos(base)),
+            ratio: Some(lib / base),
+            target: "≤ 1 µs".into(),
+            met: Some(lib <= 1000.0),
+            ..Row::new(format!("3. process_task p99, {what}"))
+        });
+    }
+    // The 1 M-queued case comes from the memory probe (a fresh process).
+    CHANNEL_BASE.with(|c| c.set(base));
+}
+
+thread_local! {
+    static CHANNEL_BASE: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// Target 4: spawn until ready.
+fn spawn(r: &mut Report) {
+    let n = scale(30).max(5);
+    r.progress(&format!(
+        "spawn until ready, {n} samples (raw, then facade)"
+    ));
+    let [raw50, raw99] = median_of(RUNS, || {
+        let mut s: Vec<_> = (0..n).map(|_| raw::spawn_first_message()).collect();
+        let (a, b) = p50_p99(&mut s);
+        [us(a), us(b)]
+    });
+    let [lib50, lib99] = median_of(RUNS, || {
+        let mut s: Vec<_> = (0..n).map(|_| library::spawn_ready()).collect();
+        let (a, b) = p50_p99(&mut s);
+        [us(a), us(b)]
+    });
+    for (p, lib, raw) in [("p50", lib50, raw50), ("p99", lib99, raw99)] {
+        let ratio = lib / raw;
+        r.push(Row {
+            library: micros(lib),
+            baseline: format!("{} (spawn + first message)", micros(raw)),
+            ratio: Some(ratio),
+            target: "≤ 1.3×".into(),
+            met: Some(ratio <= 1.3),
+            ..Row::new(format!("4. Spawn until ready, {p}"))
+        });
+    }
+}
+
+/// Target 5: from `kill -9` until every outcome is available.
+fn kill(r: &mut Report) {
+    let n = scale(20).max(5);
+    r.progress(&format!("kill -9 until all outcomes, {n} samples per run"));
+    let [raw99] = median_of(RUNS, || {
+        let mut s: Vec<_> = (0..n).map(|_| raw::kill_until_reaped()).collect();
+        [us(percentile(&mut s, 99.0))]
+    });
+    let [lib99] = median_of(RUNS, || {
+        let mut s: Vec<_> = (0..n)
+            .map(|_| library::kill_until_outcomes(false))
+            .collect();
+        [us(percentile(&mut s, 99.0))]
+    });
+    let [restart99] = median_of(RUNS, || {
+        let mut s: Vec<_> = (0..n).map(|_| library::kill_until_outcomes(true)).collect();
+        [us(percentile(&mut s, 99.0))]
+    });
+    r.push(Row {
+        library: micros(lib99),
+        baseline: format!("{} (kill → waitpid)", micros(raw99)),
+        ratio: Some(lib99 / raw99),
+        target: "≤ 10 ms".into(),
+        met: Some(lib99 <= 10_000.0),
+        ..Row::new("5. kill -9 → all 1,000 outcomes, p99 (no restart: 1 crashed, 999 not run)")
+    });
+    r.push(Row {
+        library: micros(restart99),
+        baseline: format!("{} (kill → waitpid)", micros(raw99)),
+        ratio: Some(restart99 / raw99),
+        target: "—".into(),
+        met: None,
+        ..Row::new("5b. kill -9 → all 1,000 outcomes, p99 (restart: 999 rerun on a new worker)")
+    });
+}
+
+/// Target 6: 1 MiB payloads.
+fn payloads(r: &mut Report) {
+    let size = 1 << 20;
+    let n = scale(128).max(8);
+    r.progress(&format!("{n} × 1 MiB payloads (raw socket, then facade)"));
+    let [raw_bw] = median_of(RUNS, || [raw::bandwidth(n, size)]);
+    let [lib_bw] = median_of(RUNS, || {
+        [(n * size) as f64 / library::streaming_blobs(n, size).as_secs_f64()]
+    });
+    let ratio = lib_bw / raw_bw;
+    r.push(Row {
+        library: gib_s(lib_bw),
+        baseline: format!("{} (raw socket, no codec)", gib_s(raw_bw)),
+        ratio: Some(ratio),
+        target: "≥ 0.7×".into(),
+        met: Some(ratio >= 0.7),
+        ..Row::new("6. 1 MiB payloads (bytes as a serde byte string), bandwidth")
+    });
+    let m = (n / 8).max(2);
+    let seq_bw = (m * size) as f64 / library::streaming_blobs_seq(m, size).as_secs_f64();
+    r.push(Row {
+        library: gib_s(seq_bw),
+        baseline: format!("{} (raw socket, no codec)", gib_s(raw_bw)),
+        ratio: Some(seq_bw / raw_bw),
+        target: "—".into(),
+        met: None,
+        ..Row::new("6b. 1 MiB payloads as a plain Vec<u8> (serde: one u8 at a time), 1 run")
+    });
+}
+
+/// Target 7 (and the 1 M-queued case of target 3): in fresh processes.
+fn memory(r: &mut Report) {
+    r.progress(&format!(
+        "memory: {} tiny tasks queued behind a stopped worker, {RUNS} fresh processes",
+        library::PROBE_TASKS
+    ));
+    let probes: Vec<_> = (0..RUNS).map(|_| library::memory_probe()).collect();
+    let med =
+        |f: &dyn Fn(&library::MemoryProbe) -> f64| stats::median(probes.iter().map(f).collect());
+    let per_task = med(&|p| (p.rss_after.saturating_sub(p.rss_before)) as f64 / p.tasks as f64);
+    let encoded = med(&|p| p.encoded as f64);
+    let growth = med(&|p| p.rss_after.saturating_sub(p.rss_before) as f64);
+    let total = med(&|p| p.rss_after as f64);
+    let deep = med(&|p| p.p99_deep_ns);
+    let filling = med(&|p| p.p99_filling_ns);
+    let max_deep = med(&|p| p.max_deep_ns);
+    let mut base = CHANNEL_BASE.with(|c| c.get());
+    if base == 0.0 {
+        base = ns(percentile(
+            &mut library::channel_send_cost(scale(200_000)),
+            99.0,
+        ));
+    }
+    r.push(Row {
+        library: nanos(deep),
+        baseline: format!("{} (crossbeam send)", nanos(base)),
+        ratio: Some(deep / base),
+        target: "≤ 1 µs".into(),
+        met: Some(deep <= 1000.0),
+        ..Row::new(format!(
+            "3. process_task p99, 1 M queued (worker SIGSTOPped; max {})",
+            nanos(max_deep)
+        ))
+    });
+    r.push(Row {
+        library: nanos(filling),
+        baseline: format!("{} (crossbeam send)", nanos(base)),
+        ratio: Some(filling / base),
+        target: "≤ 1 µs".into(),
+        met: Some(filling <= 1000.0),
+        ..Row::new("3. process_task p99, while filling the queue 0 → 1 M")
+    });
+    let beyond = per_task - encoded;
+    r.push(Row {
+        library: format!("{per_task:.0} B/task ({beyond:.0} B beyond encoding)"),
+        baseline: format!("{encoded:.0} B (bincode encoding)"),
+        ratio: Some(per_task / encoded),
+        target: "≤ 64 B beyond".into(),
+        met: Some(beyond <= 64.0),
+        ..Row::new("7. Memory per pending tiny task (RSS growth / 1 M)")
+    });
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    let frame = encoded + 13.0; // u32 length, kind, u64 id
+    r.push(Row {
+        library: format!(
+            "{:.1} MiB growth ({:.1} MiB process total)",
+            mib(growth),
+            mib(total)
+        ),
+        baseline: format!("{:.1} MiB (1 M wire frames)", mib(frame * 1e6)),
+        ratio: Some(growth / (frame * 1e6)),
+        target: "≤ 150 MiB".into(),
+        met: Some(mib(growth) <= 150.0),
+        ..Row::new("7. RSS of 1 M queued tiny tasks")
+    });
+}
+
+/// Target 8: the grinder, once `src/grinder.rs` exists.
+fn grinder(r: &mut Report) {
+    for figure in [
+        "8. WorkGrinder, 1,000 submitters on 2 workers, tasks/s",
+        "8. WorkGrinder single-item latency, smallest max_wait",
+    ] {
+        r.push(Row {
+            library: "TODO".into(),
+            baseline: "—".into(),
+            target: if figure.contains("tasks/s") {
+                "≥ 1 M/s".into()
+            } else {
+                "≤ 3× ping-pong".into()
+            },
+            ..Row::new(format!(
+                "{figure} (TODO: no src/grinder.rs / src/pool.rs yet)"
+            ))
+        });
+    }
+}
+
+/// Target 9: cost against task size, 16 B → 1 MiB.
+fn size_growth(r: &mut Report) {
+    r.progress("growth with task size, 16 B → 1 MiB (raw bincode stream, then facade)");
+    let mut t = String::from(
+        "\n### Cost against task size (streaming, one worker, median of 3)\n\n\
+         | payload | tasks | library µs/task | library MiB/s | raw µs/task | raw MiB/s | ratio (raw/library time) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for size in [16usize, 256, 4096, 64 << 10, 1 << 20] {
+        let n = scale(((64usize << 20) / size).clamp(64, 100_000));
+        let blobs: Vec<_> = (0..n as u64)
+            .map(|id| common::tasks::Blob {
+                id,
+                data: vec![0xab; size],
+            })
+            .collect();
+        let [raw_t] = median_of(RUNS, || [raw::stream("stream-blob", &blobs).as_secs_f64()]);
+        let [lib_t] = median_of(RUNS, || [library::streaming_blobs(n, size).as_secs_f64()]);
+        let per = |t: f64| t / n as f64 * 1e6;
+        let mibs = |t: f64| (n * size) as f64 / t / (1u64 << 20) as f64;
+        let _ = writeln!(
+            t,
+            "| {} | {n} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} |",
+            human_size(size),
+            per(lib_t),
+            mibs(lib_t),
+            per(raw_t),
+            mibs(raw_t),
+            raw_t / lib_t
+        );
+    }
+    r.sections.push_str(&t);
+}
+
+/// Target 9: cost against queue depth, 1 → 1 M.
+fn depth_growth(r: &mut Report) {
+    r.progress("growth with queue depth, 1 → 1 M (raw bincode stream, then facade)");
+    let mut t = String::from(
+        "\n### Cost against queue depth (process_task × N + collect_tasks, tiny tasks, median of 3)\n\n\
+         | N | library total | library µs/task | raw total | raw µs/task | ratio (raw/library time) |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
+    );
+    for n in [1usize, 10, 100, 1_000, 10_000, 100_000, 1_000_000] {
+        let n = if n >= 1000 { scale(n) } else { n };
+        let tasks: Vec<_> = (0..n as u64).map(common::tasks::Tiny::new).collect();
+        let [raw_t] = median_of(RUNS, || [raw::stream("stream-tiny", &tasks).as_secs_f64()]);
+        let [lib_t] = median_of(RUNS, || [library::streaming(n).as_secs_f64()]);
+        let _ = writeln!(
+            t,
+            "| {n} | {} | {:.3} | {} | {:.3} | {:.2} |",
+            micros(lib_t * 1e6),
+            lib_t / n as f64 * 1e6,
+            micros(raw_t * 1e6),
+            raw_t / n as f64 * 1e6,
+            raw_t / lib_t
+        );
+    }
+    r.sections.push_str(&t);
+}
+
+/// Target 9: pool size 1 → 4, once `src/pool.rs` exists.
+fn pool_growth(r: &mut Report) {
+    r.sections.push_str(
+        "\n### Cost against pool size (1 → 4 workers)\n\n\
+         TODO: no `src/pool.rs` (LeasedExecutorManager) yet; this table comes with it.\n",
+    );
+}
+
+/// The Python peers on the same tiny tasks, when python3 is present.
+fn peers(r: &mut Report) {
+    if std::env::var_os("WF_BENCH_PEERS").is_some_and(|v| v == "0") {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers.py");
+    r.progress("Python peers (bench/peers.py)");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg("--machine");
+    if std::env::var_os("WF_BENCH_QUICK").is_some_and(|v| v != "0") {
+        cmd.arg("--quick");
+    }
+    let out = match cmd.output() {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            r.sections.push_str(&format!(
+                "\n### Python peers\n\nbench/peers.py failed: {}\n",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return;
+        }
+        Err(e) => {
+            r.sections.push_str(&format!(
+                "\n### Python peers\n\nskipped: python3 not runnable ({e})\n"
+            ));
+            return;
+        }
+    };
+    let mut t = String::from(
+        "\n### Python peers, same tiny tasks (bench/peers.py, median of 3)\n\n\
+         | peer | tasks/s | round trip p50 |\n|---|---:|---:|\n",
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rest) = line.strip_prefix("peer\t") else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split('\t').collect();
+        if f.len() == 3 {
+            let tps: f64 = f[1].parse().unwrap_or(0.0);
+            let p50: f64 = f[2].parse().unwrap_or(f64::NAN);
+            let p50 = if p50.is_nan() {
+                "—".into()
+            } else {
+                micros(p50)
+            };
+            let _ = writeln!(t, "| {} | {} | {p50} |", f[0], rate(tps));
+        }
+    }
+    // The facade on the same row layout, from the main table.
+    let lib = r
+        .rows
+        .iter()
+        .find(|row| row.figure.starts_with("1. "))
+        .map(|row| row.library.clone())
+        .unwrap_or_default();
+    let rt = r
+        .rows
+        .iter()
+        .find(|row| row.figure.starts_with("2. ") && row.figure.ends_with("p50"))
+        .map(|row| row.library.clone())
+        .unwrap_or_default();
+    let _ = writeln!(t, "| worker-facade (this run) | {lib} | {rt} |");
+    r.sections.push_str(&t);
+}
+
+fn human_size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+fn print(r: &Report) {
+    let mut out = String::from(
+        "## worker-facade: issue 5 figures (medians of 3, baselines from this run)\n\n\
+         | figure | library | baseline | ratio | target | met? |\n|---|---:|---:|---:|---|---|\n",
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.figure,
+            row.library,
+            row.baseline,
+            row.ratio.map(fmt_ratio).unwrap_or_else(|| "—".into()),
+            row.target,
+            match row.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            }
+        );
+    }
+    out.push_str(&r.sections);
+    let _ = writeln!(out, "\n(ran in {:.0} s)", r.started.elapsed().as_secs_f64());
+    println!("{out}");
+}
