@@ -396,6 +396,7 @@ pub(crate) fn decode_hello(frame: &Frame<'_>) -> Result<Hello, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn read_all(bytes: &[u8], max: u32) -> Result<Vec<(u8, Vec<u8>)>, WireError> {
         let mut r = FrameReader::new(bytes, max);
@@ -496,5 +497,186 @@ mod tests {
         let mut r = FrameReader::new(&out[..], 1024);
         let frame = r.next_frame().expect("reads").expect("one frame");
         assert_eq!(decode_hello(&frame).expect("decodes"), hello);
+    }
+
+    // Decoder fuzzing (issue 3, item 9): arbitrary bytes, cut into arbitrary
+    // reads, never make the frame reader panic, return a frame above its
+    // maximum, or grow its buffer beyond the maximum frame size.
+
+    /// Hands out `data` in reads of the sizes in `sizes` (cycled), sometimes
+    /// interrupted; refuses to be read at all while `forbidden` is set.
+    struct Chunked {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+        interrupt: bool,
+        forbidden: bool,
+    }
+
+    impl Read for Chunked {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.forbidden {
+                return Err(io::Error::other("read while a whole frame was buffered"));
+            }
+            self.turn += 1;
+            if self.interrupt && self.turn % 3 == 0 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let size = self.sizes[self.turn % self.sizes.len()];
+            let n = size.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn chunked(data: Vec<u8>, sizes: Vec<usize>, interrupt: bool) -> Chunked {
+        Chunked {
+            data,
+            at: 0,
+            sizes,
+            turn: 0,
+            interrupt,
+            forbidden: false,
+        }
+    }
+
+    /// Small maxima, maxima around the read chunk, and a large one.
+    fn any_max() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            1u32..80,
+            (READ_CHUNK as u32 - 8)..(READ_CHUNK as u32 + 8),
+            Just(1u32 << 20),
+        ]
+    }
+
+    /// Bytes that are mostly frames, some well-formed and some not.
+    fn frame_soup() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            // Raw noise.
+            proptest::collection::vec(any::<u8>(), 0..40),
+            // A frame whose length may or may not match its body.
+            (
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..60),
+                -2i64..3
+            )
+                .prop_map(|(kind, body, skew)| {
+                    let len = (1 + body.len() as i64 + skew).max(0) as u32;
+                    let mut out = len.to_le_bytes().to_vec();
+                    out.push(kind);
+                    out.extend_from_slice(&body);
+                    out
+                }),
+            // A bare header claiming anything.
+            any::<u32>().prop_map(|len| len.to_le_bytes().to_vec()),
+        ];
+        proptest::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 512,
+            // Keep the source tree clean: no regression files next to it.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_or_exceed_the_maximum(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..300), frame_soup()],
+            sizes in proptest::collection::vec(1usize..70, 1..6),
+            interrupt in any::<bool>(),
+            max in any_max(),
+        ) {
+            let total = data.len();
+            let mut r = FrameReader::new(chunked(data, sizes, interrupt), max);
+            // Each call consumes at least one byte, or ends the stream.
+            for _ in 0..=total {
+                let whole = r.has_buffered_frame();
+                r.inner.forbidden = whole;
+                let limit = READ_CHUNK.max(4 + max as usize);
+                match r.next_frame() {
+                    Ok(Some(frame)) => {
+                        // The kind byte and the rest fit the maximum.
+                        prop_assert!(frame.rest.len() < max as usize);
+                        // The decoders built on a frame never panic either.
+                        let _ = frame.id_and_payload();
+                        let _ = decode_hello(&frame);
+                        let _ = decode_bootstrap(&frame);
+                    }
+                    Ok(None) => {
+                        prop_assert!(!whole);
+                        break;
+                    }
+                    Err(WireError::Io(e)) => {
+                        prop_assert!(!whole, "read the stream with a frame buffered: {}", e);
+                        prop_assert!(false, "unexpected I/O error: {}", e);
+                    }
+                    Err(WireError::TooLarge { len, max: m }) => {
+                        prop_assert_eq!(m, max);
+                        prop_assert!(len > max);
+                        break;
+                    }
+                    Err(WireError::Truncated { got, want }) => {
+                        prop_assert!(!whole);
+                        prop_assert!(got < want && want <= 4 + max as usize);
+                        break;
+                    }
+                    Err(WireError::Malformed(_)) => break,
+                }
+                prop_assert!(r.buf.len() <= limit, "buffer of {} bytes", r.buf.len());
+                r.inner.forbidden = false;
+                r.shrink();
+            }
+            prop_assert!(r.buf.len() <= READ_CHUNK.max(4 + max as usize));
+        }
+
+        #[test]
+        fn well_formed_frames_round_trip_in_any_chunking(
+            frames in proptest::collection::vec(
+                (any::<u8>(), proptest::option::of(any::<u64>()),
+                 proptest::collection::vec(any::<u8>(), 0..100)),
+                0..12,
+            ),
+            sizes in proptest::collection::vec(1usize..50, 1..6),
+            interrupt in any::<bool>(),
+        ) {
+            let max = 128;
+            let mut bytes = Vec::new();
+            for (kind, id, payload) in &frames {
+                push_frame(&mut bytes, *kind, *id, max, |out| {
+                    out.extend_from_slice(payload);
+                    Ok::<(), ()>(())
+                })
+                .map_err(|_| "push")
+                .expect("fits the maximum");
+            }
+            let mut r = FrameReader::new(chunked(bytes, sizes, interrupt), max);
+            for (kind, id, payload) in &frames {
+                let frame = r.next_frame().expect("reads").expect("a frame");
+                prop_assert_eq!(frame.kind, *kind);
+                let mut rest = id.map(u64::to_le_bytes).map(Vec::from).unwrap_or_default();
+                rest.extend_from_slice(payload);
+                prop_assert_eq!(frame.rest, &rest[..]);
+            }
+            prop_assert!(r.next_frame().expect("clean end").is_none());
+        }
+
+        #[test]
+        fn arbitrary_frames_never_panic_the_decoders(
+            kind in prop_oneof![Just(KIND_HELLO), Just(KIND_BOOT), any::<u8>()],
+            rest in proptest::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let frame = Frame { kind, rest: &rest };
+            let _ = frame.id_and_payload();
+            let _ = decode_hello(&frame);
+            let _ = decode_bootstrap(&frame);
+        }
     }
 }
