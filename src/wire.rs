@@ -234,6 +234,10 @@ impl<R: Read> FrameReader<R> {
                 Ok(0) => return Ok(false),
                 Ok(got) => self.end += got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A peer that dies with our data unread makes Linux reset the
+                // connection instead of closing it: that is its end, not a
+                // protocol fault.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(false),
                 Err(e) => return Err(WireError::Io(e)),
             }
         }
