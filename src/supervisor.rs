@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::thread::{self, JoinHandle};
@@ -264,7 +265,18 @@ impl<T: Task> Supervisor<T> {
         live.threads.push(
             thread::Builder::new()
                 .name(format!("wf-reader-{pid}"))
-                .spawn(move || read_results::<T::Output>(read_half, max, generation, events))
+                .spawn(move || {
+                    let closed = events.clone();
+                    let run = || read_results::<T::Output>(read_half, max, generation, events);
+                    if catch_unwind(AssertUnwindSafe(run)).is_err() {
+                        // A bug, but the supervisor must still hear the
+                        // reader is gone, or the worker's tasks never settle.
+                        let _ = closed.send(Event::ReaderClosed {
+                            generation,
+                            error: Some("the reader thread panicked".into()),
+                        });
+                    }
+                })
                 .map_err(resource("reader thread", &program))?,
         );
         let (writer_tx, writer_rx) = unbounded::<Vec<u8>>();
@@ -272,7 +284,13 @@ impl<T: Task> Supervisor<T> {
         live.threads.push(
             thread::Builder::new()
                 .name(format!("wf-writer-{pid}"))
-                .spawn(move || write_frames(write_half, writer_rx, generation, events))
+                .spawn(move || {
+                    let failed = events.clone();
+                    let run = || write_frames(write_half, writer_rx, generation, events);
+                    if catch_unwind(AssertUnwindSafe(run)).is_err() {
+                        let _ = failed.send(Event::WriterFailed { generation });
+                    }
+                })
                 .map_err(resource("writer thread", &program))?,
         );
         live.writer_tx = Some(writer_tx);
