@@ -133,6 +133,7 @@ impl WorkerProcess {
         if let Some(dir) = &cmd.current_dir {
             command.current_dir(dir);
         }
+        crate::sys::close_inherited_descriptors_on_exec(&mut command);
         let child = command.spawn().map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => SpawnError::NotFound { path: path.clone() },
             io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { path: path.clone() },
