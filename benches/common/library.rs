@@ -297,6 +297,9 @@ pub(crate) const PROBE_TASKS: usize = 1_000_000;
 /// stopped (SIGSTOP, so nothing drains), read the RSS before and after, time
 /// every call and 100k more at that depth; print one `probe` line.
 pub(crate) fn probe_main(which: &str) {
+    if which == "rt" {
+        return round_trip_probe();
+    }
     assert_eq!(which, "memory", "unknown probe");
     let w: WorkingProcessFacade<Tiny> = WorkingProcessFacade::<Tiny>::builder(command("tiny"))
         .restart(RestartPolicy::Never)
@@ -337,4 +340,50 @@ pub(crate) fn probe_main(which: &str) {
     w.terminate("memory probe over");
     let records = w.collect_tasks().expect("collect");
     assert_eq!(records.len(), PROBE_TASKS + deep);
+}
+
+/// Runs the round-trip pair (raw ping-pong, then submit → wait) in a fresh
+/// process, which the report starts under `taskset -c 0`: every thread of
+/// both sides on one CPU, so no cross-CPU wake-up is measured. Prints one
+/// `probe` line: raw p50, raw p99, library p50, library p99 (µs), medians of
+/// 3.
+fn round_trip_probe() {
+    let n: usize = std::env::var("WF_BENCH_RT_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let [r50, r99] = stats::median_of(3, || {
+        let (a, b) = stats::p50_p99(&mut super::raw::pingpong(n));
+        [stats::us(a), stats::us(b)]
+    });
+    let [l50, l99] = stats::median_of(3, || {
+        let (a, b) = stats::p50_p99(&mut round_trip(n));
+        [stats::us(a), stats::us(b)]
+    });
+    println!("probe {r50} {r99} {l50} {l99}");
+}
+
+/// Starts the round-trip probe pinned to CPU 0 with `taskset`; `None` when
+/// taskset is missing or fails.
+pub(crate) fn pinned_round_trip(samples: usize) -> Option<[f64; 4]> {
+    let out = Command::new("taskset")
+        .arg("-c")
+        .arg("0")
+        .arg(std::env::current_exe().ok()?)
+        .env(PROBE_ENV, "rt")
+        .env("WF_BENCH_RT_SAMPLES", samples.to_string())
+        .env_remove(RAW_ENV)
+        .env_remove(WORKER_ENV)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("probe "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (v.len() == 4).then(|| [v[0], v[1], v[2], v[3]])
 }

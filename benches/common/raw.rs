@@ -126,6 +126,9 @@ pub(crate) fn stream<T: Serialize + Sync>(mode: &str, tasks: &[T]) -> Duration {
         let mut got = 0usize;
         loop {
             while let Some(body) = frames.next() {
+                if body == [0x11] {
+                    continue; // a "started" mark (stream-tiny-flush)
+                }
                 let ((id, _out), _): ((u64, u64), usize) =
                     bincode::serde::decode_from_slice(body, config()).expect("decode result");
                 assert_eq!(id, got as u64, "results in order");
@@ -284,8 +287,9 @@ pub(crate) fn child_main(mode: &str) {
                 }
             }
         }
-        "stream-tiny" => serve_stream(s, |t: Tiny| (t.id, tasks::solve_tiny(&t))),
-        "stream-blob" => serve_stream(s, |b: Blob| (b.id, b.data.len() as u64)),
+        "stream-tiny" => serve_stream(s, false, |t: Tiny| (t.id, tasks::solve_tiny(&t))),
+        "stream-tiny-flush" => serve_stream(s, true, |t: Tiny| (t.id, tasks::solve_tiny(&t))),
+        "stream-blob" => serve_stream(s, false, |b: Blob| (b.id, b.data.len() as u64)),
         other => panic!("unknown raw child mode {other:?}"),
     }
 }
@@ -297,7 +301,15 @@ fn drain(s: &mut UnixStream) {
 
 /// Decodes task frames, solves them, streams `(id, u64)` frames back. Like
 /// the facade's worker, it never blocks on a read with results unsent.
-fn serve_stream<T: DeserializeOwned>(mut s: UnixStream, solve: impl Fn(T) -> (u64, u64)) {
+///
+/// With `per_task`, it writes before each task like the facade's worker
+/// does (the previous result with a "started" mark, so a crash loses no
+/// result): the kernel's cost of that protocol, without the library.
+fn serve_stream<T: DeserializeOwned>(
+    mut s: UnixStream,
+    per_task: bool,
+    solve: impl Fn(T) -> (u64, u64),
+) {
     s.write_all(&[1]).expect("ready");
     let mut reader = s.try_clone().expect("clone socket");
     let mut frames = FrameBuf::new();
@@ -306,6 +318,11 @@ fn serve_stream<T: DeserializeOwned>(mut s: UnixStream, solve: impl Fn(T) -> (u6
         while let Some(body) = frames.next() {
             let (task, _): (T, usize) =
                 bincode::serde::decode_from_slice(body, config()).expect("decode task");
+            if per_task {
+                out.extend_from_slice(&[1, 0, 0, 0, 0x11]);
+                s.write_all(&out).expect("write results");
+                out.clear();
+            }
             let result = solve(task);
             let start = out.len();
             out.extend_from_slice(&[0; 4]);
