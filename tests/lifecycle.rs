@@ -111,11 +111,14 @@ fn drop_without_collect_leaves_no_process() {
 #[test]
 fn drop_cancels_tasks_that_had_not_started() {
     within(Duration::from_secs(30), || {
-        let w = WorkingProcessFacade::<SimpleTask>::builder(stock_worker())
+        let (cmd, lines) = common::announcing_worker();
+        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
             .grace_period(Duration::from_millis(200))
             .spawn()
             .expect("spawn");
-        let long = w.submit(SimpleTask::new("long", 30.0)).expect("accepted");
+        let long = w
+            .submit(SimpleTask::new("announce-long", 30.0))
+            .expect("accepted");
         // Many behind it: most never reach the worker's socket window.
         let rest: Vec<_> = (0..3000)
             .map(|i| {
@@ -123,6 +126,8 @@ fn drop_cancels_tasks_that_had_not_started() {
                     .expect("accepted")
             })
             .collect();
+        // Drop only once the worker is inside the long task.
+        common::wait_for_line(&lines, "started announce-long");
         drop(w);
         // The running task is killed after the grace period; the rest never ran.
         assert!(matches!(long.wait().expect("outcome"), Outcome::Crashed(_)));
