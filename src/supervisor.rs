@@ -14,16 +14,18 @@
 //! tasks it never started go to the next worker, or are reported not run.
 
 use std::collections::VecDeque;
-use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{self, Relaxed};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, unbounded};
 use nix::sys::signal::Signal;
+use nix::sys::socket::{MsgFlags, send};
 
 use crate::codec;
 use crate::config::{Config, RestartPolicy};
@@ -96,6 +98,8 @@ enum Event<O> {
     Exited {
         generation: u64,
     },
+    /// Everything one `read` of the socket brought, in order.
+    Batch(Vec<Event<O>>),
 }
 
 /// A pending `collect_tasks`: how many tasks it waits for, its deadline, and
@@ -133,6 +137,9 @@ struct Live {
     generation: u64,
     proc: WorkerProcess,
     writer_tx: Option<Sender<Vec<u8>>>,
+    /// Batches handed to the writer thread and not yet written. While it is
+    /// zero the supervisor writes to the socket itself, saving a hand-off.
+    writer_pending: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<()>>,
     inflight: VecDeque<u64>,
     running: Option<(u64, Instant)>,
@@ -151,6 +158,39 @@ struct Live {
 }
 
 impl Live {
+    /// Sends bytes to the worker, in order. When the writer thread has
+    /// nothing pending, as much as the socket takes now is written here
+    /// (`MSG_DONTWAIT`); the rest goes to the writer thread, which may block.
+    fn send(&mut self, mut bytes: Vec<u8>) {
+        let Some(tx) = &self.writer_tx else {
+            return;
+        };
+        if self.writer_pending.load(Ordering::Acquire) == 0 {
+            let fd = self.proc.stream.as_raw_fd();
+            let mut written = 0;
+            while written < bytes.len() {
+                match send(
+                    fd,
+                    &bytes[written..],
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                ) {
+                    Ok(n) => written += n,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    // Full (or broken: the writer thread will report it).
+                    Err(_) => break,
+                }
+            }
+            if written == bytes.len() {
+                return;
+            }
+            bytes.drain(..written);
+        }
+        self.writer_pending.fetch_add(1, Ordering::AcqRel);
+        if tx.send(bytes).is_err() {
+            self.writer_pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn kill(&mut self, reason: impl Into<String>) {
         if self.broken.is_none() {
             self.broken = Some(reason.into());
@@ -245,6 +285,7 @@ impl<T: Task> Supervisor<T> {
             generation,
             proc,
             writer_tx: None,
+            writer_pending: Arc::new(AtomicUsize::new(0)),
             threads: Vec::with_capacity(2),
             inflight: VecDeque::new(),
             running: None,
@@ -281,12 +322,13 @@ impl<T: Task> Supervisor<T> {
         );
         let (writer_tx, writer_rx) = unbounded::<Vec<u8>>();
         let events = self.events_tx.clone();
+        let pending = live.writer_pending.clone();
         live.threads.push(
             thread::Builder::new()
                 .name(format!("wf-writer-{pid}"))
                 .spawn(move || {
                     let failed = events.clone();
-                    let run = || write_frames(write_half, writer_rx, generation, events);
+                    let run = || write_frames(write_half, writer_rx, &pending, generation, events);
                     if catch_unwind(AssertUnwindSafe(run)).is_err() {
                         let _ = failed.send(Event::WriterFailed { generation });
                     }
@@ -437,7 +479,17 @@ impl<T: Task> Supervisor<T> {
 
     fn on_event(&mut self, ev: Event<T::Output>) {
         let now = Instant::now();
+        let ev = match ev {
+            Event::Batch(events) => {
+                for ev in events {
+                    self.on_event(ev);
+                }
+                return;
+            }
+            ev => ev,
+        };
         let generation = match &ev {
+            Event::Batch(_) => return,
             Event::Started { generation, .. }
             | Event::Done { generation, .. }
             | Event::ReaderClosed { generation, .. }
@@ -490,6 +542,7 @@ impl<T: Task> Supervisor<T> {
                     live.suspect_deadline.get_or_insert(now + EOF_LIMIT);
                 }
             }
+            Event::Batch(_) => {}
             Event::Exited { .. } => {
                 live.exited = true;
                 // The worker's own children could hold the socket open.
@@ -740,9 +793,7 @@ impl<T: Task> Supervisor<T> {
                 )),
             }
             if batch.len() >= BATCH_BYTES {
-                if let Some(tx) = &live.writer_tx {
-                    let _ = tx.send(std::mem::take(&mut batch));
-                }
+                live.send(std::mem::take(&mut batch));
             }
         }
         let recycle = per_worker.is_some_and(|m| live.sent >= m);
@@ -760,9 +811,7 @@ impl<T: Task> Supervisor<T> {
             }
         }
         if !batch.is_empty() {
-            if let Some(tx) = &live.writer_tx {
-                let _ = tx.send(batch);
-            }
+            live.send(batch);
         }
         for (id, why) in unsendable {
             self.finish(id, Outcome::NotRun(NotRunReason::Unsendable(why)));
@@ -830,28 +879,40 @@ impl<T: Task> Supervisor<T> {
     }
 }
 
-/// The writer thread: writes each batch whole, in order.
+/// The writer thread: writes each batch whole, in order, blocking while the
+/// worker does not read. `MSG_NOSIGNAL`: a dead worker is an error here, never
+/// a SIGPIPE for the host program.
 fn write_frames<O>(
     stream: UnixStream,
     batches: Receiver<Vec<u8>>,
+    pending: &AtomicUsize,
     generation: u64,
     events: Sender<Event<O>>,
 ) {
-    let mut stream = stream;
+    let fd = stream.as_raw_fd();
     for batch in batches {
-        if stream.write_all(&batch).is_err() {
-            let _ = events.send(Event::WriterFailed { generation });
-            return;
+        let mut written = 0;
+        while written < batch.len() {
+            match send(fd, &batch[written..], MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => written += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => {
+                    let _ = events.send(Event::WriterFailed { generation });
+                    return;
+                }
+            }
         }
+        pending.fetch_sub(1, Ordering::Release);
     }
 }
 
 /// The reader thread: decodes the worker's frames into events until the
 /// socket ends or breaks the protocol.
 ///
+/// Events are sent in one batch per `read` of the socket, not one per frame.
 /// A STARTED is held back while the next frame is already buffered: when
 /// that frame is the same task's result, the STARTED is dropped, halving the
-/// events for short tasks. It is always sent before the reader blocks, so a
+/// events for short tasks. Everything is sent before the reader blocks, so a
 /// crash or a timeout still finds the task marked as running.
 fn read_results<O: serde::de::DeserializeOwned>(
     stream: UnixStream,
@@ -861,13 +922,14 @@ fn read_results<O: serde::de::DeserializeOwned>(
 ) {
     let mut reader = FrameReader::new(stream, max);
     let mut started: Option<u64> = None;
+    let mut batch: Vec<Event<O>> = Vec::new();
     let error = loop {
-        if let Some(id) = started {
-            if !reader.has_buffered_frame() {
-                started = None;
-                if events.send(Event::Started { generation, id }).is_err() {
-                    break None;
-                }
+        if !reader.has_buffered_frame() {
+            if let Some(id) = started.take() {
+                batch.push(Event::Started { generation, id });
+            }
+            if !batch.is_empty() && !send_batch(&events, &mut batch) {
+                break None;
             }
         }
         let frame = match reader.next_frame() {
@@ -881,34 +943,27 @@ fn read_results<O: serde::de::DeserializeOwned>(
         };
         if let Some(held) = started.take() {
             let answers_held = held == id && matches!(frame.kind, KIND_OK | KIND_ERR);
-            if !answers_held
-                && events
-                    .send(Event::Started {
-                        generation,
-                        id: held,
-                    })
-                    .is_err()
-            {
-                break None;
+            if !answers_held {
+                batch.push(Event::Started {
+                    generation,
+                    id: held,
+                });
             }
         }
-        let event = match frame.kind {
-            KIND_STARTED if payload.is_empty() => {
-                started = Some(id);
-                continue;
-            }
+        match frame.kind {
+            KIND_STARTED if payload.is_empty() => started = Some(id),
             KIND_OK => match codec::decode::<O>(payload) {
-                Ok(output) => Event::Done {
+                Ok(output) => batch.push(Event::Done {
                     generation,
                     id,
                     result: Ok(output),
-                },
+                }),
                 Err(e) => {
                     let why = format!(
                         "the worker's result could not be decoded: {}",
                         crate::worker::error_chain(&e)
                     );
-                    let _ = events.send(Event::Done {
+                    batch.push(Event::Done {
                         generation,
                         id,
                         result: Err(why.clone()),
@@ -916,20 +971,32 @@ fn read_results<O: serde::de::DeserializeOwned>(
                     break Some(why);
                 }
             },
-            KIND_ERR => Event::Done {
+            KIND_ERR => batch.push(Event::Done {
                 generation,
                 id,
                 result: Err(String::from_utf8_lossy(payload).into_owned()),
-            },
+            }),
             other => break Some(format!("unexpected message kind {other:#04x}")),
-        };
-        if events.send(event).is_err() {
-            break None;
         }
         reader.shrink();
     };
     if let Some(id) = started {
-        let _ = events.send(Event::Started { generation, id });
+        batch.push(Event::Started { generation, id });
     }
-    let _ = events.send(Event::ReaderClosed { generation, error });
+    batch.push(Event::ReaderClosed { generation, error });
+    send_batch(&events, &mut batch);
+}
+
+/// Sends the batched events (one event alone, unwrapped). `false` when the
+/// supervisor is gone.
+fn send_batch<O>(events: &Sender<Event<O>>, batch: &mut Vec<Event<O>>) -> bool {
+    let event = if batch.len() == 1 {
+        batch.pop()
+    } else {
+        Some(Event::Batch(std::mem::take(batch)))
+    };
+    match event {
+        Some(event) => events.send(event).is_ok(),
+        None => true,
+    }
 }
