@@ -13,7 +13,7 @@
 //! task the worker had reported as started, with no result, crashed it;
 //! tasks it never started go to the next worker, or are reported not run.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -117,12 +117,12 @@ enum Got<T: Task> {
     Nothing,
 }
 
+/// An accepted task, kept small: a million queued tasks cost their own size
+/// plus a word each. Outcomes, per-task timeouts and retry counts live in
+/// side tables, paid for only by the tasks that have them.
 struct Entry<T: Task> {
     task: T,
     notify: Option<oneshot::Sender<Outcome<T::Output>>>,
-    outcome: Option<Outcome<T::Output>>,
-    timeout: Option<Duration>,
-    attempts: u32,
 }
 
 /// Why the last worker ended, for the restart and recycle counters.
@@ -224,6 +224,12 @@ pub(crate) struct Supervisor<T: Task> {
     events_tx: Sender<Event<T::Output>>,
     events: Receiver<Event<T::Output>>,
     entries: Vec<Option<Entry<T>>>,
+    /// Outcomes by task ID, grown as they arrive.
+    outcomes: Vec<Option<Outcome<T::Output>>>,
+    /// Per-task time limits that differ from the facade's.
+    timeouts: HashMap<u64, Duration>,
+    /// Runs of tasks that crashed their worker, for `retries`.
+    attempts: HashMap<u64, u32>,
     received: u64,
     queue: VecDeque<u64>,
     live: Option<Live>,
@@ -247,6 +253,9 @@ impl<T: Task> Supervisor<T> {
             events_tx,
             events,
             entries: Vec::new(),
+            outcomes: Vec::new(),
+            timeouts: HashMap::new(),
+            attempts: HashMap::new(),
             received: 0,
             queue: VecDeque::new(),
             live: None,
@@ -419,10 +428,10 @@ impl<T: Task> Supervisor<T> {
                 self.entries[id] = Some(Entry {
                     task: sub.task,
                     notify: sub.notify,
-                    outcome: None,
-                    timeout: sub.timeout.or(self.cfg.task_timeout),
-                    attempts: 0,
                 });
+                if let Some(limit) = sub.timeout {
+                    self.timeouts.insert(sub.id, limit);
+                }
                 match &self.dead {
                     Some(reason) => {
                         let reason = reason.clone();
@@ -569,7 +578,7 @@ impl<T: Task> Supervisor<T> {
         }
         let timeout_hit = self.live.as_ref().and_then(|live| {
             let (id, started) = live.running?;
-            let limit = self.entries.get(id as usize)?.as_ref()?.timeout?;
+            let limit = self.timeout_of(id)?;
             (live.broken.is_none() && now >= started + limit).then_some((id, limit))
         });
         if let Some((id, limit)) = timeout_hit {
@@ -627,12 +636,7 @@ impl<T: Task> Supervisor<T> {
                 consider(live.suspect_deadline);
                 if live.broken.is_none() {
                     if let Some((id, started)) = live.running {
-                        let limit = self
-                            .entries
-                            .get(id as usize)
-                            .and_then(|e| e.as_ref())
-                            .and_then(|e| e.timeout);
-                        consider(limit.map(|l| started + l));
+                        consider(self.timeout_of(id).map(|l| started + l));
                     }
                 }
             }
@@ -676,14 +680,12 @@ impl<T: Task> Supervisor<T> {
                 unstarted.push(id);
                 continue;
             }
-            let Some(entry) = self.entries.get_mut(id as usize).and_then(|e| e.as_mut()) else {
-                continue;
-            };
-            if entry.outcome.is_some() {
-                continue; // timed out already
+            if self.has_outcome(id) {
+                continue; // timed out already, or delivered
             }
-            entry.attempts += 1;
-            if entry.attempts <= self.cfg.retries && self.dead.is_none() {
+            let attempts = self.attempts.entry(id).or_insert(0);
+            *attempts += 1;
+            if *attempts <= self.cfg.retries && self.dead.is_none() {
                 unstarted.push(id); // opt-in retry, bounded
             } else {
                 self.finish(id, Outcome::Crashed(crash.clone()));
@@ -821,23 +823,43 @@ impl<T: Task> Supervisor<T> {
     /// Records a task's one outcome: to its handle if it has a live one,
     /// otherwise for `collect_tasks`. A second outcome is ignored.
     fn finish(&mut self, id: u64, outcome: Outcome<T::Output>) {
-        let Some(slot) = self.entries.get_mut(id as usize) else {
-            return;
-        };
-        let Some(entry) = slot.as_mut() else {
-            return;
-        };
-        if entry.outcome.is_some() {
+        if self.has_outcome(id) {
             return;
         }
+        let Some(entry) = self.entries.get_mut(id as usize).and_then(|e| e.as_mut()) else {
+            return;
+        };
         self.stats.count(&outcome);
-        match entry.notify.take() {
+        self.timeouts.remove(&id);
+        self.attempts.remove(&id);
+        let outcome = match entry.notify.take() {
             Some(tx) => match tx.send(outcome) {
-                Ok(()) => *slot = None,
-                Err(back) => entry.outcome = Some(back.into_inner()),
+                Ok(()) => {
+                    // Delivered: the task is done with.
+                    self.entries[id as usize] = None;
+                    return;
+                }
+                Err(back) => back.into_inner(),
             },
-            None => entry.outcome = Some(outcome),
+            None => outcome,
+        };
+        let slot = id as usize;
+        if self.outcomes.len() <= slot {
+            self.outcomes.resize_with(slot + 1, || None);
         }
+        self.outcomes[slot] = Some(outcome);
+    }
+
+    /// Whether task `id` has had its outcome (or was never accepted).
+    fn has_outcome(&self, id: u64) -> bool {
+        let slot = id as usize;
+        !matches!(self.entries.get(slot), Some(Some(_)))
+            || matches!(self.outcomes.get(slot), Some(Some(_)))
+    }
+
+    /// The time limit of task `id`: its own, or the facade's.
+    fn timeout_of(&self, id: u64) -> Option<Duration> {
+        self.timeouts.get(&id).copied().or(self.cfg.task_timeout)
     }
 
     /// Whether the supervisor's work is over (and, for a collect, replies).
@@ -858,15 +880,17 @@ impl<T: Task> Supervisor<T> {
         let Some(CollectRequest { reply, .. }) = self.collect.take() else {
             return false;
         };
+        let mut outcomes = std::mem::take(&mut self.outcomes).into_iter();
         let records = std::mem::take(&mut self.entries)
             .into_iter()
             .enumerate()
             .filter_map(|(id, entry)| {
+                let outcome = outcomes.next().flatten();
                 let entry = entry?;
                 Some(TaskRecord {
                     id: TaskId(id as u64),
                     task: entry.task,
-                    outcome: entry.outcome.unwrap_or_else(|| {
+                    outcome: outcome.unwrap_or_else(|| {
                         Outcome::NotRun(NotRunReason::Cancelled(
                             "no outcome was recorded (a bug in worker-facade)".into(),
                         ))
