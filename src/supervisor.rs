@@ -43,6 +43,8 @@ use crate::wire::{
 const WINDOW: usize = 1024;
 /// A batch is handed to the writer once it holds this many bytes.
 const BATCH_BYTES: usize = 256 * 1024;
+/// The largest batch buffer kept for reuse (one 1 MiB task fits).
+const SPARE_LIMIT: usize = 4 << 20;
 /// After the worker exits, how long the reader may take to drain the socket
 /// before we cut it (only reached when something outside the worker's
 /// process group holds the socket open).
@@ -140,6 +142,8 @@ struct Live {
     /// Batches handed to the writer thread and not yet written. While it is
     /// zero the supervisor writes to the socket itself, saving a hand-off.
     writer_pending: Arc<AtomicUsize>,
+    /// A batch buffer written out directly, kept for the next batch.
+    spare: Vec<u8>,
     threads: Vec<JoinHandle<()>>,
     inflight: VecDeque<u64>,
     running: Option<(u64, Instant)>,
@@ -181,6 +185,10 @@ impl Live {
                 }
             }
             if written == bytes.len() {
+                bytes.clear();
+                if bytes.capacity() <= SPARE_LIMIT {
+                    self.spare = bytes;
+                }
                 return;
             }
             bytes.drain(..written);
@@ -295,6 +303,7 @@ impl<T: Task> Supervisor<T> {
             proc,
             writer_tx: None,
             writer_pending: Arc::new(AtomicUsize::new(0)),
+            spare: Vec::new(),
             threads: Vec::with_capacity(2),
             inflight: VecDeque::new(),
             running: None,
@@ -769,7 +778,7 @@ impl<T: Task> Supervisor<T> {
         }
         let max_frame = self.cfg.command.max_frame;
         let per_worker = self.cfg.max_tasks_per_worker;
-        let mut batch = Vec::new();
+        let mut batch = std::mem::take(&mut live.spare);
         let mut unsendable = Vec::new();
         while live.inflight.len() < WINDOW && per_worker.is_none_or(|m| live.sent < m) {
             let Some(id) = self.queue.pop_front() else {
@@ -812,7 +821,9 @@ impl<T: Task> Supervisor<T> {
                 live.kill_deadline = Some(Instant::now() + self.cfg.grace);
             }
         }
-        if !batch.is_empty() {
+        if batch.is_empty() {
+            live.spare = batch;
+        } else {
             live.send(batch);
         }
         for (id, why) in unsendable {

@@ -158,9 +158,17 @@ pub(crate) struct FrameReader<R> {
     start: usize,
     end: usize,
     max: u32,
+    /// Calls to `shrink` left before an oversized buffer is given back: a
+    /// stream of large frames keeps its buffer instead of reallocating (and
+    /// zero-filling) it for every frame.
+    shrink_after: u32,
+    /// Length of the last frame returned.
+    last_frame: usize,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Small frames in a row after which a buffer grown for a large one is freed.
+const SHRINK_AFTER: u32 = 64;
 
 impl<R: Read> FrameReader<R> {
     pub(crate) fn new(inner: R, max: u32) -> Self {
@@ -170,6 +178,8 @@ impl<R: Read> FrameReader<R> {
             start: 0,
             end: 0,
             max,
+            shrink_after: SHRINK_AFTER,
+            last_frame: 0,
         }
     }
 
@@ -208,6 +218,7 @@ impl<R: Read> FrameReader<R> {
         }
         let body = &self.buf[self.start + 4..self.start + want];
         self.start += want;
+        self.last_frame = want;
         Ok(Some(Frame {
             kind: body[0],
             rest: &body[1..],
@@ -244,12 +255,22 @@ impl<R: Read> FrameReader<R> {
         Ok(true)
     }
 
-    /// Releases memory held for a large frame once no bytes are buffered.
+    /// Releases memory held for a large frame once no bytes are buffered
+    /// and no large frame has come for a while. Call after each frame.
     pub(crate) fn shrink(&mut self) {
-        if self.start == self.end && self.buf.len() > 4 * READ_CHUNK {
+        if self.buf.len() <= 4 * READ_CHUNK {
+            return;
+        }
+        if self.last_frame > READ_CHUNK || self.end - self.start > READ_CHUNK {
+            self.shrink_after = SHRINK_AFTER; // large frames are coming
+            return;
+        }
+        self.shrink_after = self.shrink_after.saturating_sub(1);
+        if self.shrink_after == 0 && self.start == self.end {
             self.buf = vec![0; READ_CHUNK];
             self.start = 0;
             self.end = 0;
+            self.shrink_after = SHRINK_AFTER;
         }
     }
 }
