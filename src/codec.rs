@@ -14,7 +14,16 @@ const fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// A value could not be encoded or decoded.
+/// A value could not be encoded or decoded. It reaches users inside
+/// outcome texts (a task that cannot be encoded is
+/// [`NotRun`](crate::Outcome::NotRun), a result that cannot be decoded
+/// [`Failed`](crate::Outcome::Failed)).
+///
+/// ```
+/// use worker_facade::CodecError;
+/// let err = CodecError::TrailingBytes(3);
+/// assert!(err.to_string().contains("disagree on the type"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// Serialisation failed (for example a map with non-string keys in a

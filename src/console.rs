@@ -21,6 +21,16 @@ pub(crate) const TAIL_LINES: usize = 20;
 const MAX_LINE: usize = 64 * 1024;
 
 /// Which of the worker's streams a line came from.
+///
+/// ```
+/// use worker_facade::{Output, OutputStream};
+/// let errors_only = Output::capture(|line| {
+///     if line.stream == OutputStream::Stderr {
+///         eprintln!("{line}");
+///     }
+/// });
+/// # let _ = errors_only;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputStream {
     /// The worker's stdout.

@@ -87,7 +87,18 @@ impl<O> IntoFuture for TaskHandle<O> {
     }
 }
 
-/// A [`TaskHandle`] being awaited. Runtime-agnostic.
+/// A [`TaskHandle`] being awaited. Runtime-agnostic: it needs nothing but a
+/// waker, so tokio, smol, async-std or `futures::executor` all drive it.
+///
+/// ```no_run
+/// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+///
+/// async fn run(w: &WorkingProcessFacade<SimpleTask>) {
+///     let handle = w.submit(SimpleTask::new("one", 0.0)).expect("accepted");
+///     let outcome = handle.await; // a TaskFuture
+///     println!("{outcome:?}");
+/// }
+/// ```
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct TaskFuture<O> {

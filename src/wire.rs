@@ -43,7 +43,18 @@ pub(crate) const KIND_OK: u8 = 0x12;
 pub(crate) const KIND_ERR: u8 = 0x13;
 pub(crate) const KIND_BOOT: u8 = 0x20;
 
-/// A frame could not be read.
+/// A frame could not be read. Reported inside the reason of the outcome of
+/// a task whose worker sent it (the worker is then killed), or by
+/// [`worker::WorkerError`](crate::worker::WorkerError) on the worker's side.
+///
+/// ```
+/// use worker_facade::WireError;
+/// let err = WireError::TooLarge { len: 1 << 30, max: 64 << 20 };
+/// assert_eq!(
+///     err.to_string(),
+///     "frame of 1073741824 bytes exceeds the maximum frame size of 67108864 bytes"
+/// );
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// The underlying read or write failed.

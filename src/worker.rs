@@ -31,6 +31,17 @@ use crate::wire::{
 pub const EXIT_PROTOCOL_ERROR: i32 = 70;
 
 /// Why [`try_serve`] stopped before the parent sent the terminator.
+///
+/// ```no_run
+/// use worker_facade::simple::SimpleTask;
+/// use worker_facade::worker::{WorkerError, try_serve};
+///
+/// match try_serve(|t: SimpleTask| Ok::<_, String>(t.solve())) {
+///     Ok(()) => {}
+///     Err(WorkerError::NoBootstrap(_)) => eprintln!("start me through WorkingProcessFacade"),
+///     Err(other) => eprintln!("{other}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
