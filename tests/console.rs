@@ -15,16 +15,7 @@ fn printing_parent_main() {
     let Some(worker) = std::env::var_os("PRINTING_PARENT_WORKER") else {
         return;
     };
-    let cmd = || {
-        WorkerCommand::new(&worker).args([
-            "--ignored",
-            "--exact",
-            "common::worker_main",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-    };
+    let cmd = || WorkerCommand::new(&worker).args(common::TEST_WORKER_ARGS);
     // Two workers printing long lines at once, plus the parent itself.
     let a = WorkingProcessFacade::<SimpleTask>::spawn(cmd()).expect("spawn");
     let b = WorkingProcessFacade::<SimpleTask>::spawn(cmd()).expect("spawn");

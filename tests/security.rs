@@ -9,8 +9,10 @@
 //! protocol by hand from the format documented in `src/wire.rs`. The others
 //! use the stock `facade-worker`.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -18,17 +20,18 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, mpsc};
-use std::thread;
 use std::time::Duration;
 
+use common::hand_wire::{
+    KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, TOKEN_LEN, encoded, frame, from_hex, honest_hello,
+    read_boot, task_id, to_hex, try_read_frame,
+};
+use common::{lines_on_channel, stock_worker, within};
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use worker_facade::simple::SimpleTask;
-use worker_facade::{
-    Outcome, Output, PROTOCOL_VERSION, RestartPolicy, WORKER_ENV, WorkerCommand,
-    WorkingProcessFacade,
-};
+use worker_facade::{Outcome, RestartPolicy, WORKER_ENV, WorkerCommand, WorkingProcessFacade};
 
 /// Picks the test worker's behaviour.
 const MODE_ENV: &str = "WF_SECURITY_MODE";
@@ -40,105 +43,32 @@ const STRANGER_CONNECTED: &str = "STRANGER CONNECTED";
 /// Every test body must finish within this, or it fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(20);
 /// The libtest arguments that run only `security_worker_main`.
-const HARNESS_ARGS: [&str; 6] = [
-    "--ignored",
-    "--exact",
-    "security_worker_main",
-    "--nocapture",
-    "--test-threads=1",
-    "-q",
-];
+const HARNESS_ARGS: [&str; 6] = common::libtest_args("security_worker_main");
 
 // ---------------------------------------------------------------------------
-// The wire format, written from the documentation in src/wire.rs.
-
-const MAGIC: u32 = 0x5746_4143; // "WFAC"
-const KIND_TASK: u8 = 0x01;
-const KIND_STOP: u8 = 0x02;
-const KIND_HELLO: u8 = 0x10;
-const KIND_STARTED: u8 = 0x11;
-const KIND_OK: u8 = 0x12;
-const KIND_BOOT: u8 = 0x20;
-const TOKEN_LEN: usize = 16;
-
-/// Reads `BOOT = len:u32le 0x20 magic:u32le protocol:u32le token[16]
-/// path_len:u16le path options` from stdin: the token and the socket path.
-fn read_boot() -> ([u8; TOKEN_LEN], String) {
-    let mut stdin = io::stdin().lock();
-    let mut len = [0u8; 4];
-    stdin.read_exact(&mut len).expect("BOOT length on stdin");
-    let len = u32::from_le_bytes(len) as usize;
-    assert!(len <= 64 * 1024, "BOOT frame of {len} bytes");
-    let mut body = vec![0u8; len];
-    stdin.read_exact(&mut body).expect("BOOT body on stdin");
-    assert_eq!(body[0], KIND_BOOT, "first frame on stdin is BOOT");
-    assert_eq!(body[1..5], MAGIC.to_le_bytes(), "BOOT magic");
-    let mut token = [0u8; TOKEN_LEN];
-    token.copy_from_slice(&body[9..9 + TOKEN_LEN]);
-    let at = 9 + TOKEN_LEN;
-    let path_len = u16::from_le_bytes([body[at], body[at + 1]]) as usize;
-    let path = String::from_utf8(body[at + 2..at + 2 + path_len].to_vec()).expect("UTF-8 path");
-    (token, path)
-}
-
-/// `HELLO = 0x10 magic:u32le protocol:u32le pid:u32le token[16] crate_version`.
-fn hello(token: &[u8; TOKEN_LEN]) -> Vec<u8> {
-    let mut body = vec![KIND_HELLO];
-    body.extend_from_slice(&MAGIC.to_le_bytes());
-    body.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    body.extend_from_slice(&std::process::id().to_le_bytes());
-    body.extend_from_slice(token);
-    body.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
-    let mut out = (body.len() as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
-
-/// `len:u32le kind id:u64le payload`.
-fn frame(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = ((9 + payload.len()) as u32).to_le_bytes().to_vec();
-    out.push(kind);
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(payload);
-    out
-}
+// The worker side, on the wire format of tests/common/hand_wire.rs.
 
 /// Serves `SimpleTask`s honestly until STOP or EOF: STARTED, then OK with
-/// the output encoded as the codec does (bincode 2, standard configuration).
+/// the output encoded as the codec does.
 fn serve_honestly(stream: &mut UnixStream) {
-    let config = bincode::config::standard();
     loop {
-        let mut len = [0u8; 4];
-        if stream.read_exact(&mut len).is_err() {
+        let Ok((kind, rest)) = try_read_frame(stream) else {
             return;
-        }
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        stream.read_exact(&mut body).expect("frame body");
-        match body[0] {
+        };
+        match kind {
             KIND_TASK => {
-                let id = u64::from_le_bytes(body[1..9].try_into().expect("task ID"));
+                let id = task_id(&rest);
                 let (task, _): (SimpleTask, usize) =
-                    bincode::serde::decode_from_slice(&body[9..], config).expect("a SimpleTask");
-                let output = bincode::serde::encode_to_vec(task.solve(), config).expect("encodes");
-                let mut out = frame(KIND_STARTED, id, &[]);
-                out.extend_from_slice(&frame(KIND_OK, id, &output));
+                    bincode::serde::decode_from_slice(&rest[8..], bincode::config::standard())
+                        .expect("a SimpleTask");
+                let mut out = frame(KIND_STARTED, Some(id), &[]);
+                out.extend_from_slice(&frame(KIND_OK, Some(id), &encoded(&task.solve())));
                 stream.write_all(&out).expect("answer");
             }
             KIND_STOP => return,
             kind => panic!("unexpected frame kind {kind:#04x} from the parent"),
         }
     }
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-        .collect()
 }
 
 /// Modes of the test worker:
@@ -157,18 +87,19 @@ fn security_worker(mode: &str) {
             .try_into()
             .expect("16 bytes");
         let mut s = UnixStream::connect(&path).expect("the stranger connects");
-        let _ = s.write_all(&hello(&token));
+        let _ = s.write_all(&honest_hello(&token));
         println!("{STRANGER_CONNECTED}");
         io::stdout().flush().expect("flush");
         // Hold the connection (and stay alive) until the worker lets go.
         let _ = io::copy(&mut io::stdin(), &mut io::sink());
         return;
     }
-    let (token, path) = read_boot();
+    let boot = read_boot();
+    let (token, path) = (boot.token, &boot.path);
     let mut stranger = None;
     match mode {
         "report" => {
-            let dir = Path::new(&path).parent().expect("socket directory");
+            let dir = Path::new(path).parent().expect("socket directory");
             let mode = std::fs::metadata(dir)
                 .expect("directory")
                 .permissions()
@@ -183,7 +114,7 @@ fn security_worker(mode: &str) {
             let mut child = Command::new(std::env::current_exe().expect("current exe"))
                 .args(HARNESS_ARGS)
                 .env(MODE_ENV, "stranger")
-                .env(SOCKET_ENV, &path)
+                .env(SOCKET_ENV, path)
                 .env(TOKEN_ENV, to_hex(&token))
                 // Not in the worker's process group: a stranger.
                 .process_group(0)
@@ -202,8 +133,8 @@ fn security_worker(mode: &str) {
         }
         other => panic!("unknown mode {other:?}"),
     }
-    let mut s = UnixStream::connect(&path).expect("connect to the parent's socket");
-    s.write_all(&hello(&token)).expect("HELLO");
+    let mut s = boot.connect();
+    s.write_all(&honest_hello(&token)).expect("HELLO");
     serve_honestly(&mut s);
     if let Some(mut child) = stranger {
         drop(child.stdin.take());
@@ -223,18 +154,19 @@ fn security_worker_main() {
 // ---------------------------------------------------------------------------
 // The parent side.
 
-/// This test binary as a worker in `mode`; its output lines arrive on the
-/// returned channel.
-fn test_worker(mode: &str) -> (WorkerCommand, mpsc::Receiver<String>) {
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let cmd = WorkerCommand::current_exe()
-        .args(HARNESS_ARGS)
-        .env(MODE_ENV, mode)
-        .output(Output::capture(move |line| {
-            let _ = tx.lock().map(|tx| tx.send(line.text));
-        }));
-    (cmd, rx)
+/// A facade, with no restarts, on this test binary as a worker in `mode`;
+/// the worker's output lines arrive on the returned channel.
+fn spawn_test_worker(mode: &str) -> (WorkingProcessFacade<SimpleTask>, mpsc::Receiver<String>) {
+    let (cmd, lines) = lines_on_channel(
+        WorkerCommand::current_exe()
+            .args(HARNESS_ARGS)
+            .env(MODE_ENV, mode),
+    );
+    let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
+        .restart(RestartPolicy::Never)
+        .spawn()
+        .expect("the real worker gets through");
+    (w, lines)
 }
 
 /// Waits for a line containing `marker` and returns what follows it.
@@ -248,32 +180,6 @@ fn line_after(rx: &mpsc::Receiver<String>, marker: &str) -> String {
             }
             Err(e) => panic!("no line {marker:?} from the worker: {e}"),
         }
-    }
-}
-
-fn stock_worker() -> WorkerCommand {
-    WorkerCommand::new(env!("CARGO_BIN_EXE_facade-worker")).output(Output::Silent)
-}
-
-/// Runs `body` on its own thread and fails the test if it takes longer than
-/// the watchdog allows, instead of hanging CI.
-fn within<R: Send + 'static>(body: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let runner = thread::Builder::new()
-        .name("test-body".into())
-        .spawn(move || {
-            let _ = tx.send(body());
-        })
-        .expect("spawn the test body");
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(r) => r,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("watchdog: the test body still runs after {WATCHDOG:?}")
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match runner.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the body ended without a result"),
-        },
     }
 }
 
@@ -385,12 +291,8 @@ fn check_worker_descriptors(pid: u32, allowed: &BTreeMap<i32, PathBuf>) {
 
 #[test]
 fn stranger_connecting_first_is_refused_while_the_worker_keeps_working() {
-    within(|| {
-        let (cmd, lines) = test_worker("stranger-first");
-        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
-            .restart(RestartPolicy::Never)
-            .spawn()
-            .expect("the real worker gets through");
+    within(WATCHDOG, || {
+        let (w, lines) = spawn_test_worker("stranger-first");
         let worker = w.worker_pid().expect("a worker runs");
         let stranger: u32 = line_after(&lines, "STRANGER PID").parse().expect("a pid");
         assert_ne!(stranger, worker);
@@ -406,7 +308,7 @@ fn stranger_connecting_first_is_refused_while_the_worker_keeps_working() {
 
 #[test]
 fn stock_worker_holds_only_its_pipes_and_its_socket() {
-    within(|| {
+    within(WATCHDOG, || {
         let _serial = DESCRIPTORS.lock().unwrap_or_else(|e| e.into_inner());
         // Descriptors this process inherited without close-on-exec are marked
         // close-on-exec in the worker (see the test below); allowing them
@@ -420,7 +322,7 @@ fn stock_worker_holds_only_its_pipes_and_its_socket() {
 
 #[test]
 fn descriptor_without_cloexec_in_the_parent_does_not_reach_the_worker() {
-    within(|| {
+    within(WATCHDOG, || {
         let _serial = DESCRIPTORS.lock().unwrap_or_else(|e| e.into_inner());
         // As a C library, or the program that started us, would leave it.
         let leaky =
@@ -444,12 +346,8 @@ fn descriptor_without_cloexec_in_the_parent_does_not_reach_the_worker() {
 
 #[test]
 fn socket_file_and_its_private_directory_are_removed_once_connected() {
-    within(|| {
-        let (cmd, lines) = test_worker("report");
-        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
-            .restart(RestartPolicy::Never)
-            .spawn()
-            .expect("spawn");
+    within(WATCHDOG, || {
+        let (w, lines) = spawn_test_worker("report");
         let report = line_after(&lines, "SOCKET");
         let mut words = report.split_whitespace();
         let path = PathBuf::from(words.next().expect("path"));
@@ -488,12 +386,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn socket_path_and_token_are_not_on_argv_or_in_the_environment() {
-    within(|| {
-        let (cmd, lines) = test_worker("report");
-        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
-            .restart(RestartPolicy::Never)
-            .spawn()
-            .expect("spawn");
+    within(WATCHDOG, || {
+        let (w, lines) = spawn_test_worker("report");
         let pid = w.worker_pid().expect("a worker runs");
         let report = line_after(&lines, "SOCKET");
         let words: Vec<&str> = report.split_whitespace().collect();
@@ -536,7 +430,7 @@ fn socket_path_and_token_are_not_on_argv_or_in_the_environment() {
 
 #[test]
 fn stock_worker_gets_no_arguments_and_only_the_marker_variable() {
-    within(|| {
+    within(WATCHDOG, || {
         let (w, pid) = idle_stock_worker();
         let cmdline = read_proc(pid, "cmdline");
         let argv: Vec<&[u8]> = cmdline

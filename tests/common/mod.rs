@@ -2,31 +2,44 @@
 //! made by re-running the test binary itself, a watchdog, and /proc helpers.
 #![allow(dead_code, unreachable_pub, clippy::exit)]
 
+pub mod hand_wire;
+
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, Once, mpsc};
 use std::thread;
 use std::time::Duration;
 
 use worker_facade::simple::SimpleTask;
-use worker_facade::{Output, WorkerCommand};
+use worker_facade::{Output, OutputLine, WorkerCommand};
 
 /// The stock worker, built by cargo before the tests.
 pub fn stock_worker() -> WorkerCommand {
     WorkerCommand::new(env!("CARGO_BIN_EXE_facade-worker")).output(Output::Silent)
 }
 
+/// The libtest arguments that make a test binary run only its ignored test
+/// `test`, such as a worker's main function.
+pub const fn libtest_args(test: &str) -> [&str; 6] {
+    [
+        "--ignored",
+        "--exact",
+        test,
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ]
+}
+
+/// The libtest arguments that run only [`worker_main`].
+pub const TEST_WORKER_ARGS: [&str; 6] = libtest_args("common::worker_main");
+
 /// This test binary re-executed as a worker running [`test_handler`]: it
 /// runs only the ignored test below, which serves tasks.
 pub fn test_worker() -> WorkerCommand {
     WorkerCommand::current_exe()
-        .args([
-            "--ignored",
-            "--exact",
-            "common::worker_main",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
+        .args(TEST_WORKER_ARGS)
         .output(Output::Silent)
 }
 
@@ -91,12 +104,41 @@ fn worker_main() {
 /// A test worker whose output lines arrive on the returned channel, so a
 /// test can wait for `started <id>` instead of sleeping.
 pub fn announcing_worker() -> (WorkerCommand, mpsc::Receiver<String>) {
+    lines_on_channel(test_worker())
+}
+
+/// `cmd` with the text of its output lines sent on the returned channel.
+pub fn lines_on_channel(cmd: WorkerCommand) -> (WorkerCommand, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel();
-    let tx = std::sync::Mutex::new(tx);
-    let cmd = test_worker().output(Output::capture(move |line| {
+    let tx = Mutex::new(tx);
+    let cmd = cmd.output(Output::capture(move |line| {
         let _ = tx.lock().map(|tx| tx.send(line.text));
     }));
     (cmd, rx)
+}
+
+/// Output lines captured with the pids of the workers that printed them.
+pub type Lines = Arc<Mutex<Vec<OutputLine>>>;
+
+/// `cmd` with its output lines collected in the returned list.
+pub fn capture_lines(cmd: WorkerCommand) -> (WorkerCommand, Lines) {
+    let lines: Lines = Arc::default();
+    let sink = lines.clone();
+    let cmd = cmd.output(Output::capture(move |line| {
+        sink.lock().expect("lines").push(line);
+    }));
+    (cmd, lines)
+}
+
+/// The pids of the workers that printed a line containing `marker`.
+pub fn pids_printing(lines: &Lines, marker: &str) -> BTreeSet<u32> {
+    lines
+        .lock()
+        .expect("lines")
+        .iter()
+        .filter(|l| l.text.contains(marker))
+        .map(|l| l.pid)
+        .collect()
 }
 
 /// Waits for a line equal to `want`, skipping others.
@@ -133,6 +175,43 @@ pub fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send +
             Ok(()) => unreachable!("sender dropped without sending"),
         },
     }
+}
+
+/// Panics in the library's threads (all named `wf-...`), counted by a hook
+/// that [`count_library_panics`] installs.
+static LIBRARY_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// From now on, counts the panics of the library's threads.
+pub fn count_library_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if thread::current()
+                .name()
+                .is_some_and(|name| name.starts_with("wf-"))
+            {
+                LIBRARY_PANICS.fetch_add(1, SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// How many threads of the library panicked since [`count_library_panics`].
+pub fn library_panics() -> usize {
+    LIBRARY_PANICS.load(SeqCst)
+}
+
+/// Peak virtual memory of this process, in bytes.
+pub fn vm_peak() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPeak:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmPeak")
+        * 1024
 }
 
 /// Whether a process with this pid exists (a zombie counts as existing).
