@@ -40,6 +40,7 @@ pub struct WorkerCommand {
     pub(crate) max_frame: u32,
     pub(crate) core_dumps: bool,
     pub(crate) memory_limit: Option<u64>,
+    pub(crate) socket_dir: Option<PathBuf>,
 }
 
 impl WorkerCommand {
@@ -57,6 +58,7 @@ impl WorkerCommand {
             max_frame: DEFAULT_MAX_FRAME,
             core_dumps: false,
             memory_limit: None,
+            socket_dir: None,
         }
     }
 
@@ -138,6 +140,15 @@ impl WorkerCommand {
     /// was running is then reported as crashed.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Where the private directory for the handshake socket is made
+    /// (default: [`std::env::temp_dir`]). The directory is created with mode
+    /// 0700 and a random name, and removed as soon as the worker connects.
+    /// The path must be short: a socket path has a limit of about 100 bytes.
+    pub fn socket_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.socket_dir = Some(dir.as_ref().to_path_buf());
         self
     }
 

@@ -84,7 +84,8 @@ impl WorkerProcess {
             let path = path.clone();
             move |source: io::Error| SpawnError::Resource { what, path, source }
         };
-        let dir = SocketDir::create().map_err(resource("private socket directory"))?;
+        let base = cmd.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = SocketDir::create(&base).map_err(resource("private socket directory"))?;
         let socket_path = dir.path.join("s");
         let name = socket_path
             .as_path()
@@ -497,8 +498,7 @@ struct SocketDir {
 }
 
 impl SocketDir {
-    fn create() -> io::Result<SocketDir> {
-        let base = std::env::temp_dir();
+    fn create(base: &std::path::Path) -> io::Result<SocketDir> {
         for _ in 0..8 {
             let name: String = random_bytes::<8>()?
                 .iter()

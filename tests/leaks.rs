@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{child_pids, signal, stock_worker, within};
@@ -17,19 +18,19 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-fn socket_dirs() -> BTreeSet<String> {
-    std::fs::read_dir(std::env::temp_dir())
+/// What is left in the directory the facades make their sockets in.
+fn socket_dirs(base: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(base)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("wf-") && n.len() == 19)
                 .collect()
         })
         .unwrap_or_default()
 }
 
-fn use_one(i: usize) {
-    let builder = WorkingProcessFacade::<SimpleTask>::builder(stock_worker())
+fn use_one(i: usize, base: &Path) {
+    let builder = WorkingProcessFacade::<SimpleTask>::builder(stock_worker().socket_dir(base))
         .grace_period(Duration::from_millis(100));
     let builder = if i % 2 == 0 {
         builder.restart(RestartPolicy::Never)
@@ -68,19 +69,23 @@ fn use_one(i: usize) {
 fn two_hundred_facades_leave_nothing_behind() {
     within(Duration::from_secs(120), || {
         // Warm up once: the first use may initialise process-wide state.
-        use_one(3);
+        // Sockets go to a directory of this test's own, so that other
+        // processes' sockets cannot be mistaken for leaks.
+        let base = std::env::temp_dir().join(format!("wf-leaks-{}", std::process::id()));
+        std::fs::create_dir_all(&base).expect("socket base directory");
+        use_one(3, &base);
         let threads = count("/proc/self/task");
         let fds = count("/proc/self/fd");
         let children = child_pids();
-        let dirs = socket_dirs();
         for i in 0..200 {
-            use_one(i);
+            use_one(i, &base);
         }
         // The watchdog thread of `within` is the same one throughout.
         assert_eq!(count("/proc/self/task"), threads, "threads");
         assert_eq!(count("/proc/self/fd"), fds, "descriptors");
         assert_eq!(child_pids(), children, "child processes (zombies included)");
-        let left: Vec<_> = socket_dirs().difference(&dirs).cloned().collect();
+        let left = socket_dirs(&base);
         assert!(left.is_empty(), "socket directories left: {left:?}");
+        std::fs::remove_dir(&base).expect("empty, so removable");
     });
 }
