@@ -44,6 +44,43 @@
 //! A task type implements [`Task`], naming its output type. Both travel as
 //! serde + bincode 2.
 //!
+//! # Pools and batching
+//!
+//! - [`LeasedExecutorManager`]: a pool of worker processes (each one a
+//!   facade) that callers lease for a bounded time. Past a lease's hard
+//!   expiry its worker is killed and replaced; an executor whose worker
+//!   crashed is retired, never handed out again, and replaced.
+//! - [`WorkGrinder`]: the seed's batcher in front of the pool. Many callers —
+//!   threads, or async tasks in any runtime — submit items; a batch leaves
+//!   when the oldest item has waited `max_wait` or `batch_size_threshold`
+//!   items are pending, runs on one leased executor, and each caller gets its
+//!   own result as soon as the worker answers it. Batches run concurrently on
+//!   several executors; a crash fails only the item that was running.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     worker_facade::worker::run_if_worker(|t: SimpleTask| Ok::<_, String>(t.solve()));
+//!
+//!     let pool = Arc::new(
+//!         LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe())
+//!             .max_executors(2)
+//!             .build()?,
+//!     );
+//!     pool.start()?;
+//!     let grinder = WorkGrinder::builder(pool.clone()).max_wait_seconds(0.05).build()?;
+//!     grinder.start()?;
+//!     println!("{}", grinder.submit(SimpleTask::new("one", 0.1))?); // blocking
+//!     let handle = grinder.enqueue(SimpleTask::new("two", 0.1))?; // a Future too
+//!     println!("{}", handle.wait()?);
+//!     grinder.stop(false);
+//!     pool.stop();
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Bincode limitations
 //!
 //! Bincode is not self-describing: `#[serde(flatten)]`, `#[serde(untagged)]`,
@@ -76,8 +113,10 @@ mod config;
 mod console;
 mod error;
 mod facade;
+mod grinder;
 mod guard;
 mod handle;
+mod pool;
 mod process;
 mod stats;
 mod supervisor;
@@ -94,8 +133,16 @@ pub use config::RestartPolicy;
 pub use console::{Output, OutputLine, OutputStream};
 pub use error::{CollectError, SpawnError, SubmitError, WaitError};
 pub use facade::{FacadeBuilder, WorkingProcessFacade};
+pub use grinder::{
+    AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError, GrinderError,
+    GrinderStartError, GrinderStats, StatsTimeout, WorkError, WorkGrinder,
+};
 pub use guard::CollectOnDrop;
 pub use handle::{TaskFuture, TaskHandle};
+pub use pool::{
+    AcquireError, Lease, LeaseError, LeaseInfo, LeasedExecutorManager, PoolBuilder,
+    PoolConfigError, PoolStartError, PoolStats,
+};
 pub use stats::FacadeStats;
 pub use task::{
     CrashInfo, ExitInfo, NotRunReason, Outcome, ResourceUsage, Task, TaskId, TaskRecord,

@@ -1,0 +1,760 @@
+//! `WorkGrinder`: dispatch by size and by time, streaming, concurrency,
+//! crashes, expired leases, stopping, every error, and 10,000 items from
+//! threads and from two async runtimes, with real worker processes.
+//!
+//! Nothing here asserts on how long something took: hung items are ended by
+//! a lease expiry or by stopping the pool, and every wait has a generous
+//! bound that only guards against a hang.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::Duration;
+
+use worker_facade::simple::SimpleTask;
+use worker_facade::{
+    AcquireError, AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError,
+    GrinderError, GrinderStartError, LeasedExecutorManager, NotRunReason, Output, WorkError,
+    WorkGrinder, WorkerCommand,
+};
+
+const HANG_GUARD: Duration = Duration::from_secs(20);
+const FOREVER: f64 = 3600.0;
+
+/// Aborts the test binary if the test it guards is still running after a
+/// minute, so that a hang fails loudly instead of stalling CI.
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+fn watchdog(test: &'static str) -> Watchdog {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let thread = thread::Builder::new()
+        .name(format!("watchdog-{test}"))
+        .spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                wait.recv_timeout(Duration::from_secs(60))
+            {
+                eprintln!("watchdog: {test} hung for 60 s; aborting");
+                std::process::abort();
+            }
+        })
+        .expect("watchdog thread");
+    Watchdog {
+        done: Some(done),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn worker() -> WorkerCommand {
+    WorkerCommand::new(env!("CARGO_BIN_EXE_facade-worker")).output(Output::Silent)
+}
+
+fn pool(max: usize) -> Arc<LeasedExecutorManager<SimpleTask>> {
+    pool_with_grace(max, Duration::from_secs(10))
+}
+
+fn pool_with_grace(max: usize, grace: Duration) -> Arc<LeasedExecutorManager<SimpleTask>> {
+    let pool = LeasedExecutorManager::<SimpleTask>::builder(worker())
+        .min_executors(1)
+        .max_executors(max)
+        .lease_grace(grace)
+        .build()
+        .expect("valid pool settings");
+    pool.start().expect("pool starts");
+    Arc::new(pool)
+}
+
+fn result(handle: &mut GrindHandle<String>) -> Result<String, WorkError> {
+    handle
+        .wait_timeout(HANG_GUARD)
+        .expect("answered within the hang guard")
+}
+
+fn solved(id: &str) -> String {
+    format!("{id} solved after 0")
+}
+
+/// A hung item ended by stopping the pool: killed while running, or — when
+/// the worker had not yet reported starting it — re-queued and refused a new
+/// lease.
+fn assert_stopped_by_the_pool(result: Result<String, WorkError>) {
+    match result {
+        Err(WorkError::Crashed(crash)) => {
+            let reason = crash.reason.unwrap_or_default();
+            assert!(reason.contains("executor manager was stopped"), "{reason}");
+        }
+        Err(WorkError::NoExecutor(AcquireError::Stopped)) => {}
+        other => panic!("expected the pool's stop to end it, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_full_batch_is_dispatched_at_once() {
+    let _watchdog = watchdog("a_full_batch_is_dispatched_at_once");
+    let pool = pool(1);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(5)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let mut handles: Vec<_> = (0..4)
+        .map(|i| {
+            grinder
+                .enqueue(SimpleTask::new(format!("s{i}"), 0.0))
+                .expect("accepted")
+        })
+        .collect();
+    let stats = grinder.stats();
+    assert_eq!(
+        (stats.pending, stats.batches_dispatched),
+        (4, 0),
+        "{stats:?}"
+    );
+    assert!(stats.oldest_wait.is_some());
+    handles.push(
+        grinder
+            .enqueue(SimpleTask::new("s4", 0.0))
+            .expect("accepted"),
+    );
+    // max_wait is an hour: only the size can have dispatched them.
+    for (i, h) in handles.iter_mut().enumerate() {
+        assert_eq!(result(h).expect("completed"), solved(&format!("s{i}")));
+    }
+    let stats = grinder.stats();
+    assert_eq!(
+        (stats.batches_dispatched, stats.completed, stats.pending),
+        (1, 5, 0)
+    );
+    assert_eq!(stats.batch_size_threshold, 5);
+    grinder.stop(false);
+    pool.stop();
+}
+
+#[test]
+fn the_oldest_item_waiting_max_wait_dispatches_a_batch() {
+    let _watchdog = watchdog("the_oldest_item_waiting_max_wait_dispatches_a_batch");
+    let pool = pool(1);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait(Duration::from_millis(20))
+        .batch_size_threshold(1000)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let mut handles: Vec<_> = (0..3)
+        .map(|i| {
+            grinder
+                .enqueue(SimpleTask::new(format!("t{i}"), 0.0))
+                .expect("accepted")
+        })
+        .collect();
+    // 3 items never reach a threshold of 1000: only time dispatches them.
+    for (i, h) in handles.iter_mut().enumerate() {
+        assert_eq!(result(h).expect("completed"), solved(&format!("t{i}")));
+    }
+    let stats = grinder.stats();
+    assert!(stats.batches_dispatched >= 1 && stats.batches_dispatched <= 3);
+    assert_eq!(stats.completed, 3);
+    assert_eq!(stats.max_wait, Duration::from_millis(20));
+    grinder.stop(false);
+    pool.stop();
+}
+
+#[test]
+fn each_result_is_forwarded_before_its_batch_ends() {
+    let _watchdog = watchdog("each_result_is_forwarded_before_its_batch_ends");
+    let pool = pool(1);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(2)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let mut quick = grinder
+        .enqueue(SimpleTask::new("quick", 0.0))
+        .expect("accepted");
+    let mut hung = grinder
+        .enqueue(SimpleTask::new("hung", FOREVER))
+        .expect("accepted");
+    // One batch, one executor: the hung item never finishes, yet the quick
+    // one is answered.
+    assert_eq!(result(&mut quick).expect("completed"), solved("quick"));
+    assert!(hung.try_wait().is_none());
+    assert_eq!(grinder.stats().batches_in_flight, 1);
+    // Stopping the pool revokes the batch's lease and kills the worker.
+    pool.stop();
+    assert_stopped_by_the_pool(result(&mut hung));
+    grinder.stop(false);
+}
+
+#[test]
+fn batches_run_concurrently_on_several_executors() {
+    let _watchdog = watchdog("batches_run_concurrently_on_several_executors");
+    let pool = pool(2);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(1)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let mut hung = grinder
+        .enqueue(SimpleTask::new("hung", FOREVER))
+        .expect("accepted");
+    let mut quick = grinder
+        .enqueue(SimpleTask::new("quick", 0.0))
+        .expect("accepted");
+    // The first batch holds one executor forever; the second runs beside it.
+    assert_eq!(result(&mut quick).expect("completed"), solved("quick"));
+    // With one executor the quick item would wait forever behind the hung
+    // one; it completed, so it ran on a second executor.
+    let stats = pool.stats();
+    assert!(
+        stats.leased >= 1,
+        "the hung batch still holds its lease: {stats:?}"
+    );
+    pool.stop();
+    assert_stopped_by_the_pool(result(&mut hung));
+    grinder.stop(false);
+}
+
+#[test]
+fn a_hung_item_whose_lease_expires_is_killed_and_answered_lease_expired() {
+    let _watchdog =
+        watchdog("a_hung_item_whose_lease_expires_is_killed_and_answered_lease_expired");
+    let pool = pool_with_grace(1, Duration::from_millis(200));
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(3)
+        .lease_seconds(1.0)
+        .owner_prefix("sleepy")
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let mut hung = grinder
+        .enqueue(SimpleTask::new("hung", FOREVER))
+        .expect("accepted");
+    let mut after: Vec<_> = (0..2)
+        .map(|i| {
+            grinder
+                .enqueue(SimpleTask::new(format!("after-{i}"), 0.0))
+                .expect("accepted")
+        })
+        .collect();
+    match result(&mut hung) {
+        Err(WorkError::LeaseExpired { owner, crash }) => {
+            assert_eq!(owner, "sleepy-1");
+            let crash = crash.expect("it was running when the worker was killed");
+            assert_eq!(crash.exit.signal, Some(9), "{crash}");
+            assert!(
+                crash
+                    .reason
+                    .unwrap_or_default()
+                    .contains("lease of sleepy-1 expired")
+            );
+        }
+        other => panic!("expected lease-expired, got {other:?}"),
+    }
+    // The items behind it never started; they ran again on a fresh executor.
+    for (i, h) in after.iter_mut().enumerate() {
+        assert_eq!(result(h).expect("re-run"), solved(&format!("after-{i}")));
+    }
+    let stats = grinder.stats();
+    assert_eq!((stats.completed, stats.failed, stats.rerun), (2, 1, 2));
+    let pool_stats = pool.stats();
+    assert_eq!(pool_stats.revoked, 1);
+    assert!(pool_stats.retired >= 1);
+    grinder.stop(false);
+    pool.stop();
+}
+
+#[test]
+fn a_crash_fails_only_the_crashing_item_and_the_rest_run_again() {
+    let _watchdog = watchdog("a_crash_fails_only_the_crashing_item_and_the_rest_run_again");
+    let pool = pool(1);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(4)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let ids = ["a", "crash", "b", "c"];
+    let mut handles: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            grinder
+                .enqueue(SimpleTask::new(*id, 0.0))
+                .expect("accepted")
+        })
+        .collect();
+    assert_eq!(
+        result(&mut handles[0]).expect("ran before the crash"),
+        solved("a")
+    );
+    match result(&mut handles[1]) {
+        Err(WorkError::Crashed(crash)) => assert_eq!(crash.exit.signal, Some(6), "{crash}"),
+        other => panic!("expected a crash, got {other:?}"),
+    }
+    assert_eq!(result(&mut handles[2]).expect("re-run"), solved("b"));
+    assert_eq!(result(&mut handles[3]).expect("re-run"), solved("c"));
+    let stats = grinder.stats();
+    assert_eq!((stats.completed, stats.failed, stats.rerun), (3, 1, 2));
+    // The crashed executor was retired and replaced.
+    let pool_stats = pool.stats();
+    assert_eq!(pool_stats.retired, 1);
+    assert_eq!(pool_stats.replaced, 1);
+    grinder.stop(false);
+    pool.stop();
+}
+
+#[test]
+fn after_a_crash_the_rest_can_be_reported_not_run() {
+    let _watchdog = watchdog("after_a_crash_the_rest_can_be_reported_not_run");
+    let pool = pool(1);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(3)
+        .after_crash(AfterCrash::ReportNotRun)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let mut crash = grinder
+        .enqueue(SimpleTask::new("crash", 0.0))
+        .expect("accepted");
+    let mut rest: Vec<_> = (0..2)
+        .map(|i| {
+            grinder
+                .enqueue(SimpleTask::new(format!("r{i}"), 0.0))
+                .expect("accepted")
+        })
+        .collect();
+    assert!(matches!(result(&mut crash), Err(WorkError::Crashed(_))));
+    for h in &mut rest {
+        match result(h) {
+            Err(WorkError::NotRun(reason)) if matches!(*reason, NotRunReason::WorkerDied(_)) => {}
+            other => panic!("expected not run, got {other:?}"),
+        }
+    }
+    assert_eq!(grinder.stats().rerun, 0);
+    grinder.stop(false);
+    pool.stop();
+}
+
+#[test]
+fn stop_drains_pending_items_by_default() {
+    let _watchdog = watchdog("stop_drains_pending_items_by_default");
+    let pool = pool(1);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(1000)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            grinder
+                .enqueue(SimpleTask::new(format!("d{i}"), 0.0))
+                .expect("accepted")
+        })
+        .collect();
+    assert_eq!(grinder.stats().pending, 5);
+    grinder.stop(false);
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.wait().expect("drained"), solved(&format!("d{i}")));
+    }
+    let stats = grinder.stats();
+    assert!(stats.stopped && !stats.started && !stats.stopping);
+    assert_eq!(
+        (stats.completed, stats.pending, stats.batches_in_flight),
+        (5, 0, 0)
+    );
+    pool.stop();
+}
+
+#[test]
+fn stop_with_cancel_cancels_pending_items() {
+    let _watchdog = watchdog("stop_with_cancel_cancels_pending_items");
+    let pool = pool(1);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(1000)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            grinder
+                .enqueue(SimpleTask::new(format!("c{i}"), 0.0))
+                .expect("accepted")
+        })
+        .collect();
+    grinder.stop(true);
+    for h in handles {
+        assert!(matches!(h.wait(), Err(WorkError::Cancelled)));
+    }
+    let stats = grinder.stats();
+    assert_eq!(
+        (stats.cancelled, stats.completed, stats.batches_dispatched),
+        (5, 0, 0)
+    );
+    pool.stop();
+}
+
+#[test]
+fn submitting_before_start_while_stopping_and_after_stop_is_refused() {
+    let _watchdog = watchdog("submitting_before_start_while_stopping_and_after_stop_is_refused");
+    let pool = Arc::new(
+        LeasedExecutorManager::<SimpleTask>::builder(worker())
+            .max_executors(1)
+            .build()
+            .expect("valid pool settings"),
+    );
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(0.01)
+        .build()
+        .expect("valid settings");
+    let refused = grinder
+        .enqueue(SimpleTask::new("early", 0.0))
+        .expect_err("not started");
+    assert!(matches!(refused, GrinderError::NotStarted(_)));
+    assert_eq!(refused.into_task().id, "early");
+    assert!(matches!(
+        grinder.submit(SimpleTask::new("early", 0.0)),
+        Err(GrindError::Refused(GrinderError::NotStarted(_)))
+    ));
+    assert!(!grinder.stats().started);
+    // The pool must run first.
+    assert!(matches!(
+        grinder.start(),
+        Err(GrinderStartError::ManagerNotStarted)
+    ));
+    pool.start().expect("pool starts");
+    grinder.start().expect("starts");
+    assert!(matches!(
+        grinder.start(),
+        Err(GrinderStartError::AlreadyStarted)
+    ));
+    assert_eq!(
+        grinder
+            .submit(SimpleTask::new("ok", 0.0))
+            .expect("completed"),
+        solved("ok")
+    );
+
+    grinder.begin_stop(false);
+    let refused = grinder
+        .submit_from_thread(SimpleTask::new("meanwhile", 0.0))
+        .expect_err("stopping");
+    assert!(matches!(refused, GrinderError::Stopping(_)), "{refused:?}");
+    assert!(grinder.stats().stopping);
+    grinder.stop(false);
+    let refused = grinder
+        .enqueue(SimpleTask::new("late", 0.0))
+        .expect_err("stopped");
+    assert!(matches!(refused, GrinderError::Stopped(_)), "{refused:?}");
+    assert!(refused.to_string().contains("stopped"));
+    assert!(matches!(grinder.start(), Err(GrinderStartError::Stopped)));
+    pool.stop();
+}
+
+#[test]
+fn zero_negative_and_non_finite_settings_are_rejected() {
+    let _watchdog = watchdog("zero_negative_and_non_finite_settings_are_rejected");
+    let pool = Arc::new(
+        LeasedExecutorManager::<SimpleTask>::builder(worker())
+            .max_executors(1)
+            .build()
+            .expect("valid pool settings"),
+    );
+    let build = |f: fn(GrinderBuilder<SimpleTask>) -> GrinderBuilder<SimpleTask>| {
+        f(WorkGrinder::builder(pool.clone()))
+            .build()
+            .map(|_| ())
+            .expect_err("rejected")
+    };
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = WorkGrinder::builder(pool.clone())
+            .max_wait_seconds(bad)
+            .build()
+            .map(|_| ())
+            .expect_err("max_wait rejected");
+        assert!(
+            matches!(err, GrinderConfigError::MaxWait(_)),
+            "{bad}: {err:?}"
+        );
+        let err = WorkGrinder::builder(pool.clone())
+            .lease_seconds(bad)
+            .build()
+            .map(|_| ())
+            .expect_err("lease rejected");
+        assert!(
+            matches!(err, GrinderConfigError::Lease(_)),
+            "{bad}: {err:?}"
+        );
+    }
+    assert_eq!(
+        build(|b| b.max_wait(Duration::ZERO)),
+        GrinderConfigError::MaxWait(0.0)
+    );
+    assert_eq!(
+        build(|b| b.batch_size_threshold(0)),
+        GrinderConfigError::BatchSizeThreshold
+    );
+    assert_eq!(build(|b| b.concurrency(0)), GrinderConfigError::Concurrency);
+    let msg = build(|b| b.lease_seconds(-2.0)).to_string();
+    assert!(
+        msg.contains("lease must be a finite number of seconds greater than 0"),
+        "{msg}"
+    );
+    // The seed's defaults are valid.
+    let grinder = WorkGrinder::builder(pool.clone())
+        .build()
+        .expect("defaults");
+    let stats = grinder.stats();
+    assert_eq!(stats.max_wait, Duration::from_secs(10));
+    assert_eq!(stats.batch_size_threshold, 20);
+    assert_eq!(stats.lease, Duration::from_secs(60));
+}
+
+#[test]
+fn dropping_a_handle_before_dispatch_removes_its_item() {
+    let _watchdog = watchdog("dropping_a_handle_before_dispatch_removes_its_item");
+    let pool = pool(1);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(1000)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let dropped = grinder
+        .enqueue(SimpleTask::new("dropped", 0.0))
+        .expect("accepted");
+    let kept = grinder
+        .enqueue(SimpleTask::new("kept", 0.0))
+        .expect("accepted");
+    drop(dropped);
+    let stats = grinder.stats();
+    assert_eq!((stats.pending, stats.removed), (1, 1), "{stats:?}");
+    grinder.stop(false);
+    assert_eq!(kept.wait().expect("drained"), solved("kept"));
+    let stats = grinder.stats();
+    assert_eq!((stats.completed, stats.removed), (1, 1));
+    // The dropped item never reached a worker.
+    assert_eq!(pool.stats().retired, 0);
+    pool.stop();
+}
+
+#[test]
+fn stats_from_thread_matches_stats() {
+    let _watchdog = watchdog("stats_from_thread_matches_stats");
+    let pool = pool(1);
+    let grinder = Arc::new(
+        WorkGrinder::builder(pool.clone())
+            .max_wait_seconds(FOREVER)
+            .batch_size_threshold(1000)
+            .build()
+            .expect("valid settings"),
+    );
+    grinder.start().expect("starts");
+    let _pending = grinder
+        .enqueue(SimpleTask::new("p", 0.0))
+        .expect("accepted");
+    let other = {
+        let grinder = grinder.clone();
+        thread::Builder::new()
+            .name("stats-reader".into())
+            .spawn(move || {
+                grinder
+                    .stats_from_thread(Some(HANG_GUARD))
+                    .expect("answered")
+            })
+            .expect("thread")
+    };
+    let from_thread = other.join().expect("stats thread");
+    assert_eq!(from_thread.pending, 1);
+    assert!(from_thread.started);
+    assert_eq!(grinder.stats().pending, 1);
+    grinder.stop(true);
+    pool.stop();
+}
+
+const TOTAL: usize = 10_000;
+
+fn stress_grinder(pool: &Arc<LeasedExecutorManager<SimpleTask>>) -> Arc<WorkGrinder<SimpleTask>> {
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait(Duration::from_millis(5))
+        .batch_size_threshold(100)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    Arc::new(grinder)
+}
+
+/// Every item answered once, with its own result.
+fn check_all_answered(results: Vec<(String, Result<String, WorkError>)>) {
+    assert_eq!(results.len(), TOTAL);
+    let mut seen = HashSet::new();
+    for (id, result) in results {
+        assert_eq!(result.expect("completed"), solved(&id));
+        assert!(seen.insert(id), "answered twice");
+    }
+}
+
+#[test]
+fn ten_thousand_items_from_sixteen_threads_each_answered_once() {
+    let _watchdog = watchdog("ten_thousand_items_from_sixteen_threads_each_answered_once");
+    let pool = pool(2);
+    let grinder = stress_grinder(&pool);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let grinder = grinder.clone();
+            thread::Builder::new()
+                .name(format!("caller-{t}"))
+                .spawn(move || {
+                    let handles: Vec<_> = (0..TOTAL / 16)
+                        .map(|i| {
+                            let id = format!("{t}-{i}");
+                            let h = grinder
+                                .submit_from_thread(SimpleTask::new(id.clone(), 0.0))
+                                .expect("accepted");
+                            (id, h)
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|(id, mut h)| (id, result(&mut h)))
+                        .collect::<Vec<_>>()
+                })
+                .expect("thread")
+        })
+        .collect();
+    let results = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("caller thread"))
+        .collect();
+    check_all_answered(results);
+    grinder.stop(false);
+    let stats = grinder.stats();
+    assert_eq!((stats.completed, stats.failed), (TOTAL as u64, 0));
+    pool.stop();
+}
+
+#[test]
+fn ten_thousand_items_from_a_thousand_tokio_tasks_each_answered_once() {
+    let _watchdog = watchdog("ten_thousand_items_from_a_thousand_tokio_tasks_each_answered_once");
+    let pool = pool(2);
+    let grinder = stress_grinder(&pool);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("tokio runtime");
+    let results = runtime.block_on(async {
+        let tasks: Vec<_> = (0..1000)
+            .map(|t| {
+                let grinder = grinder.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(TOTAL / 1000);
+                    for i in 0..TOTAL / 1000 {
+                        let id = format!("{t}-{i}");
+                        let handle = grinder
+                            .enqueue(SimpleTask::new(id.clone(), 0.0))
+                            .expect("accepted");
+                        out.push((id, handle.await));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(TOTAL);
+        for task in tasks {
+            all.extend(task.await.expect("task"));
+        }
+        all
+    });
+    check_all_answered(results);
+    grinder.stop(false);
+    assert_eq!(grinder.stats().completed, TOTAL as u64);
+    pool.stop();
+}
+
+/// Polls every future until all are done: `join_all` without futures-util.
+struct JoinAll<F: Future> {
+    futures: Vec<Option<Pin<Box<F>>>>,
+    outputs: Vec<Option<F::Output>>,
+}
+
+// Only boxed (pinned) futures and plain outputs inside.
+impl<F: Future> Unpin for JoinAll<F> {}
+
+impl<F: Future> Future for JoinAll<F> {
+    type Output = Vec<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut pending = false;
+        for (slot, out) in this.futures.iter_mut().zip(this.outputs.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            return Poll::Pending;
+        }
+        Poll::Ready(this.outputs.iter_mut().filter_map(Option::take).collect())
+    }
+}
+
+fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> JoinAll<F> {
+    let futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let outputs = futures.iter().map(|_| None).collect();
+    JoinAll { futures, outputs }
+}
+
+#[test]
+fn ten_thousand_items_from_a_thousand_futures_executor_tasks_each_answered_once() {
+    let _watchdog =
+        watchdog("ten_thousand_items_from_a_thousand_futures_executor_tasks_each_answered_once");
+    let pool = pool(2);
+    let grinder = stress_grinder(&pool);
+    let tasks = (0..1000).map(|t| {
+        let grinder = grinder.clone();
+        async move {
+            let mut out = Vec::with_capacity(TOTAL / 1000);
+            for i in 0..TOTAL / 1000 {
+                let id = format!("{t}-{i}");
+                let handle = grinder
+                    .enqueue(SimpleTask::new(id.clone(), 0.0))
+                    .expect("accepted");
+                out.push((id, handle.await));
+            }
+            out
+        }
+    });
+    let results = futures_executor::block_on(join_all(tasks))
+        .into_iter()
+        .flatten()
+        .collect();
+    check_all_answered(results);
+    grinder.stop(false);
+    assert_eq!(grinder.stats().completed, TOTAL as u64);
+    pool.stop();
+}
