@@ -1,0 +1,466 @@
+//! [`WorkGrinder`]: work from many callers, batched onto leased executors.
+//!
+//! # Design
+//!
+//! Callers (threads or async tasks, any runtime) hand items to one scheduler
+//! thread (`wf-grinder`) through a channel and get a [`GrindHandle`] back at
+//! once. The scheduler keeps the pending items in arrival order and cuts a
+//! batch when `batch_size_threshold` items are pending or the oldest has
+//! waited `max_wait` — a deadline on its channel wait, no sleeping. Batches go
+//! to runner threads (`wf-grinder-runner-N`, one per executor the pool may
+//! run), so several batches run at once on several executors. A runner leases
+//! one executor per batch, queues the whole batch on it in one go, and hands
+//! each item's result to its caller the moment the worker answers it.
+//!
+//! Every accepted item is answered exactly once: each carries a one-shot
+//! reply that, if it were ever dropped unanswered, would answer
+//! [`WorkError::Lost`] by itself.
+
+mod builder;
+mod error;
+mod handle;
+mod runner;
+mod scheduler;
+mod stats;
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+
+use crate::pool::LeasedExecutorManager;
+use crate::task::Task;
+
+pub use builder::{AfterCrash, GrinderBuilder, GrinderConfigError};
+pub use error::{GrindError, GrinderError, GrinderStartError, StatsTimeout, WorkError};
+pub use handle::GrindHandle;
+pub use stats::GrinderStats;
+
+use handle::Reply;
+use scheduler::{Control, Item, Scheduler};
+use stats::Counters;
+
+/// Set in the acceptance counter once the grinder takes no more items.
+const CLOSED: u64 = 1 << 63;
+
+const NOT_STARTED: u8 = 0;
+const RUNNING: u8 = 1;
+const STOPPING: u8 = 2;
+const STOPPED: u8 = 3;
+
+struct Settings {
+    max_wait: Duration,
+    threshold: usize,
+    lease: Duration,
+    owner_prefix: String,
+    concurrency: usize,
+    after_crash: AfterCrash,
+}
+
+struct Channels<T: Task> {
+    items: Sender<Item<T>>,
+    control: Sender<Control>,
+    cancels: Sender<u64>,
+    /// Disconnected when the scheduler thread ends.
+    finished: Receiver<()>,
+}
+
+/// Batches work from many callers onto executors leased from a
+/// [`LeasedExecutorManager`] — the seed's `WorkGrinder`, in Rust.
+///
+/// A batch is dispatched when the oldest pending item has waited `max_wait`,
+/// or as soon as `batch_size_threshold` items are pending. Each batch runs on
+/// one leased executor, queued on it in one go; several batches run at once
+/// on several executors. Each caller gets its own result as soon as the
+/// worker answers it, not when the whole batch is done.
+///
+/// - [`enqueue`](Self::enqueue) returns a [`GrindHandle`] at once: `.await` it
+///   in any async runtime, or [`wait`](GrindHandle::wait) on it.
+/// - [`submit`](Self::submit) waits for the result.
+/// - [`submit_from_thread`](Self::submit_from_thread) and
+///   [`stats_from_thread`](Self::stats_from_thread) keep the seed's names.
+///
+/// Unlike the seed, there is no owning event loop: **every method works from
+/// any thread and any runtime**, and the library depends on none.
+///
+/// A crash inside a batch fails only the item that was running; the items
+/// behind it run again on a fresh executor (or are reported not run, see
+/// [`AfterCrash`]). Dropping a [`GrindHandle`] before its batch is dispatched
+/// removes the item.
+///
+/// # Drop
+///
+/// Dropping a running grinder calls [`stop(true)`](Self::stop): pending
+/// items are answered [`WorkError::Cancelled`], and the drop waits for the
+/// batches already on a worker (bounded by their lease).
+///
+/// # Example
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
+///
+/// let pool = Arc::new(
+///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("target/debug/facade-worker"))
+///         .max_executors(2)
+///         .build()?,
+/// );
+/// pool.start()?;
+/// let grinder = WorkGrinder::builder(pool.clone()).max_wait_seconds(0.05).build()?;
+/// grinder.start()?;
+///
+/// // Blocking, from any thread:
+/// println!("{}", grinder.submit(SimpleTask::new("one", 0.1))?);
+/// // Or a handle, awaitable in any runtime:
+/// let handle = grinder.enqueue(SimpleTask::new("two", 0.1))?;
+/// println!("{}", handle.wait()?);
+///
+/// grinder.stop(false); // drains what is pending
+/// pool.stop();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct WorkGrinder<T: Task> {
+    manager: Arc<LeasedExecutorManager<T>>,
+    settings: Arc<Settings>,
+    phase: AtomicU8,
+    /// Items accepted, with [`CLOSED`] set once no more are taken.
+    accepted: AtomicU64,
+    channels: OnceLock<Channels<T>>,
+    /// The scheduler thread; the lock also serialises `start` and `stop`.
+    life: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+    /// The last figures, written by the scheduler as it ends.
+    last: Arc<Mutex<Option<GrinderStats>>>,
+}
+
+impl<T: Task> fmt::Debug for WorkGrinder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase.load(Ordering::Acquire) {
+            NOT_STARTED => "not started",
+            RUNNING => "running",
+            STOPPING => "stopping",
+            _ => "stopped",
+        };
+        f.debug_struct("WorkGrinder")
+            .field("phase", &phase)
+            .field("max_wait", &self.settings.max_wait)
+            .field("batch_size_threshold", &self.settings.threshold)
+            .field("lease", &self.settings.lease)
+            .field("owner_prefix", &self.settings.owner_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Task> WorkGrinder<T> {
+    /// A builder with the seed's defaults, leasing from `manager`.
+    pub fn builder(manager: Arc<LeasedExecutorManager<T>>) -> GrinderBuilder<T> {
+        GrinderBuilder::new(manager)
+    }
+
+    /// A grinder with the seed's defaults (`max_wait` 10 s, batches of 20,
+    /// 60 s leases, owner prefix `"work-grinder"`).
+    pub fn new(manager: Arc<LeasedExecutorManager<T>>) -> Self {
+        let settings = Settings {
+            max_wait: Duration::from_secs(10),
+            threshold: 20,
+            lease: Duration::from_secs(60),
+            owner_prefix: "work-grinder".into(),
+            // A pool's maximum is at least 1 (its builder checks).
+            concurrency: manager.max_executors().max(1),
+            after_crash: AfterCrash::default(),
+        };
+        Self::with_settings(manager, settings)
+    }
+
+    fn with_settings(manager: Arc<LeasedExecutorManager<T>>, settings: Settings) -> Self {
+        WorkGrinder {
+            manager,
+            settings: Arc::new(settings),
+            phase: AtomicU8::new(NOT_STARTED),
+            accepted: AtomicU64::new(0),
+            channels: OnceLock::new(),
+            life: Mutex::new(None),
+            counters: Arc::new(Counters::default()),
+            last: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn lock_life(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.life.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the scheduler and runner threads. The executor manager must be
+    /// started already.
+    pub fn start(&self) -> Result<(), GrinderStartError> {
+        let mut life = self.lock_life();
+        match self.phase.load(Ordering::Acquire) {
+            NOT_STARTED => {}
+            STOPPED => return Err(GrinderStartError::Stopped),
+            _ => return Err(GrinderStartError::AlreadyStarted),
+        }
+        if !self.manager.is_started() {
+            return Err(GrinderStartError::ManagerNotStarted);
+        }
+        let (items_tx, items) = unbounded();
+        let (control_tx, control) = unbounded();
+        let (cancels_tx, cancels) = unbounded();
+        let (finished_tx, finished) = unbounded::<()>();
+        let (ready_tx, ready) = oneshot::channel();
+        let scheduler = Scheduler::new(
+            self,
+            items,
+            control,
+            control_tx.clone(),
+            cancels,
+            finished_tx,
+        );
+        let thread = thread::Builder::new()
+            .name("wf-grinder".into())
+            .spawn(move || scheduler.run(ready_tx))
+            .map_err(GrinderStartError::Thread)?;
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(GrinderStartError::Thread(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(GrinderStartError::Thread(io::Error::other(
+                    "the grinder's scheduler thread ended while starting",
+                )));
+            }
+        }
+        // Only `start` sets it, once, under the lock, while NOT_STARTED.
+        let _ = self.channels.set(Channels {
+            items: items_tx,
+            control: control_tx,
+            cancels: cancels_tx,
+            finished,
+        });
+        *life = Some(thread);
+        self.phase.store(RUNNING, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops taking work, then either drains — dispatches every pending item
+    /// at once, without waiting for `max_wait` — (`cancel_pending = false`),
+    /// or answers every item not yet on a worker [`WorkError::Cancelled`]
+    /// (`cancel_pending = true`; this also stops batches waiting for a
+    /// lease). Waits for the batches already on a worker, then for the
+    /// grinder's threads to end.
+    ///
+    /// Calling it again (say, with `cancel_pending = true` while a drain is
+    /// under way) is fine. A grinder that was never started is just marked
+    /// stopped.
+    pub fn stop(&self, cancel_pending: bool) {
+        let thread = {
+            let mut life = self.lock_life();
+            self.begin_stop_locked(cancel_pending);
+            life.take()
+        };
+        match thread {
+            Some(thread) => {
+                let _ = thread.join();
+            }
+            None => {
+                if let Some(channels) = self.channels.get() {
+                    // Another `stop` is joining; wait for the thread to end.
+                    let _ = channels.finished.recv();
+                }
+            }
+        }
+        self.phase.store(STOPPED, Ordering::Release);
+    }
+
+    /// Starts stopping, like [`stop`](Self::stop), without waiting. From
+    /// here on, new items are refused with [`GrinderError::Stopping`] until
+    /// `stop` has finished, and with [`GrinderError::Stopped`] after.
+    pub fn begin_stop(&self, cancel_pending: bool) {
+        let _life = self.lock_life();
+        self.begin_stop_locked(cancel_pending);
+    }
+
+    fn begin_stop_locked(&self, cancel: bool) {
+        match self.phase.load(Ordering::Acquire) {
+            NOT_STARTED => {
+                self.accepted.fetch_or(CLOSED, Ordering::AcqRel);
+                self.phase.store(STOPPED, Ordering::Release);
+            }
+            RUNNING | STOPPING => {
+                self.phase.store(STOPPING, Ordering::Release);
+                let expected = self.accepted.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED;
+                if let Some(channels) = self.channels.get() {
+                    let _ = channels.control.send(Control::Stop { expected, cancel });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues `task` and returns a handle to its result at once. The handle
+    /// is a `Future` (any runtime) and has a blocking
+    /// [`wait`](GrindHandle::wait). Never blocks.
+    ///
+    /// Refused, with the task handed back, before [`start`](Self::start),
+    /// while stopping and after [`stop`](Self::stop).
+    pub fn enqueue(&self, task: T) -> Result<GrindHandle<T::Output>, GrinderError<T>> {
+        let Some(channels) = self.channels.get() else {
+            return Err(match self.phase.load(Ordering::Acquire) {
+                STOPPED => GrinderError::Stopped(task),
+                _ => GrinderError::NotStarted(task),
+            });
+        };
+        let seq = self.accepted.fetch_add(1, Ordering::AcqRel);
+        if seq & CLOSED != 0 {
+            return Err(match self.phase.load(Ordering::Acquire) {
+                STOPPED => GrinderError::Stopped(task),
+                _ => GrinderError::Stopping(task),
+            });
+        }
+        // From here the item is accepted; the scheduler waits for every
+        // accepted item before it ends, so the send below cannot fail unless
+        // the scheduler thread panicked.
+        let (reply, rx) = oneshot::async_channel();
+        let item = Item {
+            seq,
+            task,
+            reply: Reply(Some(reply)),
+            enqueued: Instant::now(),
+            dispatches: 0,
+        };
+        match channels.items.send(item) {
+            Ok(()) => Ok(GrindHandle {
+                seq,
+                rx: Some(rx),
+                cancels: channels.cancels.clone(),
+            }),
+            Err(crossbeam_channel::SendError(mut item)) => {
+                item.reply.0 = None;
+                Err(GrinderError::Stopped(item.task))
+            }
+        }
+    }
+
+    /// The seed's thread-safe submission: the same as
+    /// [`enqueue`](Self::enqueue), which already works from any thread.
+    pub fn submit_from_thread(&self, task: T) -> Result<GrindHandle<T::Output>, GrinderError<T>> {
+        self.enqueue(task)
+    }
+
+    /// Queues `task` and blocks until its result is in. In async code,
+    /// `grinder.enqueue(task)?.await` is the non-blocking form.
+    pub fn submit(&self, task: T) -> Result<T::Output, GrindError<T>> {
+        self.enqueue(task)
+            .map_err(GrindError::Refused)?
+            .wait()
+            .map_err(GrindError::Work)
+    }
+
+    /// A snapshot: started, stopping, pending, oldest wait, the thresholds,
+    /// batches dispatched and in flight, items completed and failed. Works
+    /// from any thread, before `start` and after `stop` too.
+    pub fn stats(&self) -> GrinderStats {
+        match self.stats_until(None) {
+            Ok(stats) => stats,
+            // Without a deadline there is no timeout.
+            Err(_) => self.idle_stats(),
+        }
+    }
+
+    /// The seed's thread-safe stats: the same data as
+    /// [`stats`](Self::stats), waiting at most `timeout` for the scheduler's
+    /// answer (`None`: as long as it takes).
+    pub fn stats_from_thread(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<GrinderStats, StatsTimeout> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        self.stats_until(deadline.map(|d| (d, timeout.unwrap_or_default())))
+    }
+
+    /// The figures, with the lifecycle flags read from the phase (the one
+    /// source of truth: `stopping` lasts until `stop` has returned, even if
+    /// the scheduler has already ended).
+    fn stats_until(
+        &self,
+        deadline: Option<(Instant, Duration)>,
+    ) -> Result<GrinderStats, StatsTimeout> {
+        let mut stats = self.raw_stats(deadline)?;
+        let phase = self.phase.load(Ordering::Acquire);
+        stats.started = matches!(phase, RUNNING | STOPPING);
+        stats.stopping = phase == STOPPING;
+        stats.stopped = phase == STOPPED;
+        Ok(stats)
+    }
+
+    fn raw_stats(
+        &self,
+        deadline: Option<(Instant, Duration)>,
+    ) -> Result<GrinderStats, StatsTimeout> {
+        let Some(channels) = self.channels.get() else {
+            return Ok(self.idle_stats());
+        };
+        if self.phase.load(Ordering::Acquire) != STOPPED {
+            let (reply, answer) = oneshot::channel();
+            if channels.control.send(Control::Stats(reply)).is_ok() {
+                let got = match deadline {
+                    None => answer.recv().ok(),
+                    Some((deadline, timeout)) => match answer.recv_deadline(deadline) {
+                        Ok(stats) => Some(stats),
+                        Err(oneshot::RecvTimeoutError::Timeout) => {
+                            return Err(StatsTimeout(timeout));
+                        }
+                        Err(oneshot::RecvTimeoutError::Disconnected) => None,
+                    },
+                };
+                if let Some(stats) = got {
+                    return Ok(stats);
+                }
+            }
+        }
+        // The scheduler has ended; it left its last figures.
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Ok(last.unwrap_or_else(|| self.idle_stats()))
+    }
+
+    fn idle_stats(&self) -> GrinderStats {
+        let phase = self.phase.load(Ordering::Acquire);
+        GrinderStats {
+            stopped: phase == STOPPED,
+            max_wait: self.settings.max_wait,
+            batch_size_threshold: self.settings.threshold,
+            lease: self.settings.lease,
+            ..GrinderStats::default()
+        }
+    }
+}
+
+impl<T: Task> Drop for WorkGrinder<T> {
+    fn drop(&mut self) {
+        if self.phase.load(Ordering::Acquire) != STOPPED {
+            self.stop(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_send_and_unpin() {
+        fn is<X: Send + Unpin + Future>() {}
+        is::<GrindHandle<String>>();
+        fn shared<X: Send + Sync>() {}
+        shared::<WorkGrinder<crate::simple::SimpleTask>>();
+    }
+}

@@ -1,0 +1,198 @@
+//! [`Lease`]: one executor held by one caller until its expiry.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::facade::WorkingProcessFacade;
+use crate::handle::TaskHandle;
+use crate::stats::FacadeStats;
+use crate::task::Task;
+
+use super::LeaseError;
+use super::manager::Msg;
+
+#[cfg(doc)]
+use super::LeasedExecutorManager;
+
+/// Why a lease was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Revoked {
+    /// It passed its hard expiry.
+    Expired,
+    /// The manager was stopped.
+    Stopped,
+}
+
+/// One executor leased to one caller, until its expiry.
+///
+/// Submit work with [`submit`](Self::submit); each task's outcome arrives on
+/// its [`TaskHandle`] as soon as the worker answers. After the soft expiry
+/// the lease takes no new work; at the hard expiry it is revoked (see
+/// [`LeasedExecutorManager`]).
+///
+/// # Drop
+///
+/// Dropping a lease releases it, like [`release`](Self::release): the
+/// executor goes back to the pool — or, if its worker crashed, is retired and
+/// replaced. Tasks still queued on it keep running and their outcomes still
+/// reach their handles, but the next lessee's tasks wait behind them: wait
+/// for your handles before releasing.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use worker_facade::{LeasedExecutorManager, Outcome, WorkerCommand, simple::SimpleTask};
+///
+/// # let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("facade-worker")).build()?;
+/// # pool.start()?;
+/// let lease = pool.acquire(Duration::from_secs(10), "report-job")?;
+/// let handles: Vec<_> = ["a", "b"]
+///     .into_iter()
+///     .map(|id| lease.submit(SimpleTask::new(id, 0.1)))
+///     .collect::<Result<_, _>>()?;
+/// for handle in handles {
+///     if let Outcome::Completed(text) = handle.wait()? {
+///         println!("{text}");
+///     }
+/// }
+/// drop(lease); // released
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Lease<T: Task> {
+    pub(super) id: u64,
+    pub(super) owner: String,
+    pub(super) duration: Duration,
+    pub(super) soft: Instant,
+    pub(super) hard: Instant,
+    pub(super) facade: Arc<WorkingProcessFacade<T>>,
+    pub(super) revoked: Arc<OnceLock<Revoked>>,
+    pub(super) manager: Sender<Msg<T>>,
+}
+
+impl<T: Task> fmt::Debug for Lease<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("id", &self.id)
+            .field("owner", &self.owner)
+            .field("duration", &self.duration)
+            .field("expired", &self.is_expired())
+            .field("revoked", &self.is_revoked())
+            .field("worker_pid", &self.worker_pid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Task> Lease<T> {
+    /// The lease's ID, unique within its manager.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Who holds the lease, as given to `acquire`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The duration asked for (soft expiry minus grant time).
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// When the lease stops taking new work.
+    pub fn soft_expiry(&self) -> Instant {
+        self.soft
+    }
+
+    /// When the lease is revoked and its worker killed.
+    pub fn hard_expiry(&self) -> Instant {
+        self.hard
+    }
+
+    /// Whether the soft expiry has passed (or the lease was revoked).
+    pub fn is_expired(&self) -> bool {
+        self.is_revoked() || Instant::now() >= self.soft
+    }
+
+    /// Whether the lease was revoked: its hard expiry passed, or the manager
+    /// was stopped. Its worker has been killed.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.get().is_some()
+    }
+
+    pub(crate) fn revocation(&self) -> Option<Revoked> {
+        self.revoked.get().copied()
+    }
+
+    /// Queues `task` on the leased executor and returns the handle its
+    /// outcome will arrive on. Never blocks.
+    ///
+    /// Refused, with the task handed back, once the soft expiry has passed
+    /// ([`LeaseError::Expired`]) or the lease was revoked.
+    pub fn submit(&self, task: T) -> Result<TaskHandle<T::Output>, LeaseError<T>> {
+        self.submit_inner(task, None)
+    }
+
+    /// Like [`submit`](Self::submit), with a time limit for this task.
+    pub fn submit_with_timeout(
+        &self,
+        task: T,
+        timeout: Duration,
+    ) -> Result<TaskHandle<T::Output>, LeaseError<T>> {
+        self.submit_inner(task, Some(timeout))
+    }
+
+    fn submit_inner(
+        &self,
+        task: T,
+        timeout: Option<Duration>,
+    ) -> Result<TaskHandle<T::Output>, LeaseError<T>> {
+        match self.revocation() {
+            Some(Revoked::Stopped) => return Err(LeaseError::Stopped(task)),
+            Some(Revoked::Expired) => return Err(self.expired(task, true)),
+            None if Instant::now() >= self.soft => return Err(self.expired(task, false)),
+            None => {}
+        }
+        // A revocation racing with this call kills the worker after the task
+        // is queued: the task then gets a NotRun outcome that says the lease
+        // expired, so it is answered either way.
+        self.facade
+            .submit_with_timeout(task, timeout)
+            .map_err(|err| match self.revocation() {
+                // The pool never collects its facades: one that refuses work
+                // was ended with its lease.
+                Some(Revoked::Stopped) => LeaseError::Stopped(err.into_task()),
+                _ => self.expired(err.into_task(), true),
+            })
+    }
+
+    fn expired(&self, task: T, revoked: bool) -> LeaseError<T> {
+        LeaseError::Expired {
+            task,
+            owner: self.owner.clone(),
+            revoked,
+        }
+    }
+
+    /// The leased executor's worker process ID, if it is running.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.facade.worker_pid()
+    }
+
+    /// The leased executor's counters (over its whole life, not only this
+    /// lease).
+    pub fn executor_stats(&self) -> FacadeStats {
+        self.facade.stats()
+    }
+
+    /// Gives the executor back to the pool. The same as dropping the lease.
+    pub fn release(self) {}
+}
+
+impl<T: Task> Drop for Lease<T> {
+    fn drop(&mut self) {
+        // A manager that has ended no longer needs to hear about it.
+        let _ = self.manager.send(Msg::Release { id: self.id });
+    }
+}

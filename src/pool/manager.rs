@@ -1,0 +1,560 @@
+//! The manager thread, which owns every executor, lease and waiting caller,
+//! and the spawner thread, which starts executors for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::error::SpawnError;
+use crate::facade::WorkingProcessFacade;
+use crate::stats::FacadeStats;
+use crate::task::Task;
+
+use super::{AcquireError, Lease, LeaseInfo, PoolBuilder, PoolStats, Revoked};
+
+/// How long after a failed spawn the manager tries again to restore the
+/// minimum (doubling up to [`MAX_RETRY`]). Callers waiting for an executor
+/// trigger their own spawns and are not delayed by this.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// What callers and leases send the manager thread.
+pub(super) enum Msg<T: Task> {
+    Acquire {
+        owner: String,
+        duration: Duration,
+        wait: bool,
+        deadline: Option<Instant>,
+        reply: Sender<Result<Lease<T>, AcquireError>>,
+    },
+    Release {
+        id: u64,
+    },
+    Spawned {
+        result: Result<WorkingProcessFacade<T>, SpawnError>,
+        replacement: bool,
+    },
+    Stats(oneshot::Sender<PoolStats>),
+    Stop,
+}
+
+struct Idle<T: Task> {
+    facade: Arc<WorkingProcessFacade<T>>,
+    since: Instant,
+}
+
+struct Leased<T: Task> {
+    facade: Arc<WorkingProcessFacade<T>>,
+    owner: String,
+    duration: Duration,
+    soft: Instant,
+    hard: Instant,
+    revoked: Arc<OnceLock<Revoked>>,
+}
+
+struct Waiter<T: Task> {
+    asked: Instant,
+    owner: String,
+    duration: Duration,
+    wait: bool,
+    deadline: Option<Instant>,
+    reply: Sender<Result<Lease<T>, AcquireError>>,
+}
+
+/// The manager thread's state. Nothing here is shared.
+pub(super) struct Manager<T: Task> {
+    min: usize,
+    max: usize,
+    idle_timeout: Duration,
+    grace: Duration,
+    rx: Receiver<Msg<T>>,
+    /// Handed to every lease, for its release.
+    tx: Sender<Msg<T>>,
+    /// Each message asks the spawner for one executor; `true` marks a
+    /// replacement.
+    spawn_tx: Option<Sender<bool>>,
+    spawner_stop: Arc<AtomicBool>,
+    /// Idle executors; the most recently used at the back.
+    available: VecDeque<Idle<T>>,
+    leased: HashMap<u64, Leased<T>>,
+    waiters: VecDeque<Waiter<T>>,
+    spawning: usize,
+    next_lease: u64,
+    retired: u64,
+    replaced: u64,
+    revoked: u64,
+    shrunk: u64,
+    spawn_failures: u64,
+    /// When to try again to restore the minimum after a failed spawn.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    stopping: bool,
+}
+
+/// An executor is broken when its worker crashed, timed out or is gone. Its
+/// facade runs with `RestartPolicy::Never`, so it will not get a new worker.
+/// (With `max_tasks_per_worker`, a recycled executor also looks gone between
+/// workers; replacing it with a fresh one is equivalent.)
+fn is_broken(stats: &FacadeStats) -> bool {
+    stats.crashed > 0 || stats.timed_out > 0 || stats.worker_pid.is_none()
+}
+
+/// `now + d`, or a century from now when that overflows.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+fn seconds_until(now: Instant, then: Instant) -> f64 {
+    if then >= now {
+        (then - now).as_secs_f64()
+    } else {
+        -(now - then).as_secs_f64()
+    }
+}
+
+impl<T: Task> Manager<T> {
+    /// The manager at start: `executors` idle, nothing leased, nobody waiting.
+    pub(super) fn new(
+        cfg: &PoolBuilder<T>,
+        executors: Vec<Arc<WorkingProcessFacade<T>>>,
+        rx: Receiver<Msg<T>>,
+        tx: Sender<Msg<T>>,
+        spawn_tx: Sender<bool>,
+        spawner_stop: Arc<AtomicBool>,
+    ) -> Self {
+        let now = Instant::now();
+        Manager {
+            min: cfg.min,
+            max: cfg.max,
+            idle_timeout: cfg.idle_timeout,
+            grace: cfg.lease_grace,
+            rx,
+            tx,
+            spawn_tx: Some(spawn_tx),
+            spawner_stop,
+            available: executors
+                .into_iter()
+                .map(|facade| Idle { facade, since: now })
+                .collect(),
+            leased: HashMap::new(),
+            waiters: VecDeque::new(),
+            spawning: 0,
+            next_lease: 0,
+            retired: 0,
+            replaced: 0,
+            revoked: 0,
+            shrunk: 0,
+            spawn_failures: 0,
+            retry_at: None,
+            backoff: FIRST_RETRY,
+            stopping: false,
+        }
+    }
+
+    pub(super) fn run(mut self) -> PoolStats {
+        loop {
+            let now = Instant::now();
+            self.revoke_expired(now);
+            self.retire_broken();
+            self.serve(now);
+            self.shrink(now);
+            self.keep_minimum(now);
+            let msg = match self.next_deadline() {
+                Some(deadline) => match self.rx.recv_deadline(deadline) {
+                    Ok(msg) => msg,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => Msg::Stop,
+                },
+                None => self.rx.recv().unwrap_or(Msg::Stop),
+            };
+            if let Msg::Stop = msg {
+                return self.shutdown();
+            }
+            self.handle(msg);
+            // Take whatever else is waiting before deciding anything.
+            while let Ok(msg) = self.rx.try_recv() {
+                if let Msg::Stop = msg {
+                    return self.shutdown();
+                }
+                self.handle(msg);
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg<T>) {
+        let now = Instant::now();
+        match msg {
+            Msg::Acquire {
+                owner,
+                duration,
+                wait,
+                deadline,
+                reply,
+            } => self.waiters.push_back(Waiter {
+                asked: now,
+                owner,
+                duration,
+                wait,
+                deadline,
+                reply,
+            }),
+            Msg::Release { id } => {
+                if let Some(lease) = self.leased.remove(&id) {
+                    if is_broken(&lease.facade.stats()) {
+                        self.retire(lease.facade);
+                    } else {
+                        self.available.push_back(Idle {
+                            facade: lease.facade,
+                            since: now,
+                        });
+                    }
+                }
+            }
+            Msg::Spawned {
+                result,
+                replacement,
+            } => {
+                self.spawning = self.spawning.saturating_sub(1);
+                match result {
+                    Ok(facade) => {
+                        if replacement {
+                            self.replaced += 1;
+                        }
+                        self.retry_at = None;
+                        self.backoff = FIRST_RETRY;
+                        self.available.push_back(Idle {
+                            facade: Arc::new(facade),
+                            since: now,
+                        });
+                    }
+                    Err(err) => {
+                        self.spawn_failures += 1;
+                        self.retry_at = Some(later(now, self.backoff));
+                        self.backoff = (self.backoff * 2).min(MAX_RETRY);
+                        // The caller this spawn was for hears why.
+                        if let Some(waiter) = self.waiters.pop_front() {
+                            let _ = waiter.reply.send(Err(AcquireError::Spawn(Arc::new(err))));
+                        }
+                    }
+                }
+            }
+            Msg::Stats(reply) => {
+                // Settle what time has decided (expiries, idle shrinking)
+                // first, so that a caller who waited past a deadline reads
+                // its effect.
+                self.revoke_expired(now);
+                self.retire_broken();
+                self.serve(now);
+                self.shrink(now);
+                let _ = reply.send(self.snapshot(now));
+            }
+            Msg::Stop => {}
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.available.len() + self.leased.len() + self.spawning
+    }
+
+    /// Revokes every lease past its hard expiry: marks it, kills its worker
+    /// (the facade reports the running task crashed and the rest not run,
+    /// with the reason) and retires the executor.
+    fn revoke_expired(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .leased
+            .iter()
+            .filter(|(_, l)| l.hard <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let Some(lease) = self.leased.remove(&id) else {
+                continue;
+            };
+            // Marked before the kill, so whoever sees an outcome of the kill
+            // also sees why.
+            let _ = lease.revoked.set(Revoked::Expired);
+            lease.facade.terminate(format!(
+                "the lease of {} expired: it passed its hard expiry ({:?} lease + {:?} grace) \
+                 and was revoked",
+                lease.owner, lease.duration, self.grace
+            ));
+            self.revoked += 1;
+            self.retire(lease.facade);
+        }
+    }
+
+    /// Takes an executor out of service for good and asks for a replacement.
+    fn retire(&mut self, facade: Arc<WorkingProcessFacade<T>>) {
+        self.retired += 1;
+        // Its worker is dead or being killed, so this drop (when it is the
+        // last reference) does not wait.
+        drop(facade);
+        if !self.stopping && self.total() < self.max {
+            self.spawn(true);
+        }
+    }
+
+    /// Retires idle executors whose worker died.
+    fn retire_broken(&mut self) {
+        let mut kept = VecDeque::with_capacity(self.available.len());
+        let mut broken = Vec::new();
+        for idle in self.available.drain(..) {
+            if is_broken(&idle.facade.stats()) {
+                broken.push(idle.facade);
+            } else {
+                kept.push_back(idle);
+            }
+        }
+        self.available = kept;
+        for facade in broken {
+            self.retire(facade);
+        }
+    }
+
+    /// Shuts down idle executors above the minimum that stayed idle for
+    /// `idle_timeout`, the least recently used (at the front) first.
+    fn shrink(&mut self, now: Instant) {
+        while self.available.len() + self.leased.len() > self.min {
+            let Some(front) = self.available.front() else {
+                break;
+            };
+            let idle_long = now >= later(front.since, self.idle_timeout);
+            if !idle_long || front.facade.stats().in_flight > 0 {
+                break;
+            }
+            self.available.pop_front();
+            self.shrunk += 1;
+        }
+    }
+
+    /// Hands idle executors to waiting callers in order, starts executors for
+    /// the rest while there is room, and turns away callers who would not
+    /// wait.
+    fn serve(&mut self, now: Instant) {
+        // A caller whose deadline passed is told so (it may be waiting on
+        // its answer still: its own timeout and ours race).
+        self.waiters.retain(|w| {
+            let expired = w.deadline.is_some_and(|d| d <= now);
+            if expired {
+                let _ = w.reply.send(Err(AcquireError::TimedOut {
+                    waited: now.saturating_duration_since(w.asked),
+                }));
+            }
+            !expired
+        });
+        while !self.waiters.is_empty() {
+            let Some(idle) = self.available.pop_back() else {
+                break;
+            };
+            if is_broken(&idle.facade.stats()) {
+                self.retire(idle.facade);
+                continue;
+            }
+            if let Some(waiter) = self.waiters.pop_front() {
+                self.grant(waiter, idle.facade, now);
+            }
+        }
+        if self.stopping {
+            return;
+        }
+        while self.spawning < self.waiters.len() && self.total() < self.max {
+            self.spawn(false);
+        }
+        // The first `spawning` callers are served by the executors being
+        // started; a caller behind them who would not wait is turned away.
+        let covered = self.spawning;
+        let max = self.max;
+        let mut position = 0;
+        self.waiters.retain(|w| {
+            let keep = w.wait || position < covered;
+            position += 1;
+            if !keep {
+                let _ = w.reply.send(Err(AcquireError::NoneAvailable { max }));
+            }
+            keep
+        });
+    }
+
+    fn grant(&mut self, waiter: Waiter<T>, facade: Arc<WorkingProcessFacade<T>>, now: Instant) {
+        let id = self.next_lease;
+        self.next_lease += 1;
+        let soft = later(now, waiter.duration);
+        let hard = later(soft, self.grace);
+        let revoked = Arc::new(OnceLock::new());
+        let lease = Lease {
+            id,
+            owner: waiter.owner.clone(),
+            duration: waiter.duration,
+            soft,
+            hard,
+            facade: facade.clone(),
+            revoked: revoked.clone(),
+            manager: self.tx.clone(),
+        };
+        self.leased.insert(
+            id,
+            Leased {
+                facade,
+                owner: waiter.owner,
+                duration: waiter.duration,
+                soft,
+                hard,
+                revoked,
+            },
+        );
+        // If the caller gave up meanwhile, the lease is dropped here and its
+        // release comes back through the channel.
+        let _ = waiter.reply.send(Ok(lease));
+    }
+
+    fn spawn(&mut self, replacement: bool) {
+        if let Some(tx) = &self.spawn_tx {
+            if tx.send(replacement).is_ok() {
+                self.spawning += 1;
+            }
+        }
+    }
+
+    /// Restores the minimum, unless a recent spawn failed.
+    fn keep_minimum(&mut self, now: Instant) {
+        if self.stopping || self.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        while self.total() < self.min {
+            let before = self.spawning;
+            self.spawn(false);
+            if self.spawning == before {
+                break;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let leases = self.leased.values().map(|l| l.hard);
+        let waiters = self.waiters.iter().filter_map(|w| w.deadline);
+        let idle = (self.available.len() + self.leased.len() > self.min)
+            .then(|| self.available.front())
+            .flatten()
+            .map(|i| later(i.since, self.idle_timeout));
+        let retry = self.retry_at.filter(|_| self.total() < self.min);
+        leases.chain(waiters).chain(idle).chain(retry).min()
+    }
+
+    fn snapshot(&self, now: Instant) -> PoolStats {
+        let mut leases: Vec<LeaseInfo> = self
+            .leased
+            .iter()
+            .map(|(id, l)| LeaseInfo {
+                id: *id,
+                owner: l.owner.clone(),
+                worker_pid: l.facade.worker_pid(),
+                seconds_to_soft_expiry: seconds_until(now, l.soft),
+                seconds_to_hard_expiry: seconds_until(now, l.hard),
+            })
+            .collect();
+        leases.sort_by_key(|l| l.id);
+        PoolStats {
+            started: true,
+            stopped: self.stopping,
+            min_executors: self.min,
+            max_executors: self.max,
+            available: self.available.len(),
+            leased: self.leased.len(),
+            total: self.available.len() + self.leased.len(),
+            spawning: self.spawning,
+            waiting: self.waiters.len(),
+            retired: self.retired,
+            replaced: self.replaced,
+            revoked: self.revoked,
+            shrunk: self.shrunk,
+            spawn_failures: self.spawn_failures,
+            leases,
+        }
+    }
+
+    fn shutdown(mut self) -> PoolStats {
+        self.stopping = true;
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.reply.send(Err(AcquireError::Stopped));
+        }
+        for (_, lease) in self.leased.drain() {
+            let _ = lease.revoked.set(Revoked::Stopped);
+            lease.facade.terminate(format!(
+                "the executor manager was stopped, which revoked the lease of {}",
+                lease.owner
+            ));
+        }
+        // Idle executors finish what they run (within their grace period).
+        self.available.clear();
+        // The spawner finishes the start it is in (`stop` joins it) and
+        // takes no more requests.
+        self.spawner_stop.store(true, Ordering::Release);
+        self.spawn_tx = None;
+        // Whatever arrived meanwhile: executors the spawner finished, callers
+        // still asking. Later messages fail to send, which their senders
+        // read as "stopped".
+        let now = Instant::now();
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Acquire { reply, .. } => {
+                    let _ = reply.send(Err(AcquireError::Stopped));
+                }
+                Msg::Spawned { .. } => self.spawning = self.spawning.saturating_sub(1),
+                Msg::Stats(reply) => {
+                    let _ = reply.send(self.snapshot(now));
+                }
+                Msg::Release { .. } | Msg::Stop => {}
+            }
+        }
+        self.spawning = 0;
+        self.snapshot(now)
+    }
+}
+
+/// The spawner thread: starts one executor per request and hands it to the
+/// manager.
+pub(super) fn spawner<T: Task>(
+    cfg: PoolBuilder<T>,
+    requests: Receiver<bool>,
+    manager: Sender<Msg<T>>,
+    stopping: Arc<AtomicBool>,
+) {
+    for replacement in requests {
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let result = cfg.spawn_executor();
+        if manager
+            .send(Msg::Spawned {
+                result,
+                replacement,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_until_is_signed() {
+        let now = Instant::now();
+        assert!(seconds_until(now, now + Duration::from_secs(2)) > 1.9);
+        assert!(seconds_until(now + Duration::from_secs(2), now) < -1.9);
+    }
+
+    #[test]
+    fn later_saturates() {
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now);
+    }
+}
