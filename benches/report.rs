@@ -14,10 +14,10 @@ mod common;
 
 use std::fmt::Write as _;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::stats::{self, median_of, ns, p50_p99, percentile, us};
-use common::{library, raw};
+use common::{grinder as grind, library, raw};
 
 /// One line of the main table.
 struct Row {
@@ -184,6 +184,7 @@ fn streaming(r: &mut Report) {
         [n as f64 / raw::stream("stream-tiny-flush", &tasks).as_secs_f64()]
     });
     let [lib_rate] = median_of(RUNS, || [n as f64 / library::streaming(n).as_secs_f64()]);
+    RAW_STREAM.with(|c| c.set(raw_rate));
     let ratio = lib_rate / raw_rate;
     r.push(Row {
         library: rate(lib_rate),
@@ -215,6 +216,7 @@ fn round_trip(r: &mut Report) {
         let (a, b) = p50_p99(&mut raw::pingpong(n));
         [us(a), us(b)]
     });
+    RAW_PING.with(|c| c.set([raw50, raw99]));
     let [lib50, lib99] = median_of(RUNS, || {
         let (a, b) = p50_p99(&mut library::round_trip(n));
         [us(a), us(b)]
@@ -289,6 +291,41 @@ fn call_cost(r: &mut Report) {
 
 thread_local! {
     static CHANNEL_BASE: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+    /// The raw bincode stream's tasks/s (section "streaming").
+    static RAW_STREAM: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+    /// The raw 32 B ping-pong's p50 and p99, µs (section "round_trip").
+    static RAW_PING: std::cell::Cell<[f64; 2]> = const { std::cell::Cell::new([0.0; 2]) };
+}
+
+/// The raw stream's tasks/s from this run, measured now if the streaming
+/// section did not run.
+fn raw_stream_rate() -> f64 {
+    let known = RAW_STREAM.with(|c| c.get());
+    if known > 0.0 {
+        return known;
+    }
+    let n = scale(100_000);
+    let tasks: Vec<_> = (0..n as u64).map(common::tasks::Tiny::new).collect();
+    let [x] = median_of(RUNS, || {
+        [n as f64 / raw::stream("stream-tiny", &tasks).as_secs_f64()]
+    });
+    RAW_STREAM.with(|c| c.set(x));
+    x
+}
+
+/// The raw ping-pong's p50 and p99 (µs) from this run, measured now if the
+/// round-trip section did not run.
+fn raw_ping() -> [f64; 2] {
+    let known = RAW_PING.with(|c| c.get());
+    if known[0] > 0.0 {
+        return known;
+    }
+    let x = median_of(RUNS, || {
+        let (a, b) = p50_p99(&mut raw::pingpong(scale(20_000)));
+        [us(a), us(b)]
+    });
+    RAW_PING.with(|c| c.set(x));
+    x
 }
 
 /// Target 4: spawn until ready.
@@ -453,24 +490,70 @@ fn memory(r: &mut Report) {
     });
 }
 
-/// Target 8: the grinder, once `src/grinder.rs` exists.
+/// Items per grinder batch in the throughput figures: with 1,000 callers
+/// each waiting for its result, 4 batches of 250 keep up to 4 executors busy.
+const GRIND_BATCH: usize = 250;
+/// Concurrent submitters in the throughput figures (issue 5, target 8).
+const SUBMITTERS: usize = 1_000;
+
+/// Target 8: the grinder, 1,000 async submitters on a pool of 2, and one
+/// caller's latency with the smallest `max_wait`.
 fn grinder(r: &mut Report) {
-    for figure in [
-        "8. WorkGrinder, 1,000 submitters on 2 workers, tasks/s",
-        "8. WorkGrinder single-item latency, smallest max_wait",
-    ] {
+    let raw_rate = raw_stream_rate();
+    let total = scale(200_000);
+    r.progress(&format!(
+        "grinder: {total} tiny tasks from 1,000 tokio tasks, pool of 2"
+    ));
+    let [lib_rate] = median_of(RUNS, || {
+        [total as f64 / grind::throughput(2, SUBMITTERS, total, GRIND_BATCH).as_secs_f64()]
+    });
+    let [small_rate] = median_of(RUNS, || {
+        [total as f64 / grind::throughput(2, SUBMITTERS, total, 20).as_secs_f64()]
+    });
+    for (batch, lib) in [(GRIND_BATCH, lib_rate), (20, small_rate)] {
+        let ratio = lib / raw_rate;
+        let default = if batch == 20 { ", the default" } else { "" };
         r.push(Row {
-            library: "TODO".into(),
-            baseline: "—".into(),
-            target: if figure.contains("tasks/s") {
-                "≥ 1 M/s".into()
-            } else {
-                "≤ 3× ping-pong".into()
-            },
+            library: rate(lib),
+            baseline: format!("{} (raw bincode frames, one child)", rate(raw_rate)),
+            ratio: Some(ratio),
+            target: "≥ 1 M/s".into(),
+            met: Some(lib >= 1e6),
             ..Row::new(format!(
-                "{figure} (TODO: no src/grinder.rs / src/pool.rs yet)"
+                "8. WorkGrinder, 1,000 async submitters (tokio) on 2 workers, batches of {batch}{default}, max_wait 1 ms, tasks/s"
             ))
         });
+    }
+    let [raw50, raw99] = raw_ping();
+    for (max_wait, label) in [
+        (Duration::from_millis(1), "1 ms"),
+        (Duration::from_micros(1), "1 µs (dispatch at once)"),
+    ] {
+        let n = if max_wait >= Duration::from_millis(1) {
+            scale(2_000)
+        } else {
+            scale(5_000)
+        };
+        r.progress(&format!(
+            "grinder latency, max_wait {label}, {n} samples, pool of 2"
+        ));
+        let [lib50, lib99] = median_of(RUNS, || {
+            let (a, b) = p50_p99(&mut grind::latency(max_wait, n));
+            [us(a), us(b)]
+        });
+        for (p, lib, raw) in [("p50", lib50, raw50), ("p99", lib99, raw99)] {
+            let ratio = lib / raw;
+            r.push(Row {
+                library: micros(lib),
+                baseline: format!("{} (32 B ping-pong)", micros(raw)),
+                ratio: Some(ratio),
+                target: "≤ 3×".into(),
+                met: Some(ratio <= 3.0),
+                ..Row::new(format!(
+                    "8. WorkGrinder single-item latency, max_wait {label}, one caller, {p}"
+                ))
+            });
+        }
     }
 }
 
@@ -537,12 +620,68 @@ fn depth_growth(r: &mut Report) {
     r.sections.push_str(&t);
 }
 
-/// Target 9: pool size 1 → 4, once `src/pool.rs` exists.
+/// Target 9: cost against pool size, 1 → 4 workers, for a fixed workload.
 fn pool_growth(r: &mut Report) {
-    r.sections.push_str(
-        "\n### Cost against pool size (1 → 4 workers)\n\n\
-         TODO: no `src/pool.rs` (LeasedExecutorManager) yet; this table comes with it.\n",
+    let total = scale(200_000);
+    r.progress(&format!(
+        "growth with pool size, 1 → 4 workers, {total} tiny tasks (raw, leases, grinder)"
+    ));
+    let mut t = format!(
+        "\n### Cost against pool size (1 → 4 workers; {total} tiny tasks; median of 3)\n\n\
+         Leases: N threads, each holding one lease and streaming its share \
+         (`submit` × share, then `wait` on each handle). Grinder: 1,000 \
+         tokio tasks, batches of {GRIND_BATCH}, `concurrency` N. Raw: N raw \
+         children, each streamed its share by its own thread (time: the \
+         slowest stream).\n\n\
+         | workers | raw tasks/s | leases tasks/s | leases / raw | grinder tasks/s | grinder / raw | leases vs 1 worker |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let tasks: Vec<_> = (0..total as u64).map(common::tasks::Tiny::new).collect();
+    let mut one = 0.0;
+    for n in 1..=4usize {
+        let [raw_rate] = median_of(RUNS, || {
+            // The raw child checks ids from 0: every share is a prefix.
+            let share = &tasks[..total.div_ceil(n)];
+            let slowest = std::thread::scope(|scope| {
+                let joins: Vec<_> = (0..n)
+                    .map(|i| {
+                        let c = if i + 1 < n {
+                            share
+                        } else {
+                            &share[..total - share.len() * (n - 1)]
+                        };
+                        scope.spawn(move || raw::stream("stream-tiny", c))
+                    })
+                    .collect();
+                joins
+                    .into_iter()
+                    .map(|j| j.join().expect("raw stream"))
+                    .max()
+                    .unwrap_or_default()
+            });
+            [total as f64 / slowest.as_secs_f64()]
+        });
+        let [lease_rate] = median_of(RUNS, || {
+            [total as f64 / grind::leases(n, total).as_secs_f64()]
+        });
+        let [grind_rate] = median_of(RUNS, || {
+            [total as f64 / grind::throughput(n, SUBMITTERS, total, GRIND_BATCH).as_secs_f64()]
+        });
+        if n == 1 {
+            one = lease_rate;
+        }
+        let _ = writeln!(
+            t,
+            "| {n} | {} | {} | {:.2} | {} | {:.2} | {:.2}× |",
+            rate(raw_rate),
+            rate(lease_rate),
+            lease_rate / raw_rate,
+            rate(grind_rate),
+            grind_rate / raw_rate,
+            lease_rate / one
+        );
+    }
+    r.sections.push_str(&t);
 }
 
 /// The Python peers on the same tiny tasks, when python3 is present.

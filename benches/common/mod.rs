@@ -7,6 +7,7 @@
 //! `worker_facade::worker::run_if_worker`) or plays the raw peer and exits
 //! when the process was started as one, and returns at once otherwise.
 
+pub(crate) mod grinder;
 pub(crate) mod library;
 pub(crate) mod raw;
 pub(crate) mod stats;
