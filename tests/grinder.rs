@@ -6,6 +6,9 @@
 //! a lease expiry or by stopping the pool, and every wait has a generous
 //! bound that only guards against a hang.
 
+mod common;
+
+use common::watchdog;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,50 +20,15 @@ use std::time::Duration;
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
     AcquireError, AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError,
-    GrinderError, GrinderStartError, LeasedExecutorManager, NotRunReason, Output, WorkError,
-    WorkGrinder, WorkerCommand,
+    GrinderError, GrinderStartError, LeasedExecutorManager, NotRunReason, WorkError, WorkGrinder,
+    WorkerCommand,
 };
 
 const HANG_GUARD: Duration = Duration::from_secs(20);
 const FOREVER: f64 = 3600.0;
 
-/// Aborts the test binary if the test it guards is still running after a
-/// minute, so that a hang fails loudly instead of stalling CI.
-struct Watchdog {
-    done: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-fn watchdog(test: &'static str) -> Watchdog {
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    let thread = thread::Builder::new()
-        .name(format!("watchdog-{test}"))
-        .spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                wait.recv_timeout(Duration::from_secs(60))
-            {
-                eprintln!("watchdog: {test} hung for 60 s; aborting");
-                std::process::abort();
-            }
-        })
-        .expect("watchdog thread");
-    Watchdog {
-        done: Some(done),
-        thread: Some(thread),
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.done.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn worker() -> WorkerCommand {
-    WorkerCommand::new(env!("CARGO_BIN_EXE_facade-worker")).output(Output::Silent)
+    common::stock_worker()
 }
 
 fn pool(max: usize) -> Arc<LeasedExecutorManager<SimpleTask>> {

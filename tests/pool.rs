@@ -7,6 +7,9 @@
 //! it answers `stats()`, so the result does not depend on scheduling. Every
 //! wait has a generous bound that only guards against a hang.
 
+mod common;
+
+use common::watchdog;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
@@ -14,51 +17,16 @@ use std::time::{Duration, Instant};
 
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
-    AcquireError, LeaseError, LeasedExecutorManager, NotRunReason, Outcome, Output,
-    PoolConfigError, PoolStartError, WorkerCommand,
+    AcquireError, LeaseError, LeasedExecutorManager, NotRunReason, Outcome, PoolConfigError,
+    PoolStartError, WorkerCommand,
 };
 
 /// Only guards against a hang; nothing should come near it.
 const HANG_GUARD: Duration = Duration::from_secs(20);
 const LONG: Duration = Duration::from_secs(3600);
 
-/// Aborts the test binary if the test it guards is still running after a
-/// minute, so that a hang fails loudly instead of stalling CI.
-struct Watchdog {
-    done: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-fn watchdog(test: &'static str) -> Watchdog {
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    let thread = thread::Builder::new()
-        .name(format!("watchdog-{test}"))
-        .spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                wait.recv_timeout(Duration::from_secs(60))
-            {
-                eprintln!("watchdog: {test} hung for 60 s; aborting");
-                std::process::abort();
-            }
-        })
-        .expect("watchdog thread");
-    Watchdog {
-        done: Some(done),
-        thread: Some(thread),
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.done.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn worker() -> WorkerCommand {
-    WorkerCommand::new(env!("CARGO_BIN_EXE_facade-worker")).output(Output::Silent)
+    common::stock_worker()
 }
 
 fn pool(min: usize, max: usize) -> LeasedExecutorManager<SimpleTask> {

@@ -249,3 +249,38 @@ pub fn child_pids() -> Vec<u32> {
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
 }
+
+/// Aborts the test binary if the test it guards is still running after a
+/// minute, so that a hang fails loudly instead of stalling CI. For tests whose
+/// body must stay on the test thread (unlike [`within`]).
+pub struct Watchdog {
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+pub fn watchdog(test: &'static str) -> Watchdog {
+    let (done, wait) = mpsc::channel::<()>();
+    let thread = thread::Builder::new()
+        .name(format!("watchdog-{test}"))
+        .spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(60))
+            {
+                eprintln!("watchdog: {test} hung for 60 s; aborting");
+                std::process::abort();
+            }
+        })
+        .expect("watchdog thread");
+    Watchdog {
+        done: Some(done),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
