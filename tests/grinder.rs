@@ -321,9 +321,15 @@ fn after_a_crash_the_rest_can_be_reported_not_run() {
     pool.stop();
 }
 
-#[test]
-fn stop_drains_pending_items_by_default() {
-    let _watchdog = watchdog("stop_drains_pending_items_by_default");
+/// A started grinder holding five pending items named `<prefix>0..5`: no
+/// batch leaves by itself (a huge threshold, an hour's `max_wait`).
+fn five_pending(
+    prefix: &str,
+) -> (
+    Arc<LeasedExecutorManager<SimpleTask>>,
+    WorkGrinder<SimpleTask>,
+    Vec<GrindHandle<String>>,
+) {
     let pool = pool(1);
     let grinder = WorkGrinder::builder(pool.clone())
         .max_wait_seconds(FOREVER)
@@ -331,13 +337,20 @@ fn stop_drains_pending_items_by_default() {
         .build()
         .expect("valid settings");
     grinder.start().expect("starts");
-    let handles: Vec<_> = (0..5)
+    let handles = (0..5)
         .map(|i| {
             grinder
-                .enqueue(SimpleTask::new(format!("d{i}"), 0.0))
+                .enqueue(SimpleTask::new(format!("{prefix}{i}"), 0.0))
                 .expect("accepted")
         })
         .collect();
+    (pool, grinder, handles)
+}
+
+#[test]
+fn stop_drains_pending_items_by_default() {
+    let _watchdog = watchdog("stop_drains_pending_items_by_default");
+    let (pool, grinder, handles) = five_pending("d");
     assert_eq!(grinder.stats().pending, 5);
     grinder.stop(false);
     for (i, h) in handles.into_iter().enumerate() {
@@ -355,20 +368,7 @@ fn stop_drains_pending_items_by_default() {
 #[test]
 fn stop_with_cancel_cancels_pending_items() {
     let _watchdog = watchdog("stop_with_cancel_cancels_pending_items");
-    let pool = pool(1);
-    let grinder = WorkGrinder::builder(pool.clone())
-        .max_wait_seconds(FOREVER)
-        .batch_size_threshold(1000)
-        .build()
-        .expect("valid settings");
-    grinder.start().expect("starts");
-    let handles: Vec<_> = (0..5)
-        .map(|i| {
-            grinder
-                .enqueue(SimpleTask::new(format!("c{i}"), 0.0))
-                .expect("accepted")
-        })
-        .collect();
+    let (pool, grinder, handles) = five_pending("c");
     grinder.stop(true);
     for h in handles {
         assert!(matches!(h.wait(), Err(WorkError::Cancelled)));
