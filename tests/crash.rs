@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    announcing_worker, process_exists, signal, stock_worker, test_worker, wait_for_line, within,
+    announcing_worker, kinds, process_exists, run_named, signal, stock_worker, test_worker,
+    wait_for_line, within,
 };
 use nix::sys::signal::Signal;
 use worker_facade::simple::SimpleTask;
@@ -75,18 +76,14 @@ fn crash_task_with_default_restart_runs_the_rest_on_a_fresh_worker() {
     within(Duration::from_secs(30), || {
         let w = WorkingProcessFacade::<SimpleTask>::spawn(stock_worker()).expect("spawn");
         let first_pid = w.worker_pid().expect("running");
-        for t in names(3, "before") {
-            w.process_task(t).expect("accepted");
-        }
-        w.process_task(SimpleTask::new("crash", 0.0))
-            .expect("accepted");
-        for t in names(3, "after") {
-            w.process_task(t).expect("accepted");
-        }
-        let records = w.collect_tasks().expect("collect");
-        let kinds: Vec<_> = records.iter().map(|r| r.outcome.kind()).collect();
+        let records = run_named(
+            &w,
+            &[
+                "before0", "before1", "before2", "crash", "after0", "after1", "after2",
+            ],
+        );
         assert_eq!(
-            kinds,
+            kinds(&records),
             [
                 "completed",
                 "completed",

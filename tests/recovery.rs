@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{announcing_worker, process_exists, test_worker, wait_for_line, within};
+use common::{
+    announcing_worker, kinds, process_exists, run_named, test_worker, wait_for_line, within,
+};
 use worker_facade::simple::SimpleTask;
 use worker_facade::{NotRunReason, Outcome, RestartPolicy, WorkingProcessFacade};
 
@@ -23,13 +25,9 @@ fn restart_budget_exhausted_leaves_the_rest_not_run() {
             })
             .spawn()
             .expect("spawn");
-        for name in ["a", "crash", "b", "crash", "c", "crash", "d", "e"] {
-            w.process_task(t(name)).expect("accepted");
-        }
-        let records = w.collect_tasks().expect("collect");
-        let kinds: Vec<_> = records.iter().map(|r| r.outcome.kind()).collect();
+        let records = run_named(&w, &["a", "crash", "b", "crash", "c", "crash", "d", "e"]);
         assert_eq!(
-            kinds,
+            kinds(&records),
             [
                 "completed",
                 "crashed",
@@ -185,13 +183,9 @@ fn recycling_interleaved_with_a_crash() {
             .max_tasks_per_worker(2)
             .spawn()
             .expect("spawn");
-        for name in ["a", "b", "c", "crash", "d", "e", "f"] {
-            w.process_task(t(name)).expect("accepted");
-        }
-        let records = w.collect_tasks().expect("collect");
-        let kinds: Vec<_> = records.iter().map(|r| r.outcome.kind()).collect();
+        let records = run_named(&w, &["a", "b", "c", "crash", "d", "e", "f"]);
         assert_eq!(
-            kinds,
+            kinds(&records),
             [
                 "completed",
                 "completed",

@@ -284,3 +284,20 @@ impl Drop for Watchdog {
         }
     }
 }
+
+/// Submits a zero-second task per name, collects, and returns the records.
+pub fn run_named(
+    w: &worker_facade::WorkingProcessFacade<SimpleTask>,
+    names: &[&str],
+) -> Vec<worker_facade::TaskRecord<SimpleTask>> {
+    for name in names {
+        w.process_task(SimpleTask::new(*name, 0.0))
+            .expect("accepted");
+    }
+    w.collect_tasks().expect("collect")
+}
+
+/// The outcome kinds of `records`, in order.
+pub fn kinds(records: &[worker_facade::TaskRecord<SimpleTask>]) -> Vec<&'static str> {
+    records.iter().map(|r| r.outcome.kind()).collect()
+}
