@@ -27,6 +27,21 @@ use worker_facade::{
 const HANG_GUARD: Duration = Duration::from_secs(20);
 const FOREVER: f64 = 3600.0;
 
+/// A started grinder that dispatches only by size: `threshold` items, or
+/// an hour's `max_wait`.
+fn by_size(
+    pool: &Arc<LeasedExecutorManager<SimpleTask>>,
+    threshold: usize,
+) -> WorkGrinder<SimpleTask> {
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(threshold)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    grinder
+}
+
 fn worker() -> WorkerCommand {
     common::stock_worker()
 }
@@ -74,12 +89,7 @@ fn assert_stopped_by_the_pool(result: Result<String, WorkError>) {
 fn a_full_batch_is_dispatched_at_once() {
     let _watchdog = watchdog("a_full_batch_is_dispatched_at_once");
     let pool = pool(1);
-    let grinder = WorkGrinder::builder(pool.clone())
-        .max_wait_seconds(FOREVER)
-        .batch_size_threshold(5)
-        .build()
-        .expect("valid settings");
-    grinder.start().expect("starts");
+    let grinder = by_size(&pool, 5);
     let mut handles: Vec<_> = (0..4)
         .map(|i| {
             grinder
@@ -146,12 +156,7 @@ fn the_oldest_item_waiting_max_wait_dispatches_a_batch() {
 fn each_result_is_forwarded_before_its_batch_ends() {
     let _watchdog = watchdog("each_result_is_forwarded_before_its_batch_ends");
     let pool = pool(1);
-    let grinder = WorkGrinder::builder(pool.clone())
-        .max_wait_seconds(FOREVER)
-        .batch_size_threshold(2)
-        .build()
-        .expect("valid settings");
-    grinder.start().expect("starts");
+    let grinder = by_size(&pool, 2);
     let mut quick = grinder
         .enqueue(SimpleTask::new("quick", 0.0))
         .expect("accepted");
@@ -173,12 +178,7 @@ fn each_result_is_forwarded_before_its_batch_ends() {
 fn batches_run_concurrently_on_several_executors() {
     let _watchdog = watchdog("batches_run_concurrently_on_several_executors");
     let pool = pool(2);
-    let grinder = WorkGrinder::builder(pool.clone())
-        .max_wait_seconds(FOREVER)
-        .batch_size_threshold(1)
-        .build()
-        .expect("valid settings");
-    grinder.start().expect("starts");
+    let grinder = by_size(&pool, 1);
     let mut hung = grinder
         .enqueue(SimpleTask::new("hung", FOREVER))
         .expect("accepted");
@@ -253,12 +253,7 @@ fn a_hung_item_whose_lease_expires_is_killed_and_answered_lease_expired() {
 fn a_crash_fails_only_the_crashing_item_and_the_rest_run_again() {
     let _watchdog = watchdog("a_crash_fails_only_the_crashing_item_and_the_rest_run_again");
     let pool = pool(1);
-    let grinder = WorkGrinder::builder(pool.clone())
-        .max_wait_seconds(FOREVER)
-        .batch_size_threshold(4)
-        .build()
-        .expect("valid settings");
-    grinder.start().expect("starts");
+    let grinder = by_size(&pool, 4);
     let ids = ["a", "crash", "b", "c"];
     let mut handles: Vec<_> = ids
         .iter()
@@ -331,12 +326,7 @@ fn five_pending(
     Vec<GrindHandle<String>>,
 ) {
     let pool = pool(1);
-    let grinder = WorkGrinder::builder(pool.clone())
-        .max_wait_seconds(FOREVER)
-        .batch_size_threshold(1000)
-        .build()
-        .expect("valid settings");
-    grinder.start().expect("starts");
+    let grinder = by_size(&pool, 1000);
     let handles = (0..5)
         .map(|i| {
             grinder
@@ -501,12 +491,7 @@ fn zero_negative_and_non_finite_settings_are_rejected() {
 fn dropping_a_handle_before_dispatch_removes_its_item() {
     let _watchdog = watchdog("dropping_a_handle_before_dispatch_removes_its_item");
     let pool = pool(1);
-    let grinder = WorkGrinder::builder(pool.clone())
-        .max_wait_seconds(FOREVER)
-        .batch_size_threshold(1000)
-        .build()
-        .expect("valid settings");
-    grinder.start().expect("starts");
+    let grinder = by_size(&pool, 1000);
     let dropped = grinder
         .enqueue(SimpleTask::new("dropped", 0.0))
         .expect("accepted");
