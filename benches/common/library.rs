@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::unbounded;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use worker_facade::{Outcome, RestartPolicy, WORKER_ENV, WorkerCommand, WorkingProcessFacade};
+use worker_facade::{
+    Outcome, RestartPolicy, Task, WORKER_ENV, WorkerCommand, WorkingProcessFacade,
+};
 
 use super::stats::{self, percentile, settled_rss};
 use super::tasks::{self, Blob, BlobSeq, Tiny};
@@ -59,13 +61,32 @@ pub(crate) fn streaming(n: usize) -> Duration {
 /// blobs are built before the clock starts (the raw side does not allocate
 /// either).
 pub(crate) fn streaming_blobs(n: usize, size: usize) -> Duration {
-    let blobs: Vec<Blob> = (0..n as u64)
-        .map(|id| Blob {
-            id,
-            data: vec![0xab; size],
-        })
-        .collect();
-    let w = WorkingProcessFacade::<Blob>::spawn(command("blob")).expect("spawn worker");
+    stream_blobs(n, size, "blob", |id| Blob {
+        id,
+        data: vec![0xab; size],
+    })
+}
+
+/// Like [`streaming_blobs`], with the bytes as a plain `Vec<u8>` (serde
+/// encodes them one `u8` at a time).
+pub(crate) fn streaming_blobs_seq(n: usize, size: usize) -> Duration {
+    stream_blobs(n, size, "blobseq", |id| BlobSeq {
+        id,
+        data: vec![0xab; size],
+    })
+}
+
+/// Streams `n` blobs of `size` bytes made by `make` to a worker of `kind`
+/// and times the submissions and the collect; every blob must come back
+/// with its size.
+fn stream_blobs<T: Task<Output = u64>>(
+    n: usize,
+    size: usize,
+    kind: &str,
+    make: impl Fn(u64) -> T,
+) -> Duration {
+    let blobs: Vec<T> = (0..n as u64).map(make).collect();
+    let w = WorkingProcessFacade::<T>::spawn(command(kind)).expect("spawn worker");
     let t0 = Instant::now();
     for b in blobs {
         w.process_task(b).expect("accepted");
@@ -79,26 +100,6 @@ pub(crate) fn streaming_blobs(n: usize, size: usize) -> Duration {
             .all(|r| r.outcome == Outcome::Completed(size as u64)),
         "every blob completed"
     );
-    took
-}
-
-/// Like [`streaming_blobs`], with the bytes as a plain `Vec<u8>` (serde
-/// encodes them one `u8` at a time).
-pub(crate) fn streaming_blobs_seq(n: usize, size: usize) -> Duration {
-    let blobs: Vec<BlobSeq> = (0..n as u64)
-        .map(|id| BlobSeq {
-            id,
-            data: vec![0xab; size],
-        })
-        .collect();
-    let w = WorkingProcessFacade::<BlobSeq>::spawn(command("blobseq")).expect("spawn worker");
-    let t0 = Instant::now();
-    for b in blobs {
-        w.process_task(b).expect("accepted");
-    }
-    let records = w.collect_tasks().expect("collect");
-    let took = t0.elapsed();
-    assert_eq!(records.len(), n);
     took
 }
 
