@@ -261,7 +261,7 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// [`queue_bound`](FacadeBuilder::queue_bound).
     pub fn try_process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
         if let Some(bound) = self.bound {
-            if self.stats.snapshot().in_flight >= bound {
+            if self.stats.in_flight() >= bound {
                 return Err(SubmitError::Full(task));
             }
         }
@@ -408,7 +408,10 @@ impl<T: Task> WorkingProcessFacade<T> {
 
     /// The current worker's process ID, if one is running.
     pub fn worker_pid(&self) -> Option<u32> {
-        self.stats.snapshot().worker_pid
+        match self.stats.worker_pid.load(Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
     }
 
     fn join_supervisor(&self) {

@@ -62,9 +62,16 @@ impl StatsCells {
             + self.timed_out.load(Relaxed)
     }
 
-    pub(crate) fn snapshot(&self) -> FacadeStats {
-        // Read the outcomes before `submitted`, so in_flight never underflows.
+    /// Accepted tasks without an outcome yet (what `try_process_task` bounds).
+    pub(crate) fn in_flight(&self) -> u64 {
+        // Outcomes first, then `submitted`: a task counted finished was
+        // counted submitted before, so this cannot underflow in practice.
         let finished = self.finished();
+        self.submitted.load(Relaxed).saturating_sub(finished)
+    }
+
+    pub(crate) fn snapshot(&self) -> FacadeStats {
+        let in_flight = self.in_flight();
         let submitted = self.submitted.load(Relaxed);
         let pid = self.worker_pid.load(Relaxed);
         FacadeStats {
@@ -74,7 +81,7 @@ impl StatsCells {
             crashed: self.crashed.load(Relaxed),
             not_run: self.not_run.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
-            in_flight: submitted.saturating_sub(finished),
+            in_flight,
             restarts: self.restarts.load(Relaxed),
             recycles: self.recycles.load(Relaxed),
             refused_connections: self.refused.load(Relaxed),
