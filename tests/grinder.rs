@@ -42,6 +42,16 @@ fn by_size(
     grinder
 }
 
+/// A one-executor pool that has not been started.
+fn unstarted_pool() -> Arc<LeasedExecutorManager<SimpleTask>> {
+    Arc::new(
+        LeasedExecutorManager::<SimpleTask>::builder(worker())
+            .max_executors(1)
+            .build()
+            .expect("valid pool settings"),
+    )
+}
+
 fn worker() -> WorkerCommand {
     common::stock_worker()
 }
@@ -374,12 +384,7 @@ fn stop_with_cancel_cancels_pending_items() {
 #[test]
 fn submitting_before_start_while_stopping_and_after_stop_is_refused() {
     let _watchdog = watchdog("submitting_before_start_while_stopping_and_after_stop_is_refused");
-    let pool = Arc::new(
-        LeasedExecutorManager::<SimpleTask>::builder(worker())
-            .max_executors(1)
-            .build()
-            .expect("valid pool settings"),
-    );
+    let pool = unstarted_pool();
     let grinder = WorkGrinder::builder(pool.clone())
         .max_wait_seconds(0.01)
         .build()
@@ -431,12 +436,7 @@ fn submitting_before_start_while_stopping_and_after_stop_is_refused() {
 #[test]
 fn zero_negative_and_non_finite_settings_are_rejected() {
     let _watchdog = watchdog("zero_negative_and_non_finite_settings_are_rejected");
-    let pool = Arc::new(
-        LeasedExecutorManager::<SimpleTask>::builder(worker())
-            .max_executors(1)
-            .build()
-            .expect("valid pool settings"),
-    );
+    let pool = unstarted_pool();
     let build = |f: fn(GrinderBuilder<SimpleTask>) -> GrinderBuilder<SimpleTask>| {
         f(WorkGrinder::builder(pool.clone()))
             .build()
