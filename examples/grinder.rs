@@ -62,7 +62,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let outcome = match grinder.enqueue(SimpleTask::new(id, 0.001)) {
                             Ok(handle) => handle.await,
                             Err(refused) => Err(WorkError::NotRun(Box::new(
-                                worker_facade::NotRunReason::Cancelled(refused.to_string()),
+                                worker_facade::NotRunReason::Cancelled(
+                                    worker_facade::CancelReason::Terminated(refused.to_string()),
+                                ),
                             ))),
                         };
                         outcomes.push(outcome);

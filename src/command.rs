@@ -11,6 +11,11 @@ use crate::wire::DEFAULT_MAX_FRAME;
 /// Its value is the parent's PID. It carries no secret.
 pub const WORKER_ENV: &str = "WORKER_FACADE_WORKER";
 
+/// The environment variable that tells a worker which inherited descriptor
+/// is its end of the socket to the parent. It carries no secret: the
+/// descriptor exists only in the worker.
+pub(crate) const WORKER_FD_ENV: &str = "WORKER_FACADE_FD";
+
 /// Describes how to start a worker process: the program, its arguments and
 /// environment, where its output goes, and process limits.
 ///
@@ -40,7 +45,6 @@ pub struct WorkerCommand {
     pub(crate) max_frame: u32,
     pub(crate) core_dumps: bool,
     pub(crate) memory_limit: Option<u64>,
-    pub(crate) socket_dir: Option<PathBuf>,
 }
 
 impl WorkerCommand {
@@ -58,7 +62,6 @@ impl WorkerCommand {
             max_frame: DEFAULT_MAX_FRAME,
             core_dumps: false,
             memory_limit: None,
-            socket_dir: None,
         }
     }
 
@@ -140,15 +143,6 @@ impl WorkerCommand {
     /// was running is then reported as crashed.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
-        self
-    }
-
-    /// Where the private directory for the handshake socket is made
-    /// (default: [`std::env::temp_dir`]). The directory is created with mode
-    /// 0700 and a random name, and removed as soon as the worker connects.
-    /// The path must be short: a socket path has a limit of about 100 bytes.
-    pub fn socket_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.socket_dir = Some(dir.as_ref().to_path_buf());
         self
     }
 

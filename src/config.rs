@@ -57,6 +57,7 @@ pub(crate) struct Config {
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) max_tasks_per_worker: Option<u64>,
     pub(crate) queue_bound: Option<usize>,
+    pub(crate) workers: usize,
 }
 
 impl Config {
@@ -70,6 +71,7 @@ impl Config {
             task_timeout: None,
             max_tasks_per_worker: None,
             queue_bound: None,
+            workers: 1,
         }
     }
 }

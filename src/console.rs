@@ -1,17 +1,17 @@
 //! The "mutexed console": where a worker's stdout and stderr go.
 //!
-//! One pump thread per worker reads both pipes with `poll(2)` and hands each
-//! whole line on, so lines from different workers (and from the parent) never
-//! interleave mid-line. The pump also keeps the last stderr lines for crash
-//! reports.
+//! The engine's loop reads each worker's pipes when they are readable and
+//! hands each whole line on, so lines from different workers (and from the
+//! parent) never interleave mid-line. It also keeps the last stderr lines for
+//! crash reports.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{ChildStderr, ChildStdout};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -83,7 +83,8 @@ pub enum Output {
     /// Lines are dropped (the last stderr lines are still kept for crash
     /// reports).
     Silent,
-    /// Each line is handed to this callback, from the worker's pump thread.
+    /// Each line is handed to this callback, on the facade's engine thread:
+    /// keep it quick (push to a channel), as the facade waits for it.
     Capture(Arc<dyn Fn(OutputLine) + Send + Sync>),
     /// The worker writes straight to the parent's stdout and stderr, without
     /// prefixes; crash reports carry no stderr tail.
@@ -112,196 +113,265 @@ impl fmt::Debug for Output {
     }
 }
 
-/// The last stderr lines of one worker, and whether it reported a failed
-/// allocation (Rust's allocator prints "memory allocation of N bytes failed"
-/// before aborting; a backtrace may follow and push it out of the tail).
-#[derive(Debug, Default)]
-pub(crate) struct TailState {
-    pub(crate) lines: VecDeque<String>,
-    pub(crate) alloc_failed: bool,
-}
-
-pub(crate) type Tail = Arc<Mutex<TailState>>;
-
-pub(crate) fn tail_snapshot(tail: &Tail) -> (Vec<String>, bool) {
-    let tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
-    (tail.lines.iter().cloned().collect(), tail.alloc_failed)
-}
-
-/// A running pump thread. Dropping it without [`Pump::finish`] detaches
-/// nothing: `finish` must be called to join the thread.
+/// One worker's stdout and stderr pipes, read by the engine's loop (no
+/// thread): whole lines are handed on, the last stderr lines kept for crash
+/// reports.
+///
+/// Writing to the parent's stderr never blocks the loop: lines wait in a
+/// bounded [`StderrQueue`] and are written when the descriptor can take
+/// them; past its bound they are dropped and counted
+/// ([`FacadeStats::output_lines_dropped`](crate::FacadeStats)).
 #[derive(Debug)]
-pub(crate) struct Pump {
-    thread: JoinHandle<()>,
-    stop: OwnedFd,
-    /// A second descriptor of the stop pipe's read end, so the pipe has a
-    /// reader until `finish` wrote to it even if the thread ended first.
-    _stop_reader: OwnedFd,
-    pub(crate) tail: Tail,
-}
-
-impl Pump {
-    /// Starts a pump for a worker's pipes.
-    pub(crate) fn start(
-        pid: u32,
-        stdout: ChildStdout,
-        stderr: ChildStderr,
-        output: Output,
-    ) -> io::Result<Pump> {
-        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let stop_reader = stop_rx.try_clone()?;
-        let tail: Tail = Arc::new(Mutex::new(TailState::default()));
-        let state = PumpState {
-            pid,
-            output,
-            tail: tail.clone(),
-            partial: [Vec::new(), Vec::new()],
-        };
-        let thread = thread::Builder::new()
-            .name(format!("wf-output-{pid}"))
-            .spawn(move || state.run(stdout, stderr, stop_rx))?;
-        Ok(Pump {
-            thread,
-            stop: stop_tx,
-            _stop_reader: stop_reader,
-            tail,
-        })
-    }
-
-    /// Tells the pump to hand on what is already readable and stop, then
-    /// joins it. Call after the worker is dead: in the usual case the pump has
-    /// seen end-of-file already; a grandchild that escaped the worker's
-    /// process group and holds the pipes open cannot keep it running.
-    pub(crate) fn finish(self) -> (Vec<String>, bool) {
-        // A failed write means the pump already exited and closed its end.
-        let _ = nix::unistd::write(&self.stop, b"x");
-        let _ = self.thread.join();
-        tail_snapshot(&self.tail)
-    }
-}
-
-struct PumpState {
+pub(crate) struct Console {
     pid: u32,
     output: Output,
-    tail: Tail,
+    pipes: [Option<OwnedFd>; 2],
     partial: [Vec<u8>; 2],
+    tail: VecDeque<String>,
+    alloc_failed: bool,
 }
 
-impl PumpState {
-    fn run(mut self, stdout: ChildStdout, stderr: ChildStderr, stop: OwnedFd) {
-        let mut open = [true, true];
-        let mut stopping = false;
-        let mut buf = vec![0u8; 16 * 1024];
-        while open[0] || open[1] {
-            let mut fds = Vec::with_capacity(3);
-            let mut which = Vec::with_capacity(2);
-            if open[0] {
-                fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLIN));
-                which.push(0usize);
-            }
-            if open[1] {
-                fds.push(PollFd::new(stderr.as_fd(), PollFlags::POLLIN));
-                which.push(1usize);
-            }
-            if !stopping {
-                fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
-            }
-            // Once stopping, never block: hand on what is readable and leave.
-            let timeout = if stopping {
-                PollTimeout::ZERO
-            } else {
-                PollTimeout::NONE
-            };
-            let ready = match poll(&mut fds, timeout) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
-            };
-            if ready == 0 {
-                break; // stopping and nothing left to read
-            }
-            let revents: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect();
-            if !stopping && revents.last().copied().unwrap_or(false) {
-                stopping = true;
-            }
-            for (slot, &stream) in which.iter().enumerate() {
-                if !revents[slot] {
-                    continue;
-                }
-                let got = if stream == 0 {
-                    nix::unistd::read(&stdout, &mut buf)
-                } else {
-                    nix::unistd::read(&stderr, &mut buf)
-                };
-                match got {
-                    Ok(0) | Err(_) => open[stream] = false,
-                    Ok(n) => self.take(stream, &buf[..n]),
-                }
-                if !open[stream] {
-                    self.flush_partial(stream);
-                }
-            }
+/// How many bytes one readiness event reads from a pipe at most, so a
+/// chatty worker cannot keep the loop from its other work.
+const READ_PER_EVENT: usize = 64 * 1024;
+
+impl Console {
+    pub(crate) fn new(
+        pid: u32,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+        output: Output,
+    ) -> Console {
+        Console {
+            pid,
+            output,
+            pipes: [stdout, stderr],
+            partial: [Vec::new(), Vec::new()],
+            tail: VecDeque::new(),
+            alloc_failed: false,
         }
-        self.flush_partial(0);
-        self.flush_partial(1);
     }
 
-    fn take(&mut self, stream: usize, bytes: &[u8]) {
+    /// The pipe of `stream` (0 stdout, 1 stderr) while it is open.
+    pub(crate) fn pipe(&self, stream: usize) -> Option<BorrowedFd<'_>> {
+        self.pipes.get(stream)?.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Reads what `stream`'s pipe has now (bounded) and hands on its whole
+    /// lines. Returns `false` once the pipe is closed (it is then dropped).
+    pub(crate) fn on_readable(&mut self, stream: usize, sink: &mut Sink<'_>) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        while total < READ_PER_EVENT {
+            let Some(fd) = self.pipes.get(stream).and_then(|p| p.as_ref()) else {
+                return false;
+            };
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n;
+                    self.take(stream, &buf[..n], sink);
+                    continue;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return true,
+                Err(_) => break,
+            }
+        }
+        if total >= READ_PER_EVENT {
+            return true;
+        }
+        // End of file, or a broken pipe.
+        self.pipes[stream] = None;
+        self.flush_partial(stream, sink);
+        false
+    }
+
+    /// Reads what is left in both pipes without waiting, hands on any last
+    /// partial line, closes the pipes, and returns the stderr tail and
+    /// whether the worker reported a failed allocation.
+    pub(crate) fn finish(&mut self, sink: &mut Sink<'_>) -> (Vec<String>, bool) {
+        for stream in 0..2 {
+            while self.pipes[stream].is_some() && self.on_readable(stream, sink) {
+                if !self.readable_now(stream) {
+                    break;
+                }
+            }
+            self.pipes[stream] = None;
+            self.flush_partial(stream, sink);
+        }
+        (self.tail.iter().cloned().collect(), self.alloc_failed)
+    }
+
+    fn readable_now(&self, stream: usize) -> bool {
+        let Some(fd) = self.pipe(stream) else {
+            return false;
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    fn take(&mut self, stream: usize, bytes: &[u8], sink: &mut Sink<'_>) {
         let mut rest = bytes;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let (line, after) = rest.split_at(nl);
             self.partial[stream].extend_from_slice(line);
             let whole = std::mem::take(&mut self.partial[stream]);
-            self.emit(stream, &whole);
+            self.emit(stream, &whole, sink);
             rest = &after[1..];
         }
         self.partial[stream].extend_from_slice(rest);
         if self.partial[stream].len() >= MAX_LINE {
             let whole = std::mem::take(&mut self.partial[stream]);
-            self.emit(stream, &whole);
+            self.emit(stream, &whole, sink);
         }
     }
 
-    fn flush_partial(&mut self, stream: usize) {
+    fn flush_partial(&mut self, stream: usize, sink: &mut Sink<'_>) {
         if !self.partial[stream].is_empty() {
             let whole = std::mem::take(&mut self.partial[stream]);
-            self.emit(stream, &whole);
+            self.emit(stream, &whole, sink);
         }
     }
 
-    fn emit(&mut self, stream: usize, line: &[u8]) {
+    fn emit(&mut self, stream: usize, line: &[u8], sink: &mut Sink<'_>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = String::from_utf8_lossy(line).into_owned();
         if stream == 1 {
-            let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
             if text.starts_with("memory allocation of") && text.ends_with("failed") {
-                tail.alloc_failed = true;
+                self.alloc_failed = true;
             }
-            if tail.lines.len() == TAIL_LINES {
-                tail.lines.pop_front();
+            if self.tail.len() == TAIL_LINES {
+                self.tail.pop_front();
             }
-            tail.lines.push_back(text.clone());
+            self.tail.push_back(text.clone());
         }
         match &self.output {
             Output::Prefixed => {
-                // One write of a whole line under stderr's lock: lines never
-                // interleave, with each other or with the parent's own output.
                 let whole = format!("[worker {}] {}\n", self.pid, text);
-                let _ = io::stderr().lock().write_all(whole.as_bytes());
+                sink.stderr.push(whole.into_bytes(), sink.dropped);
             }
-            Output::Capture(f) => f(OutputLine {
-                pid: self.pid,
-                stream: if stream == 0 {
-                    OutputStream::Stdout
-                } else {
-                    OutputStream::Stderr
-                },
-                text,
-            }),
+            Output::Capture(f) => {
+                let line = OutputLine {
+                    pid: self.pid,
+                    stream: if stream == 0 {
+                        OutputStream::Stdout
+                    } else {
+                        OutputStream::Stderr
+                    },
+                    text,
+                };
+                // The callback is user code on the engine's thread: a panic
+                // in it loses that line, nothing else.
+                if catch_unwind(AssertUnwindSafe(|| f(line))).is_err() {
+                    sink.dropped.fetch_add(1, Relaxed);
+                }
+            }
             Output::Silent | Output::Inherit => {}
         }
     }
+}
+
+/// Where a console's lines go: the facade's stderr queue, and the counter
+/// of lines dropped.
+pub(crate) struct Sink<'a> {
+    pub(crate) stderr: &'a mut StderrQueue,
+    pub(crate) dropped: &'a AtomicU64,
+}
+
+/// Whole lines waiting for this process's stderr, at most [`QUEUE_BYTES`]
+/// of them: a stderr nobody reads costs a bounded buffer and dropped
+/// lines, never a blocked engine.
+#[derive(Debug, Default)]
+pub(crate) struct StderrQueue {
+    lines: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+/// The bound of a facade's stderr queue.
+const QUEUE_BYTES: usize = 4 << 20;
+/// A pipe that polls writable has room for this many bytes; a write of at
+/// most this many is atomic (POSIX `PIPE_BUF`).
+const PIPE_BUF: usize = 4096;
+
+impl StderrQueue {
+    fn push(&mut self, line: Vec<u8>, dropped: &AtomicU64) {
+        if self.bytes + line.len() > QUEUE_BYTES {
+            dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        self.bytes += line.len();
+        self.lines.push_back(line);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Drops every queued line; returns how many.
+    pub(crate) fn clear(&mut self) -> u64 {
+        let n = self.lines.len() as u64;
+        self.lines.clear();
+        self.bytes = 0;
+        n
+    }
+
+    /// Writes the lines stderr takes now, each whole, under stderr's lock
+    /// (so they never interleave with each other or with the program's own
+    /// output). Stops at the first line that cannot go without blocking.
+    pub(crate) fn flush(&mut self, dropped: &AtomicU64) {
+        if self.lines.is_empty() {
+            return;
+        }
+        let stderr = io::stderr();
+        let _lock = stderr.lock();
+        let fd = stderr.as_fd();
+        while let Some(line) = self.lines.front() {
+            match write_whole_now(fd, line) {
+                Write::Done => {}
+                Write::WouldBlock => return,
+                Write::Failed => {
+                    dropped.fetch_add(1, Relaxed);
+                }
+            }
+            self.bytes -= line.len();
+            self.lines.pop_front();
+        }
+    }
+}
+
+enum Write {
+    Done,
+    WouldBlock,
+    Failed,
+}
+
+/// Writes `line` to `fd` only if that cannot block: in pieces of at most
+/// `PIPE_BUF` bytes, each after `poll` said the descriptor has room now. A
+/// line of at most `PIPE_BUF` bytes goes in one atomic write or not at all.
+fn write_whole_now(fd: BorrowedFd<'_>, line: &[u8]) -> Write {
+    let mut rest = line;
+    while !rest.is_empty() {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+        let writable = match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(n) if n > 0 => fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLOUT)),
+            _ => false,
+        };
+        if !writable {
+            return if rest.len() == line.len() {
+                Write::WouldBlock
+            } else {
+                Write::Failed // cut mid-line: the rest is dropped
+            };
+        }
+        let piece = &rest[..rest.len().min(PIPE_BUF)];
+        match nix::unistd::write(fd, piece) {
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return Write::Failed,
+        }
+    }
+    Write::Done
 }

@@ -104,6 +104,22 @@ pub enum SpawnError {
         /// The worker's crate version, as it reported it.
         worker_version: String,
     },
+    /// The program was started as a worker (by
+    /// [`WorkerCommand::current_exe`](crate::WorkerCommand::current_exe))
+    /// but made a facade instead of serving tasks: its `main` does not call
+    /// [`worker::run_if_worker`](crate::worker::run_if_worker) first. Left
+    /// alone, every worker would start the next one. Returned both inside
+    /// the worker, by the facade it tried to make, and to the parent.
+    #[error(
+        "{} was started as a worker but made a facade instead of serving tasks: call \
+         worker_facade::worker::run_if_worker(handler) first thing in main (or \
+         worker::serve in a dedicated worker binary)",
+        path.display()
+    )]
+    RunIfWorkerMissing {
+        /// The worker's path.
+        path: PathBuf,
+    },
     /// The worker connected but its handshake was not valid.
     #[error("worker {} sent a bad handshake: {detail}", path.display())]
     BadHandshake {
@@ -139,6 +155,39 @@ pub enum SubmitError<T> {
     /// outcomes to come back, then try again.
     #[error("the facade's queue is full; retry once outcomes have come back")]
     Full(T),
+    /// The task could not be encoded: its `Serialize` returned an error or
+    /// panicked. Nothing was sent.
+    #[error("the task could not be encoded: {reason}")]
+    Unencodable {
+        /// The task, handed back.
+        task: T,
+        /// What the encoder said, or the panic message.
+        reason: String,
+    },
+    /// The task encodes to more bytes than the maximum frame size
+    /// ([`WorkerCommand::max_frame_size`](crate::WorkerCommand::max_frame_size)).
+    #[error("the task encodes to {len} bytes, above the maximum frame size of {max} bytes")]
+    TooLarge {
+        /// The task, handed back.
+        task: T,
+        /// Its encoded size.
+        len: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// The facade was made in another process: this one is a `fork` of it,
+    /// and a facade's engine and workers belong to the process that made
+    /// it. Make a new facade in this process.
+    #[error(
+        "this facade belongs to the process that made it (pid {owner}); this process is a fork \
+         of it: make a new facade here"
+    )]
+    Forked {
+        /// The task, handed back.
+        task: T,
+        /// The process that made the facade.
+        owner: u32,
+    },
 }
 
 impl<T> SubmitError<T> {
@@ -146,6 +195,9 @@ impl<T> SubmitError<T> {
     pub fn into_task(self) -> T {
         match self {
             SubmitError::Closed(t) | SubmitError::Full(t) => t,
+            SubmitError::Unencodable { task, .. }
+            | SubmitError::TooLarge { task, .. }
+            | SubmitError::Forked { task, .. } => task,
         }
     }
 }
@@ -155,6 +207,19 @@ impl<T> fmt::Debug for SubmitError<T> {
         match self {
             SubmitError::Closed(_) => f.write_str("Closed(..)"),
             SubmitError::Full(_) => f.write_str("Full(..)"),
+            SubmitError::Unencodable { reason, .. } => f
+                .debug_struct("Unencodable")
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+            SubmitError::TooLarge { len, max, .. } => f
+                .debug_struct("TooLarge")
+                .field("len", len)
+                .field("max", max)
+                .finish_non_exhaustive(),
+            SubmitError::Forked { owner, .. } => f
+                .debug_struct("Forked")
+                .field("owner", owner)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -174,10 +239,19 @@ pub enum CollectError {
     /// that call.
     #[error("the tasks were already collected: collect_tasks returns the records once")]
     AlreadyCollected,
-    /// The facade's supervisor thread ended unexpectedly (a bug in this
-    /// library: please report it). The worker has been killed.
-    #[error("the facade's supervisor thread ended unexpectedly; the outcomes are lost")]
+    /// The facade's engine thread ended unexpectedly (a bug in this
+    /// library: please report it). The workers have been killed.
+    #[error("the facade's engine thread ended unexpectedly; the outcomes are lost")]
     SupervisorGone,
+    /// The facade was made in another process: this one is a `fork` of it.
+    #[error(
+        "this facade belongs to the process that made it (pid {owner}); this process is a fork \
+         of it and cannot collect its tasks"
+    )]
+    Forked {
+        /// The process that made the facade.
+        owner: u32,
+    },
 }
 
 /// Waiting for a single task's outcome failed.

@@ -1,4 +1,4 @@
-//! [`WorkingProcessFacade`]: one worker process behind a non-blocking handle.
+//! [`WorkingProcessFacade`]: worker processes behind a non-blocking handle.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -7,25 +7,29 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, unbounded};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::command::WorkerCommand;
 use crate::config::{Config, RestartPolicy};
+use crate::engine::{Command, Engine, Outbox, Submission};
 use crate::error::{CollectError, SpawnError, SubmitError};
 use crate::guard::CollectOnDrop;
 use crate::handle::TaskHandle;
 use crate::stats::{FacadeStats, StatsCells};
-use crate::supervisor::{Command, Submission, Supervisor};
-use crate::task::{Task, TaskId, TaskRecord};
+use crate::task::{CancelReason, CrashReason, Outcome, Task, TaskId, TaskRecord};
+use crate::wire::{self, KIND_TASK, PushError};
 
 /// Set in the task counter once the facade accepts no more tasks.
 const CLOSED: u64 = 1 << 63;
 
-/// A worker process behind a handle: tasks go in without blocking, outcomes
-/// come back matched to their IDs, and a crash of the worker never reaches
-/// the caller.
+/// Worker processes behind a handle: tasks go in without blocking, outcomes
+/// come back matched to their IDs, and a crash of a worker never reaches the
+/// caller.
 ///
-/// Construction spawns the worker and completes a handshake with it.
+/// Construction spawns the worker (or [`workers(n)`](FacadeBuilder::workers)
+/// of them) and completes a handshake with each. One library thread serves
+/// the facade whatever the number of workers; tasks go to whichever worker
+/// is free.
 /// [`process_task`](Self::process_task) queues a task and returns its ID at
 /// once — whether the worker is busy, slow or dead.
 /// [`collect_tasks`](Self::collect_tasks) sends the terminator behind every
@@ -38,10 +42,14 @@ const CLOSED: u64 = 1 << 63;
 /// # Drop
 ///
 /// Unlike `std::process::Child`, dropping a facade never leaves a process
-/// behind. Dropping an uncollected facade cancels the tasks that had not
-/// started, sends the terminator, gives the worker the grace period (default
-/// 5 s) to finish what it is running, then kills its process group, reaps the
-/// worker and joins every thread. The outcomes of tasks without a
+/// behind. Dropping an uncollected facade cancels every task that had not
+/// started (also those already sent ahead to a worker: they are
+/// [`NotRun`](crate::Outcome::NotRun) with
+/// [`Cancelled`](crate::NotRunReason::Cancelled)), gives each worker the
+/// grace period (default 5 s; a worker whose task timed out gets
+/// [`kill_grace`](FacadeBuilder::kill_grace)) to finish what it is running,
+/// then kills its process group, reaps it and joins the engine thread. The
+/// drop waits for that: in async code, collect first. The outcomes of tasks without a
 /// [`TaskHandle`] are discarded: use [`collect_on_drop`](Self::collect_on_drop)
 /// to keep them. This also holds while unwinding from a panic.
 ///
@@ -62,13 +70,16 @@ const CLOSED: u64 = 1 << 63;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct WorkingProcessFacade<T: Task> {
-    tx: Sender<Command<T>>,
+    tx: Outbox<T>,
+    /// The process that made the facade (a fork of it must not use it).
+    owner: u32,
+    max_frame: u32,
     /// The next task ID, with [`CLOSED`] set once submission is closed.
     counter: AtomicU64,
     collected: AtomicBool,
     bound: Option<u64>,
     stats: Arc<StatsCells>,
-    supervisor: Mutex<Option<JoinHandle<()>>>,
+    engine: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<T: Task> fmt::Debug for WorkingProcessFacade<T> {
@@ -154,6 +165,15 @@ impl<T: Task> FacadeBuilder<T> {
         self
     }
 
+    /// How many worker processes the facade runs (default 1). Tasks go to
+    /// whichever is free; a crash blames only the task its own worker was
+    /// running and replaces only that worker; the restart budget and
+    /// recycling count per worker. Still one library thread.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.cfg.workers = n.max(1);
+        self
+    }
+
     /// Replace the worker with a fresh one after it has run `n` tasks.
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
         self.cfg.max_tasks_per_worker = Some(n.max(1));
@@ -194,55 +214,49 @@ impl<T: Task> WorkingProcessFacade<T> {
     }
 
     fn start(cfg: Config) -> Result<Self, SpawnError> {
-        let (tx, rx) = unbounded();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let stats = Arc::new(StatsCells::default());
-        let bound = cfg.queue_bound.map(|b| b as u64);
         let path = cfg.command.program.clone();
-        let sup_stats = stats.clone();
+        crate::worker::refuse_unserved_worker(&path)?;
+        let resource = |what: &'static str, source: std::io::Error| SpawnError::Resource {
+            what,
+            path: path.clone(),
+            source,
+        };
+        let (tx, inbox) = crate::engine::inbox().map_err(|e| resource("engine waker", e))?;
+        let stats = Arc::new(StatsCells::new(cfg.workers));
+        let bound = cfg.queue_bound.map(|b| b as u64);
+        let max_frame = cfg.command.max_frame;
+        let engine =
+            Engine::new(cfg, inbox, stats.clone()).map_err(|e| resource("event loop", e))?;
+        let (ready_tx, ready_rx) = oneshot::channel();
         // Workers are spawned from this long-lived thread: PR_SET_PDEATHSIG
         // fires when the *thread* that forked the worker ends, so spawning
         // from the caller's (maybe short-lived) thread would kill the worker
         // with it.
-        let supervisor = thread::Builder::new()
-            .name("wf-supervisor".into())
-            .spawn(move || {
-                let mut sup = Supervisor::new(cfg, rx, sup_stats);
-                match sup.spawn_worker() {
-                    Ok(()) => {
-                        let _ = ready_tx.send(Ok(()));
-                        sup.run();
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            })
-            .map_err(|source| SpawnError::Resource {
-                what: "supervisor thread",
-                path: path.clone(),
-                source,
-            })?;
+        let thread = thread::Builder::new()
+            .name("wf-engine".into())
+            .spawn(move || engine.run(ready_tx))
+            .map_err(|e| resource("engine thread", e))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(WorkingProcessFacade {
                 tx,
+                owner: std::process::id(),
+                max_frame,
                 counter: AtomicU64::new(0),
                 collected: AtomicBool::new(false),
                 bound,
                 stats,
-                supervisor: Mutex::new(Some(supervisor)),
+                engine: Mutex::new(Some(thread)),
             }),
             Ok(Err(e)) => {
-                let _ = supervisor.join();
+                let _ = thread.join();
                 Err(e)
             }
             Err(_) => {
-                let _ = supervisor.join();
-                Err(SpawnError::Resource {
-                    what: "supervisor thread",
-                    path,
-                    source: std::io::Error::other("the supervisor thread panicked while starting"),
-                })
+                let _ = thread.join();
+                Err(resource(
+                    "engine thread",
+                    std::io::Error::other("the engine thread panicked while starting"),
+                ))
             }
         }
     }
@@ -291,23 +305,64 @@ impl<T: Task> WorkingProcessFacade<T> {
     fn send(
         &self,
         task: T,
-        notify: Option<oneshot::Sender<crate::task::Outcome<T::Output>>>,
+        notify: Option<oneshot::Sender<Outcome<T::Output>>>,
         timeout: Option<Duration>,
     ) -> Result<TaskId, SubmitError<T>> {
+        if std::process::id() != self.owner {
+            return Err(SubmitError::Forked {
+                task,
+                owner: self.owner,
+            });
+        }
+        if self.is_closed() {
+            return Err(SubmitError::Closed(task));
+        }
+        // Encoded here, on the caller's thread: the task's `Serialize` is the
+        // caller's code, and a slow or panicking one delays or fails only
+        // this call. The ID is patched in once it is assigned.
+        let mut frame = Vec::new();
+        let encoded = catch_unwind(AssertUnwindSafe(|| {
+            wire::push_frame(&mut frame, KIND_TASK, Some(0), self.max_frame, |out| {
+                crate::codec::encode_into(&task, out)
+            })
+        }));
+        match encoded {
+            Ok(Ok(())) => {}
+            Ok(Err(PushError::Fill(e))) => {
+                return Err(SubmitError::Unencodable {
+                    task,
+                    reason: crate::worker::error_chain(&e),
+                });
+            }
+            Ok(Err(PushError::TooLarge { len, max })) => {
+                return Err(SubmitError::TooLarge { task, len, max });
+            }
+            Err(panic) => {
+                return Err(SubmitError::Unencodable {
+                    task,
+                    reason: format!(
+                        "its Serialize panicked: {}",
+                        crate::worker::panic_message(&*panic)
+                    ),
+                });
+            }
+        }
         let id = self.counter.fetch_add(1, Ordering::AcqRel);
         if id & CLOSED != 0 {
             return Err(SubmitError::Closed(task));
         }
+        wire::set_frame_id(&mut frame, id);
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         let sub = Submission {
             id,
             task,
+            frame,
             notify,
             timeout,
         };
         match self.tx.send(Command::Task(sub)) {
             Ok(()) => Ok(TaskId(id)),
-            Err(crossbeam_channel::SendError(cmd)) => {
+            Err(cmd) => {
                 self.stats.submitted.fetch_sub(1, Ordering::Relaxed);
                 match cmd {
                     Command::Task(sub) => Err(SubmitError::Closed(sub.task)),
@@ -353,6 +408,9 @@ impl<T: Task> WorkingProcessFacade<T> {
     }
 
     fn collect(&self, deadline: Option<Instant>) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        if std::process::id() != self.owner {
+            return Err(CollectError::Forked { owner: self.owner });
+        }
         if self.collected.swap(true, Ordering::AcqRel) {
             return Err(CollectError::AlreadyCollected);
         }
@@ -367,7 +425,7 @@ impl<T: Task> WorkingProcessFacade<T> {
             Ok(()) => records.recv().map_err(|_| CollectError::SupervisorGone),
             Err(_) => Err(CollectError::SupervisorGone),
         };
-        self.join_supervisor();
+        self.join_engine();
         records
     }
 
@@ -390,9 +448,17 @@ impl<T: Task> WorkingProcessFacade<T> {
     ///
     /// This is how a lease that expired is revoked.
     pub fn terminate(&self, reason: impl Into<String>) {
-        let _ = self.tx.send(Command::Terminate {
-            reason: reason.into(),
-        });
+        let reason = reason.into();
+        self.terminate_for(
+            CrashReason::Terminated(reason.clone()),
+            CancelReason::Terminated(reason),
+        );
+    }
+
+    /// [`terminate`](Self::terminate) with typed reasons (a pool revoking an
+    /// expired lease).
+    pub(crate) fn terminate_for(&self, crash: CrashReason, cancel: CancelReason) {
+        let _ = self.tx.send(Command::Terminate { crash, cancel });
     }
 
     /// Whether the facade still accepts tasks.
@@ -401,22 +467,24 @@ impl<T: Task> WorkingProcessFacade<T> {
     }
 
     /// A snapshot of the counters: submitted, completed, failed, crashed,
-    /// in flight, restarts, the current worker's pid.
+    /// in flight, restarts, the first worker's pid.
     pub fn stats(&self) -> FacadeStats {
         self.stats.snapshot()
     }
 
-    /// The current worker's process ID, if one is running.
+    /// The first running worker's process ID, if one is running.
     pub fn worker_pid(&self) -> Option<u32> {
-        match self.stats.worker_pid.load(Ordering::Relaxed) {
-            0 => None,
-            pid => Some(pid),
-        }
+        self.stats.pids().first().copied()
     }
 
-    fn join_supervisor(&self) {
+    /// The process IDs of the running workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.stats.pids()
+    }
+
+    fn join_engine(&self) {
         let handle = self
-            .supervisor
+            .engine
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
@@ -428,11 +496,24 @@ impl<T: Task> WorkingProcessFacade<T> {
 
 impl<T: Task> Drop for WorkingProcessFacade<T> {
     fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            // A fork: the engine thread and the workers exist only in the
+            // process that made the facade. Nothing here to stop or join.
+            if let Some(handle) = self
+                .engine
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                std::mem::forget(handle);
+            }
+            return;
+        }
         if !self.collected.load(Ordering::Acquire) {
             self.counter.fetch_or(CLOSED, Ordering::AcqRel);
             let _ = self.tx.send(Command::Shutdown);
         }
-        self.join_supervisor();
+        self.join_engine();
     }
 }
 

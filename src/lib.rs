@@ -1,11 +1,12 @@
 //! Run crash-prone or CPU-heavy work in child worker processes, so that a
 //! crash, abort, leak or hang in the work never takes the caller down.
 //!
-//! A [`WorkingProcessFacade`] spawns a worker process, streams tasks to it
-//! over a private local socket without ever blocking the caller, watches the
-//! worker's process status, and gives every accepted task exactly one
-//! [`Outcome`]: completed, failed, crashed (with the signal or exit code),
-//! not run, or timed out.
+//! A [`WorkingProcessFacade`] spawns a worker process (or several), streams
+//! tasks to it over a private socket without ever blocking the caller,
+//! watches the worker's process status, and gives every accepted task
+//! exactly one [`Outcome`]: completed, failed, crashed (with the signal or
+//! exit code), not run, or timed out. One library thread serves a facade,
+//! whatever the number of its workers.
 //!
 //! # Example
 //!
@@ -91,19 +92,24 @@
 //!
 //! - Every accepted task gets exactly one outcome, delivered once.
 //! - `process_task` never blocks and never panics.
-//! - A worker's death is read from its process status at once (a monitor
-//!   thread waits in `waitid`); the task it was running is `Crashed` with the
-//!   signal or exit code and the tail of its stderr; tasks it had not started
-//!   go to a fresh worker (see [`RestartPolicy`]).
-//! - No process, zombie, thread, descriptor or socket file outlives the
-//!   facade, also when it is dropped during a panic.
-//! - Only the spawned worker can connect: a private 0700 directory, a random
-//!   name removed once connected, the peer's pid and uid checked, and a
-//!   one-time token passed on the worker's stdin.
+//! - A worker's death is read from its process status at once (its pidfd
+//!   becomes readable); the task it was running is `Crashed` with the signal
+//!   or exit code and the tail of its stderr; tasks it had not started go to
+//!   a fresh worker (see [`RestartPolicy`]).
+//! - No process, zombie, thread, descriptor or file outlives the facade,
+//!   also when it is dropped during a panic.
+//! - Nobody else can reach a worker's socket: it is one end of a socket pair
+//!   made before the spawn and inherited by the worker alone, with no name.
+//! - The task's and the output's serde code (the caller's code) never runs
+//!   where it could hurt the facade: a task is encoded on the submitting
+//!   thread, an output decoded under `catch_unwind`, and a task decoded only
+//!   in the worker, after it said it started it.
 //!
 //! # Platforms
 //!
-//! Linux. The process handling uses `waitid(WNOWAIT)` and `PR_SET_PDEATHSIG`.
+//! Linux 5.4 or later: workers are watched, signalled and reaped through
+//! pidfds, so a recycled pid is never hit. `PR_SET_PDEATHSIG` takes a worker
+//! down with its parent.
 
 #![deny(missing_docs)]
 
@@ -111,6 +117,7 @@ mod codec;
 mod command;
 mod config;
 mod console;
+mod engine;
 mod error;
 mod facade;
 mod grinder;
@@ -119,7 +126,6 @@ mod handle;
 mod pool;
 mod process;
 mod stats;
-mod supervisor;
 mod sys;
 mod task;
 mod wire;
@@ -145,7 +151,8 @@ pub use pool::{
 };
 pub use stats::FacadeStats;
 pub use task::{
-    CrashInfo, ExitInfo, NotRunReason, Outcome, ResourceUsage, Task, TaskId, TaskRecord,
+    CancelReason, CrashInfo, CrashReason, ExitInfo, NotRunReason, Outcome, ResourceUsage,
+    StatusLost, Task, TaskId, TaskRecord, UnavailableReason,
 };
 pub use wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, WireError};
 

@@ -32,14 +32,16 @@ pub struct FacadeStats {
     pub restarts: u64,
     /// Workers started to replace one that reached `max_tasks_per_worker`.
     pub recycles: u64,
-    /// Connections to the facade's socket refused because they did not come
-    /// from the worker.
-    pub refused_connections: u64,
-    /// The current worker's PID, if one is running.
+    /// Lines the workers printed that were dropped: the parent's stderr
+    /// could not take them without blocking (a pipe nobody reads), or a
+    /// capture callback panicked.
+    pub output_lines_dropped: u64,
+    /// The first running worker's PID, if one is running (all of them:
+    /// [`WorkingProcessFacade::worker_pids`](crate::WorkingProcessFacade::worker_pids)).
     pub worker_pid: Option<u32>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct StatsCells {
     pub(crate) submitted: AtomicU64,
     pub(crate) completed: AtomicU64,
@@ -49,11 +51,42 @@ pub(crate) struct StatsCells {
     pub(crate) timed_out: AtomicU64,
     pub(crate) restarts: AtomicU64,
     pub(crate) recycles: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) worker_pid: AtomicU32,
+    pub(crate) output_dropped: AtomicU64,
+    /// The pid of each worker place, 0 when none runs there.
+    pub(crate) pids: Box<[AtomicU32]>,
 }
 
 impl StatsCells {
+    pub(crate) fn new(workers: usize) -> Self {
+        StatsCells {
+            submitted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            crashed: AtomicU64::new(0),
+            not_run: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            recycles: AtomicU64::new(0),
+            output_dropped: AtomicU64::new(0),
+            pids: (0..workers.max(1)).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn set_pid(&self, slot: usize, pid: u32) {
+        if let Some(cell) = self.pids.get(slot) {
+            cell.store(pid, Relaxed);
+        }
+    }
+
+    /// The pids of the running workers, in the order of their places.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.pids
+            .iter()
+            .map(|p| p.load(Relaxed))
+            .filter(|&p| p != 0)
+            .collect()
+    }
+
     pub(crate) fn finished(&self) -> u64 {
         self.completed.load(Relaxed)
             + self.failed.load(Relaxed)
@@ -73,7 +106,7 @@ impl StatsCells {
     pub(crate) fn snapshot(&self) -> FacadeStats {
         let in_flight = self.in_flight();
         let submitted = self.submitted.load(Relaxed);
-        let pid = self.worker_pid.load(Relaxed);
+        let pid = self.pids().first().copied().unwrap_or(0);
         FacadeStats {
             submitted,
             completed: self.completed.load(Relaxed),
@@ -84,20 +117,20 @@ impl StatsCells {
             in_flight,
             restarts: self.restarts.load(Relaxed),
             recycles: self.recycles.load(Relaxed),
-            refused_connections: self.refused.load(Relaxed),
+            output_lines_dropped: self.output_dropped.load(Relaxed),
             worker_pid: (pid != 0).then_some(pid),
         }
     }
 
-    pub(crate) fn count<O>(&self, outcome: &crate::task::Outcome<O>) {
+    /// The counter an outcome of this kind adds to.
+    pub(crate) fn counter<O>(&self, outcome: &crate::task::Outcome<O>) -> &AtomicU64 {
         use crate::task::Outcome::*;
-        let cell = match outcome {
+        match outcome {
             Completed(_) => &self.completed,
             Failed(_) => &self.failed,
             Crashed(_) => &self.crashed,
             NotRun(_) => &self.not_run,
             TimedOut(_) => &self.timed_out,
-        };
-        cell.fetch_add(1, Relaxed);
+        }
     }
 }

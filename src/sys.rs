@@ -1,63 +1,203 @@
-//! The system calls std does not wrap for us: reaping a child with its
-//! resource usage (`wait4`), and marking inherited descriptors close-on-exec
-//! in a child before it runs the worker. All of this crate's `unsafe` lives
-//! here.
+//! The system calls std and nix do not wrap for us, each in one small
+//! function: pidfds (open, signal, wait with resource usage), the SIGCHLD
+//! disposition, taking the inherited socket in a worker, and what runs in a
+//! child between `fork` and `exec`. All of this crate's `unsafe` lives here.
 
 use std::io;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::libc;
 
 use crate::task::ResourceUsage;
 
-/// Reaps child `pid`, returning its status and its resource usage. Blocks
-/// until it has exited; call only for a child this process owns and has not
-/// reaped (so the pid cannot belong to anyone else).
-pub(crate) fn reap(pid: u32) -> io::Result<(ExitStatus, ResourceUsage)> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: `rusage` is a plain struct of integers, for which all-zero bytes
-    // are a valid value.
+/// Opens a pidfd for child `pid`. Call only for a child this process owns
+/// and has not reaped, so that the pid cannot belong to anyone else yet;
+/// from then on the pidfd names that one process, whatever happens to the
+/// number. The descriptor is close-on-exec (pidfds always are).
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and a flags word and returns a new
+    // descriptor or -1; it reads and writes no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd`. A process that has exited
+/// (even one not yet reaped) gives `ESRCH`; a recycled pid is never hit.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: a null siginfo asks the kernel to fill it as kill(2) would; the
+    // call reads no other memory of ours.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What `waitid` on a pidfd found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The process is still running.
+    Running,
+    /// It has exited and is a zombie we still own (`reap == false`), or it
+    /// was reaped by this call.
+    Exited {
+        /// `CLD_EXITED`, `CLD_KILLED` or `CLD_DUMPED`.
+        how: i32,
+        /// The exit code or the signal number.
+        status: i32,
+        usage: ResourceUsage,
+    },
+    /// It is not our child any more: someone else reaped it (a host's
+    /// `waitpid(-1)`), or the kernel did because SIGCHLD is ignored.
+    NotOurs,
+}
+
+/// `waitid(P_PIDFD, pidfd, WEXITED | WNOHANG [| WNOWAIT])`, with the
+/// resource usage the raw system call reports (glibc's wrapper drops it).
+/// With `reap == false` the zombie stays ours, so its pid (and its process
+/// group's id) cannot be reused while we signal the group.
+pub(crate) fn wait_pidfd(pidfd: BorrowedFd<'_>, reap: bool) -> io::Result<Waited> {
+    let mut flags = libc::WEXITED | libc::WNOHANG;
+    if !reap {
+        flags |= libc::WNOWAIT;
+    }
+    // SAFETY: all-zero bytes are a valid siginfo_t and rusage (plain structs
+    // of integers).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: `status` and `usage` are valid, writable and live for the
-        // whole call; wait4 writes nothing else.
-        let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-        if reaped != -1 {
+        // SAFETY: `info` and `usage` are valid and writable for the whole
+        // call; waitid writes nothing else.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_waitid,
+                libc::P_PIDFD,
+                pidfd.as_raw_fd(),
+                &mut info as *mut libc::siginfo_t,
+                flags,
+                &mut usage as *mut libc::rusage,
+            )
+        };
+        if done == 0 {
             break;
         }
         let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(Waited::NotOurs),
+            _ => return Err(err),
         }
+    }
+    // SAFETY: waitid filled `info` for a child event (or left it zeroed for
+    // WNOHANG with nothing to report); si_pid and si_status are valid then.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(Waited::Running);
     }
     let time = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
     };
-    Ok((
-        ExitStatus::from_raw(status),
-        ResourceUsage {
+    Ok(Waited::Exited {
+        how: info.si_code,
+        status,
+        usage: ResourceUsage {
             max_rss_kib: usage.ru_maxrss.max(0) as u64,
             user_time: time(usage.ru_utime),
             system_time: time(usage.ru_stime),
         },
-    ))
+    })
 }
 
-/// Makes every descriptor above stderr close-on-exec in the child, so that a
-/// descriptor the parent inherited, or a C library opened without
-/// `O_CLOEXEC`, does not reach the worker. (Rust's own are close-on-exec
-/// already.) Close-on-exec rather than close, so std's own pipe that reports
-/// a failed `exec` keeps working.
-pub(crate) fn close_inherited_descriptors_on_exec(command: &mut std::process::Command) {
+/// Whether this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`), in
+/// which case the kernel reaps children itself and their status is lost.
+pub(crate) fn sigchld_ignored() -> bool {
+    // SAFETY: all-zero bytes are a valid sigaction.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`,
+    // which is valid and writable.
+    let done = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
+    done == 0 && (old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0)
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the parent, after
+/// checking that it is open and a socket. Marks it close-on-exec so that
+/// processes the worker starts do not inherit it.
+pub(crate) fn take_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is a standard stream, not the parent's socket"),
+        ));
+    }
+    // SAFETY: F_GETFD on any number only reads the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: all-zero bytes are a valid stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid and writable; fstat writes only it.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not a socket"),
+        ));
+    }
+    // SAFETY: F_SETFD sets only a flag on an open descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the descriptor is open (checked above) and was handed to this
+    // process for it alone; taking it happens once (the caller removes the
+    // variable naming it).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Borrows descriptor `fd` without owning it, if it is open. For a worker
+/// that must say one message on its inherited socket without taking it.
+pub(crate) fn borrow_open_fd(fd: RawFd) -> Option<BorrowedFd<'static>> {
+    // SAFETY: F_GETFD on any number only reads the descriptor table.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open; it is inherited and never closed by
+    // this process while the borrow is used (one write, at once).
+    Some(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Prepares the child between fork and exec: every descriptor above stderr
+/// close-on-exec (so that a descriptor the parent inherited, or a C library
+/// opened without `O_CLOEXEC`, does not reach the worker), except `keep`,
+/// the worker's end of its socket. Close-on-exec rather than close, so
+/// std's own pipe that reports a failed `exec` keeps working.
+pub(crate) fn prepare_child(command: &mut std::process::Command, keep: RawFd) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec. It only
     // makes raw system calls (close_range, getrlimit, fcntl), which are
     // async-signal-safe; it allocates nothing and takes no lock.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             mark_cloexec_from(3);
+            // F_SETFD clears a flag of a descriptor this child inherited
+            // open from the parent's fork (covered by the SAFETY above).
+            if libc::fcntl(keep, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -96,5 +236,64 @@ fn mark_cloexec_from(first: libc::c_uint) {
         unsafe {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    // Reaped through its pidfd, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn a_child_is_watched_signalled_and_reaped_through_its_pidfd() {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pidfd = pidfd_open(child.id()).expect("pidfd");
+        assert_eq!(
+            wait_pidfd(pidfd.as_fd(), false).expect("waitid"),
+            Waited::Running
+        );
+        pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL).expect("signal");
+        let exited = loop {
+            match wait_pidfd(pidfd.as_fd(), false).expect("waitid") {
+                Waited::Running => std::thread::sleep(Duration::from_millis(1)),
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(
+                exited,
+                Waited::Exited {
+                    how: libc::CLD_KILLED,
+                    status: libc::SIGKILL,
+                    ..
+                }
+            ),
+            "{exited:?}"
+        );
+        // Still ours (WNOWAIT): reaping now gives the same status.
+        let reaped = wait_pidfd(pidfd.as_fd(), true).expect("reap");
+        assert!(matches!(
+            reaped,
+            Waited::Exited {
+                status: libc::SIGKILL,
+                ..
+            }
+        ));
+        // Gone: no more waiting, and signalling hits nobody.
+        assert_eq!(
+            wait_pidfd(pidfd.as_fd(), true).expect("waitid"),
+            Waited::NotOurs
+        );
+        assert!(pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL).is_err());
+    }
+
+    #[test]
+    fn sigchld_is_not_ignored_by_default() {
+        assert!(!sigchld_ignored());
     }
 }

@@ -163,8 +163,9 @@ pub struct CrashInfo {
     /// The worker's process status.
     pub exit: ExitInfo,
     /// Why the parent ended the worker, when it did (a broken frame, a memory
-    /// limit, a lease that expired); `None` when the worker died by itself.
-    pub reason: Option<String>,
+    /// limit, a lease that expired), or why its status is unknown; `None`
+    /// when the worker died by itself.
+    pub reason: Option<CrashReason>,
     /// The last lines the worker wrote to its stderr (empty when output is
     /// inherited rather than piped).
     pub stderr_tail: Vec<String>,
@@ -183,27 +184,144 @@ impl fmt::Display for CrashInfo {
     }
 }
 
+/// Why the parent ended a worker, or why a worker's exit status is unknown.
+/// Carried by [`CrashInfo::reason`].
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_facade::{CrashReason, TaskId};
+/// let why = CrashReason::TaskTimedOut { task: TaskId::from_raw(3), limit: Duration::from_secs(2) };
+/// assert_eq!(why.to_string(), "task #3 ran longer than 2s");
+/// assert!(!why.is_worker_fault());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CrashReason {
+    /// A task ran longer than its limit; the worker was stopped for it.
+    TaskTimedOut {
+        /// The task that ran too long.
+        task: TaskId,
+        /// Its limit.
+        limit: Duration,
+    },
+    /// The worker broke the wire protocol (a malformed, oversized or
+    /// unexpected frame); what was wrong.
+    ProtocolViolation(String),
+    /// The worker closed its connection but kept running.
+    ConnectionClosed,
+    /// The deadline of `collect_tasks_timeout`/`collect_tasks_deadline`
+    /// passed.
+    CollectDeadline,
+    /// The facade was dropped and the worker did not finish its task within
+    /// the grace period.
+    GracePeriodOver,
+    /// The worker died of a failed allocation under its memory limit
+    /// (`RLIMIT_AS`).
+    MemoryLimit {
+        /// The limit, in bytes.
+        bytes: u64,
+    },
+    /// A lease on the worker expired (see
+    /// [`LeasedExecutorManager`](crate::LeasedExecutorManager)).
+    LeaseExpired(String),
+    /// [`terminate`](crate::WorkingProcessFacade::terminate) was called,
+    /// with this reason.
+    Terminated(String),
+    /// The worker's exit status is unknown: another part of this program
+    /// reaped it first.
+    StatusLost(StatusLost),
+}
+
+impl CrashReason {
+    /// Whether the worker itself was at fault (it broke the protocol, hung
+    /// up, or ran out of memory), as opposed to being stopped by a time
+    /// limit or by the caller.
+    pub fn is_worker_fault(&self) -> bool {
+        matches!(
+            self,
+            CrashReason::ProtocolViolation(_)
+                | CrashReason::ConnectionClosed
+                | CrashReason::MemoryLimit { .. }
+        )
+    }
+}
+
+impl fmt::Display for CrashReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CrashReason::TaskTimedOut { task, limit } => {
+                write!(f, "task {task} ran longer than {limit:?}")
+            }
+            CrashReason::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
+            CrashReason::ConnectionClosed => {
+                f.write_str("the worker closed its connection but kept running")
+            }
+            CrashReason::CollectDeadline => f.write_str("collect_tasks deadline passed"),
+            CrashReason::GracePeriodOver => {
+                f.write_str("the facade was dropped and the grace period ran out")
+            }
+            CrashReason::MemoryLimit { bytes } => {
+                write!(f, "memory limit of {bytes} bytes (RLIMIT_AS) exceeded")
+            }
+            CrashReason::LeaseExpired(why) | CrashReason::Terminated(why) => f.write_str(why),
+            CrashReason::StatusLost(lost) => write!(f, "exit status unknown: {lost}"),
+        }
+    }
+}
+
+/// Why a worker's exit status could not be read.
+///
+/// ```
+/// use worker_facade::StatusLost;
+/// assert!(StatusLost::SigchldIgnored.to_string().contains("SIGCHLD"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatusLost {
+    /// This program ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`), so the
+    /// kernel discards the status of every child.
+    SigchldIgnored,
+    /// Something else in this program reaped the worker (a `waitpid(-1)`
+    /// loop, for example).
+    ReapedElsewhere,
+}
+
+impl fmt::Display for StatusLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StatusLost::SigchldIgnored => {
+                "SIGCHLD is ignored in this program, so the kernel discarded the status"
+            }
+            StatusLost::ReapedElsewhere => {
+                "another part of this program reaped the worker (waitpid on any child)"
+            }
+        })
+    }
+}
+
 /// Why a task never ran.
 ///
 /// ```
-/// use worker_facade::NotRunReason;
-/// let reason = NotRunReason::Cancelled("facade dropped".into());
-/// assert_eq!(reason.to_string(), "cancelled: facade dropped");
+/// use worker_facade::{CancelReason, NotRunReason};
+/// let reason = NotRunReason::Cancelled(CancelReason::FacadeDropped);
+/// assert_eq!(reason.to_string(), "cancelled: the facade was dropped");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NotRunReason {
     /// The worker died before it started this task, and no replacement ran it.
     WorkerDied(CrashInfo),
     /// The work was cancelled before it started.
-    Cancelled(String),
+    Cancelled(CancelReason),
     /// A deadline passed before the task started.
     DeadlineExpired,
-    /// The task could not be sent: it failed to encode, or was larger than
-    /// the maximum frame size.
-    Unsendable(String),
     /// No worker could run it: the restart budget was exhausted, or a
     /// replacement worker failed to start.
-    WorkerUnavailable(String),
+    WorkerUnavailable(UnavailableReason),
+    /// The worker could not decode the task (its `Deserialize` failed or
+    /// panicked there): the handler never saw it. Usually the parent and the
+    /// worker were built with different versions of the task type.
+    Undecodable(String),
 }
 
 impl fmt::Display for NotRunReason {
@@ -212,8 +330,79 @@ impl fmt::Display for NotRunReason {
             NotRunReason::WorkerDied(crash) => write!(f, "worker died before it started: {crash}"),
             NotRunReason::Cancelled(why) => write!(f, "cancelled: {why}"),
             NotRunReason::DeadlineExpired => f.write_str("deadline expired before it started"),
-            NotRunReason::Unsendable(why) => write!(f, "could not be sent: {why}"),
             NotRunReason::WorkerUnavailable(why) => write!(f, "no worker available: {why}"),
+            NotRunReason::Undecodable(why) => {
+                write!(f, "the worker could not decode the task: {why}")
+            }
+        }
+    }
+}
+
+/// Why a task was cancelled before it started.
+///
+/// ```
+/// use worker_facade::CancelReason;
+/// assert_eq!(CancelReason::Terminated("shutting down".into()).to_string(), "shutting down");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// The facade was dropped before the task started.
+    FacadeDropped,
+    /// [`terminate`](crate::WorkingProcessFacade::terminate) was called,
+    /// with this reason.
+    Terminated(String),
+    /// A lease on the facade's worker expired.
+    LeaseExpired(String),
+}
+
+impl fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CancelReason::FacadeDropped => f.write_str("the facade was dropped"),
+            CancelReason::Terminated(why) | CancelReason::LeaseExpired(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Why no worker was available to run a task.
+///
+/// ```
+/// use worker_facade::UnavailableReason;
+/// let why = UnavailableReason::SpawnFailed("worker binary not found".into());
+/// assert!(why.to_string().contains("could not be started"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnavailableReason {
+    /// Workers kept crashing: the restart budget was used up.
+    RestartBudgetExhausted {
+        /// Restarts allowed within one window.
+        max_restarts: u32,
+        /// The window.
+        window: Duration,
+        /// The last crash.
+        last_crash: Box<CrashInfo>,
+    },
+    /// A replacement worker could not be started; the error's text.
+    SpawnFailed(String),
+}
+
+impl fmt::Display for UnavailableReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnavailableReason::RestartBudgetExhausted {
+                max_restarts,
+                window,
+                last_crash,
+            } => write!(
+                f,
+                "restart budget exhausted ({max_restarts} restarts within {window:?}); \
+                 last crash: {last_crash}"
+            ),
+            UnavailableReason::SpawnFailed(why) => {
+                write!(f, "a replacement worker could not be started: {why}")
+            }
         }
     }
 }

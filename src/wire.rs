@@ -8,14 +8,24 @@
 //! ```text
 //! frame   = len:u32le body[len]
 //! body    = kind:u8 rest
+//! BOOT    = 0x20 magic:u32le protocol:u32le token[16] options   parent -> worker, first
 //! TASK    = 0x01 id:u64le payload      parent -> worker
 //! STOP    = 0x02                       parent -> worker (the terminator)
+//! CANCEL  = 0x03                       parent -> worker: start nothing more, exit
 //! HELLO   = 0x10 magic:u32le protocol:u32le pid:u32le token[16] crate_version
-//! STARTED = 0x11 id:u64le              worker -> parent, before running a task
+//! STARTED = 0x11 id:u64le              worker -> parent, before decoding a task
 //! OK      = 0x12 id:u64le payload      worker -> parent
-//! ERR     = 0x13 id:u64le utf8-message worker -> parent
-//! BOOT    = 0x20 magic:u32le protocol:u32le payload   parent -> worker, on stdin
+//! ERR     = 0x13 id:u64le utf8-message worker -> parent: the handler failed
+//! UNDECODABLE = 0x14 id:u64le utf8-message  worker -> parent: the task did not decode
+//! NOT_SERVING = 0x15                   worker -> parent, instead of HELLO: the
+//!                                      program made a facade instead of serving
 //! ```
+//!
+//! The connection is a socket pair made before the worker is spawned; the
+//! worker inherits its end as a descriptor whose number is in the
+//! environment variable `WORKER_FACADE_FD`. The parent's BOOT is queued on
+//! the socket before the worker runs, so it never blocks and never meets a
+//! closed pipe.
 //!
 //! A reader checks the length against its maximum frame size *before*
 //! allocating anything, so a hostile or broken peer cannot make the other
@@ -29,7 +39,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MAGIC: u32 = 0x5746_4143;
 /// The version of the wire format and codec; bumped on every incompatible
 /// change. A worker must speak the same version as its parent.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The default maximum frame size: 64 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;
 /// Length of the one-time token that authenticates the worker's connection.
@@ -37,10 +47,13 @@ pub(crate) const TOKEN_LEN: usize = 16;
 
 pub(crate) const KIND_TASK: u8 = 0x01;
 pub(crate) const KIND_STOP: u8 = 0x02;
+pub(crate) const KIND_CANCEL: u8 = 0x03;
 pub(crate) const KIND_HELLO: u8 = 0x10;
 pub(crate) const KIND_STARTED: u8 = 0x11;
 pub(crate) const KIND_OK: u8 = 0x12;
 pub(crate) const KIND_ERR: u8 = 0x13;
+pub(crate) const KIND_UNDECODABLE: u8 = 0x14;
+pub(crate) const KIND_NOT_SERVING: u8 = 0x15;
 pub(crate) const KIND_BOOT: u8 = 0x20;
 
 /// A frame could not be read. Reported inside the reason of the outcome of
@@ -144,6 +157,13 @@ pub(crate) fn push_frame<E>(
     }
 }
 
+/// Sets the task ID of a frame made by [`push_frame`] with an ID.
+pub(crate) fn set_frame_id(frame: &mut [u8], id: u64) {
+    if let Some(slot) = frame.get_mut(5..13) {
+        slot.copy_from_slice(&id.to_le_bytes());
+    }
+}
+
 /// Why [`push_frame`] refused a frame.
 #[derive(Debug)]
 pub(crate) enum PushError<E> {
@@ -158,6 +178,14 @@ pub(crate) fn push_bare(out: &mut Vec<u8>, kind: u8, id: Option<u64>) {
     if let Some(id) = id {
         out.extend_from_slice(&id.to_le_bytes());
     }
+}
+
+/// Appends a frame `kind id payload` whose size the caller has bounded.
+pub(crate) fn push_bare_with(out: &mut Vec<u8>, kind: u8, id: u64, payload: &[u8]) {
+    out.extend_from_slice(&((1 + 8 + payload.len()) as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// Reads frames from a byte stream, buffering so that many small frames cost
@@ -175,6 +203,29 @@ pub(crate) struct FrameReader<R> {
     shrink_after: u32,
     /// Length of the last frame returned.
     last_frame: usize,
+    /// Stream offset of the next byte `next_frame` will return.
+    consumed: u64,
+    /// Stream offset up to which whole frames were looked at by
+    /// [`Self::buffered_frame_of_kind`].
+    scanned: u64,
+    /// The kind that scan found, remembered once the frame is consumed.
+    kind_seen: Option<u8>,
+}
+
+/// What [`FrameReader::try_next_frame`] found.
+#[derive(Debug)]
+pub(crate) enum Next<'a> {
+    Frame(Frame<'a>),
+    /// Not a whole frame yet: the stream has nothing more to read now.
+    Pending,
+    /// A clean end of stream, between frames.
+    End,
+}
+
+enum Fill {
+    Ready,
+    Pending,
+    Ended,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -191,7 +242,15 @@ impl<R: Read> FrameReader<R> {
             max,
             shrink_after: SHRINK_AFTER,
             last_frame: 0,
+            consumed: 0,
+            scanned: 0,
+            kind_seen: None,
         }
+    }
+
+    /// The stream it reads.
+    pub(crate) fn get_ref(&self) -> &R {
+        &self.inner
     }
 
     /// Whether a whole frame is already buffered, so that [`Self::next_frame`]
@@ -206,12 +265,29 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads the next frame. `Ok(None)` is a clean end of stream between
     /// frames; an end of stream inside a frame is [`WireError::Truncated`].
+    /// On a non-blocking stream with too few bytes, the error is an
+    /// [`io::ErrorKind::WouldBlock`]: use [`Self::try_next_frame`] there.
     pub(crate) fn next_frame(&mut self) -> Result<Option<Frame<'_>>, WireError> {
-        if !self.fill_to(4)? {
-            return match self.end - self.start {
-                0 => Ok(None),
-                got => Err(WireError::Truncated { got, want: 4 }),
-            };
+        match self.try_next_frame()? {
+            Next::Frame(frame) => Ok(Some(frame)),
+            Next::End => Ok(None),
+            Next::Pending => Err(WireError::Io(io::ErrorKind::WouldBlock.into())),
+        }
+    }
+
+    /// Like [`Self::next_frame`], for a non-blocking stream: reads what is
+    /// there, and says [`Next::Pending`] when a frame is not whole yet. What
+    /// was read stays buffered for the next call.
+    pub(crate) fn try_next_frame(&mut self) -> Result<Next<'_>, WireError> {
+        match self.fill_to(4)? {
+            Fill::Ready => {}
+            Fill::Pending => return Ok(Next::Pending),
+            Fill::Ended => {
+                return match self.end - self.start {
+                    0 => Ok(Next::End),
+                    got => Err(WireError::Truncated { got, want: 4 }),
+                };
+            }
         }
         let len = header_len(&self.buf[self.start..self.end]).ok_or_else(|| bad("frame length"))?;
         if len > self.max {
@@ -221,49 +297,99 @@ impl<R: Read> FrameReader<R> {
             return Err(WireError::Malformed("empty frame".into()));
         }
         let want = 4 + len as usize;
-        if !self.fill_to(want)? {
-            return Err(WireError::Truncated {
-                got: self.end - self.start,
-                want,
-            });
+        match self.fill_to(want)? {
+            Fill::Ready => {}
+            Fill::Pending => return Ok(Next::Pending),
+            Fill::Ended => {
+                return Err(WireError::Truncated {
+                    got: self.end - self.start,
+                    want,
+                });
+            }
         }
         let body = &self.buf[self.start + 4..self.start + want];
         self.start += want;
+        self.consumed += want as u64;
         self.last_frame = want;
-        Ok(Some(Frame {
+        Ok(Next::Frame(Frame {
             kind: body[0],
             rest: &body[1..],
         }))
     }
 
-    /// Makes sure `n` bytes are buffered; `Ok(false)` when the stream ended
-    /// first. Grows the buffer only as far as `n`, which the caller bounds by
-    /// the maximum frame size.
-    fn fill_to(&mut self, n: usize) -> Result<bool, WireError> {
+    /// Makes sure `n` bytes are buffered. Grows the buffer only as far as
+    /// `n`, which the caller bounds by the maximum frame size.
+    fn fill_to(&mut self, n: usize) -> Result<Fill, WireError> {
         if self.end - self.start >= n {
-            return Ok(true);
+            return Ok(Fill::Ready);
         }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
+        self.compact();
         if self.buf.len() < n {
             self.buf.resize(n, 0);
         }
         while self.end < n {
             match self.inner.read(&mut self.buf[self.end..]) {
-                Ok(0) => return Ok(false),
+                Ok(0) => return Ok(Fill::Ended),
                 Ok(got) => self.end += got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Pending),
                 // A peer that dies with our data unread makes Linux reset the
                 // connection instead of closing it: that is its end, not a
                 // protocol fault.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Fill::Ended),
                 Err(e) => return Err(WireError::Io(e)),
             }
         }
-        Ok(true)
+        Ok(Fill::Ready)
+    }
+
+    /// Moves the unread bytes to the front of the buffer.
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// Adds to the buffer whatever `read` gives in one call (for a worker
+    /// looking ahead without blocking: `read` is a `MSG_DONTWAIT` receive).
+    /// Returns how many bytes came; `Ok(0)` also when the buffer is full.
+    pub(crate) fn read_ahead(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.compact();
+        if self.end == self.buf.len() {
+            return Ok(0);
+        }
+        let got = read(&mut self.buf[self.end..])?;
+        self.end += got.min(self.buf.len() - self.end);
+        Ok(got)
+    }
+
+    /// Whether a whole frame of `kind` is buffered behind the next one.
+    /// Each buffered byte is looked at once over the reader's life, however
+    /// often this is asked.
+    pub(crate) fn buffered_frame_of_kind(&mut self, kind: u8) -> bool {
+        let base = self.consumed - self.start as u64; // stream offset of buf[0]
+        let mut at = (self.scanned.max(self.consumed) - base) as usize;
+        let mut found = false;
+        while let Some(len) = self.buf.get(at..self.end).and_then(header_len) {
+            let len = len as usize;
+            if len == 0 || len > self.max as usize || at + 4 + len > self.end {
+                break;
+            }
+            if self.buf[at + 4] == kind {
+                found = true;
+            }
+            at += 4 + len;
+        }
+        self.scanned = base + at as u64;
+        if found {
+            self.kind_seen = Some(kind);
+        }
+        self.kind_seen == Some(kind)
     }
 
     /// Releases memory held for a large frame once no bytes are buffered
@@ -291,15 +417,13 @@ fn header_len(avail: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(bytes))
 }
 
-/// What the parent tells a new worker, over the worker's stdin, before
-/// anything else. It never travels on argv or in the environment.
+/// What the parent tells a new worker, as the first frame on its socket,
+/// before anything else. It never travels on argv or in the environment.
 ///
-/// The socket path and token come first in a fixed layout, so that a worker
-/// of any protocol version can reach the parent and report its version.
+/// The token comes first in a fixed layout, so that a worker of any
+/// protocol version can answer and report its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Bootstrap {
-    /// Filesystem path of the parent's listening socket.
-    pub(crate) socket_path: String,
     /// One-time token the worker echoes in its HELLO.
     pub(crate) token: [u8; TOKEN_LEN],
     /// Everything else, encoded with the codec.
@@ -319,16 +443,12 @@ pub(crate) struct WorkerOptions {
     pub(crate) memory_limit: Option<u64>,
 }
 
-/// Encodes the bootstrap frame sent on the worker's stdin:
-/// `BOOT magic protocol token[16] path_len:u16le path options`.
+/// Encodes the bootstrap frame: `BOOT magic protocol token[16] options`.
 pub(crate) fn encode_bootstrap(boot: &Bootstrap) -> Result<Vec<u8>, crate::codec::CodecError> {
     let mut body = vec![KIND_BOOT];
     body.extend_from_slice(&MAGIC.to_le_bytes());
     body.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     body.extend_from_slice(&boot.token);
-    let path = boot.socket_path.as_bytes();
-    body.extend_from_slice(&(path.len().min(u16::MAX as usize) as u16).to_le_bytes());
-    body.extend_from_slice(&path[..path.len().min(u16::MAX as usize)]);
     crate::codec::encode_into(&boot.options, &mut body)?;
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -336,19 +456,18 @@ pub(crate) fn encode_bootstrap(boot: &Bootstrap) -> Result<Vec<u8>, crate::codec
     Ok(out)
 }
 
-/// A decoded BOOT frame: the parent's protocol version, the path and token
-/// (readable whatever the version), and the options when the version matches.
+/// A decoded BOOT frame: the parent's protocol version, the token (readable
+/// whatever the version), and the options when the version matches.
 #[derive(Debug)]
 pub(crate) struct BootFrame {
     pub(crate) protocol: u32,
-    pub(crate) socket_path: String,
     pub(crate) token: [u8; TOKEN_LEN],
     pub(crate) options: Option<WorkerOptions>,
 }
 
 pub(crate) fn decode_bootstrap(frame: &Frame<'_>) -> Result<BootFrame, WireError> {
     let r = frame.rest;
-    let fixed = 8 + TOKEN_LEN + 2;
+    let fixed = 8 + TOKEN_LEN;
     if frame.kind != KIND_BOOT || r.len() < fixed {
         return Err(WireError::Malformed("expected a bootstrap frame".into()));
     }
@@ -358,16 +477,10 @@ pub(crate) fn decode_bootstrap(frame: &Frame<'_>) -> Result<BootFrame, WireError
     }
     let protocol = word(4);
     let mut token = [0; TOKEN_LEN];
-    token.copy_from_slice(&r[8..8 + TOKEN_LEN]);
-    let path_len = u16::from_le_bytes([r[8 + TOKEN_LEN], r[9 + TOKEN_LEN]]) as usize;
-    let path = r
-        .get(fixed..fixed + path_len)
-        .ok_or_else(|| WireError::Malformed("bootstrap path cut short".into()))?;
-    let socket_path = String::from_utf8(path.to_vec())
-        .map_err(|_| WireError::Malformed("bootstrap path is not UTF-8".into()))?;
+    token.copy_from_slice(&r[8..fixed]);
     let options = if protocol == PROTOCOL_VERSION {
         Some(
-            crate::codec::decode(&r[fixed + path_len..])
+            crate::codec::decode(&r[fixed..])
                 .map_err(|e| WireError::Malformed(format!("bootstrap options: {e}")))?,
         )
     } else {
@@ -375,7 +488,6 @@ pub(crate) fn decode_bootstrap(frame: &Frame<'_>) -> Result<BootFrame, WireError
     };
     Ok(BootFrame {
         protocol,
-        socket_path,
         token,
         options,
     })
@@ -501,7 +613,6 @@ mod tests {
     #[test]
     fn bootstrap_round_trips() {
         let boot = Bootstrap {
-            socket_path: "/tmp/wf-x/s".into(),
             token: [3; TOKEN_LEN],
             options: WorkerOptions {
                 max_frame: 1024,
@@ -515,7 +626,6 @@ mod tests {
         let frame = r.next_frame().expect("reads").expect("one frame");
         let back = decode_bootstrap(&frame).expect("decodes");
         assert_eq!(back.protocol, PROTOCOL_VERSION);
-        assert_eq!(back.socket_path, boot.socket_path);
         assert_eq!(back.token, boot.token);
         assert_eq!(back.options, Some(boot.options));
     }

@@ -5,27 +5,47 @@
 //! through [`WorkerCommand::current_exe`](crate::WorkerCommand::current_exe).
 //!
 //! The worker runs tasks one at a time, in the order they arrive. Before it
-//! starts a task it tells the parent (so a crash is blamed on the right task
-//! and a timeout counts from the start), and the result of each task is on
-//! the wire before the next task starts, so a crash never loses a result that
+//! even decodes a task it tells the parent (so a crash is blamed on the
+//! right task, also one that crashes while its `Deserialize` runs, and a
+//! timeout counts from the start), and the result of each task is on the
+//! wire before the next task starts, so a crash never loses a result that
 //! was already computed. Both messages share one `write` call.
+//!
+//! The worker's socket is a descriptor inherited from the parent (named in
+//! `WORKER_FACADE_FD`); it is checked to be a socket connected to the
+//! parent process before anything is read from it.
 
 use std::any::Any;
 use std::fmt::Display;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
-use interprocess::local_socket::traits::Stream as _;
-use interprocess::local_socket::{GenericFilePath, ToFsName};
-use interprocess::os::unix::uds_local_socket as uds;
+use nix::sys::socket::{MsgFlags, recv, send};
 
 use crate::codec;
-use crate::command::WORKER_ENV;
+use crate::command::{WORKER_ENV, WORKER_FD_ENV};
+use crate::error::SpawnError;
 use crate::task::Task;
 use crate::wire::{
-    self, FrameReader, Hello, KIND_ERR, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK,
-    PROTOCOL_VERSION, PushError, WireError, WorkerOptions,
+    self, FrameReader, Hello, KIND_CANCEL, KIND_ERR, KIND_NOT_SERVING, KIND_OK, KIND_STARTED,
+    KIND_STOP, KIND_TASK, KIND_UNDECODABLE, PROTOCOL_VERSION, PushError, WireError, WorkerOptions,
 };
+
+/// Set once this process serves tasks: from then on it may make facades of
+/// its own (nested workers).
+static SERVING: AtomicBool = AtomicBool::new(false);
+/// Set once this process told its parent it made a facade instead of
+/// serving.
+static ANNOUNCED: AtomicBool = AtomicBool::new(false);
+
+/// How often a worker busy with tasks already buffered looks at its socket
+/// for a CANCEL (one non-blocking read at most this often).
+const LOOK_AHEAD_EVERY: Duration = Duration::from_millis(1);
 
 /// Exit code of a worker that could not talk to its parent.
 pub const EXIT_PROTOCOL_ERROR: i32 = 70;
@@ -45,15 +65,16 @@ pub const EXIT_PROTOCOL_ERROR: i32 = 70;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
-    /// Stdin did not carry the parent's bootstrap message: this binary was not
-    /// started by a `WorkingProcessFacade`.
+    /// There was no socket to the parent, or it did not carry the parent's
+    /// bootstrap message: this binary was not started by a
+    /// `WorkingProcessFacade`.
     #[error(
-        "no bootstrap message on stdin: this program is a worker-facade worker and must be \
+        "no bootstrap message from a parent: this program is a worker-facade worker and must be \
          started by WorkingProcessFacade, not run by hand"
     )]
     NoBootstrap(#[source] WireError),
-    /// Connecting to the parent's socket failed.
-    #[error("could not connect to the parent's socket")]
+    /// The inherited socket to the parent is missing or not what it must be.
+    #[error("could not take the socket to the parent")]
     Connect(#[source] io::Error),
     /// The parent's messages did not follow the protocol.
     #[error("broken connection to the parent")]
@@ -118,16 +139,33 @@ where
     F: FnMut(T) -> Result<T::Output, E>,
     E: Display,
 {
+    SERVING.store(true, SeqCst);
     let (stream, options) = connect()?;
     let max = options.max_frame;
     let mut reader = FrameReader::new(&stream, max);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut writer = &stream;
+    let mut looked = Instant::now();
     loop {
         // Never block on a read with results unsent.
         if !out.is_empty() && !reader.has_buffered_frame() {
             writer.write_all(&out).map_err(WireError::Io)?;
             out.clear();
+        }
+        // Tasks already buffered do not start once the parent cancelled
+        // them: look at the socket now and then, without blocking.
+        if reader.has_buffered_frame() && looked.elapsed() >= LOOK_AHEAD_EVERY {
+            looked = Instant::now();
+            let fd = stream.as_raw_fd();
+            let _ = reader.read_ahead(|buf| match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => Ok(n),
+                Err(nix::errno::Errno::EAGAIN) => Ok(0),
+                Err(e) => Err(e.into()),
+            });
+        }
+        if reader.buffered_frame_of_kind(KIND_CANCEL) {
+            writer.write_all(&out).map_err(WireError::Io)?;
+            return Ok(());
         }
         let Some(frame) = reader.next_frame()? else {
             // The parent went away: nothing left to do.
@@ -136,33 +174,37 @@ where
         match frame.kind {
             KIND_TASK => {
                 let (id, payload) = frame.id_and_payload()?;
-                let task = match codec::decode::<T>(payload) {
-                    Ok(task) => task,
-                    Err(e) => {
-                        push_error(
-                            &mut out,
-                            id,
-                            &format!("the worker could not decode the task: {}", error_chain(&e)),
-                        );
-                        continue;
-                    }
-                };
                 // The previous result and this STARTED leave in one write,
-                // before the task runs.
+                // before the task is even decoded: a crash from here on is
+                // this task's.
                 wire::push_bare(&mut out, KIND_STARTED, Some(id));
                 writer.write_all(&out).map_err(WireError::Io)?;
                 out.clear();
+                let task = match catch_unwind(AssertUnwindSafe(|| codec::decode::<T>(payload))) {
+                    Ok(Ok(task)) => task,
+                    Ok(Err(e)) => {
+                        push_message(&mut out, KIND_UNDECODABLE, id, &error_chain(&e), max);
+                        continue;
+                    }
+                    Err(panic) => {
+                        let why = format!("its Deserialize panicked: {}", panic_message(&*panic));
+                        push_message(&mut out, KIND_UNDECODABLE, id, &why, max);
+                        continue;
+                    }
+                };
                 match catch_unwind(AssertUnwindSafe(|| handler(task))) {
                     Ok(Ok(output)) => push_output::<T>(&mut out, id, &output, max),
-                    Ok(Err(e)) => push_error(&mut out, id, &e.to_string()),
-                    Err(panic) => push_error(
+                    Ok(Err(e)) => push_message(&mut out, KIND_ERR, id, &e.to_string(), max),
+                    Err(panic) => push_message(
                         &mut out,
+                        KIND_ERR,
                         id,
                         &format!("the handler panicked: {}", panic_message(&*panic)),
+                        max,
                     ),
                 }
             }
-            KIND_STOP => {
+            KIND_STOP | KIND_CANCEL => {
                 writer.write_all(&out).map_err(WireError::Io)?;
                 return Ok(());
             }
@@ -226,28 +268,52 @@ pub fn is_worker() -> bool {
     std::env::var_os(WORKER_ENV).is_some()
 }
 
-/// Reads the bootstrap from stdin, applies its limits, connects and says hello.
-fn connect() -> Result<(uds::Stream, WorkerOptions), WorkerError> {
-    let stdin = io::stdin();
-    let mut boot_reader = FrameReader::new(stdin.lock(), 64 * 1024);
-    let frame = boot_reader
-        .next_frame()
-        .map_err(WorkerError::NoBootstrap)?
-        .ok_or(WorkerError::NoBootstrap(WireError::Truncated {
-            got: 0,
-            want: 4,
-        }))?;
-    let boot = wire::decode_bootstrap(&frame).map_err(WorkerError::NoBootstrap)?;
+/// The number of the inherited socket descriptor, from the environment.
+fn inherited_fd() -> Option<i32> {
+    std::env::var(WORKER_FD_ENV).ok()?.trim().parse().ok()
+}
 
+/// Takes the inherited socket, reads the BOOT frame, applies its limits and
+/// says hello.
+fn connect() -> Result<(UnixStream, WorkerOptions), WorkerError> {
+    let no_socket = |detail: String| {
+        WorkerError::NoBootstrap(WireError::Malformed(format!(
+            "{detail} (the variable {WORKER_FD_ENV} names the socket a parent hands its worker)"
+        )))
+    };
+    let fd = inherited_fd().ok_or_else(|| no_socket(format!("{WORKER_FD_ENV} is not set")))?;
+    let fd = crate::sys::take_inherited_socket(fd)
+        .map_err(|e| no_socket(format!("descriptor {fd}: {e}")))?;
+    let stream = UnixStream::from(fd);
+    // The peer must be our parent: a descriptor number is no proof.
+    let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| WorkerError::Connect(e.into()))?;
+    if peer.pid() as u32 != nix::unistd::getppid().as_raw() as u32 {
+        return Err(WorkerError::Connect(io::Error::other(format!(
+            "the inherited socket's peer is process {}, not the parent",
+            peer.pid()
+        ))));
+    }
+    let boot = {
+        let mut boot_reader = FrameReader::new(&stream, 64 * 1024);
+        let frame = boot_reader
+            .next_frame()
+            .map_err(WorkerError::NoBootstrap)?
+            .ok_or(WorkerError::NoBootstrap(WireError::Truncated {
+                got: 0,
+                want: 4,
+            }))?;
+        let boot = wire::decode_bootstrap(&frame).map_err(WorkerError::NoBootstrap)?;
+        if boot_reader.has_buffered_frame() {
+            return Err(WorkerError::NoBootstrap(WireError::Malformed(
+                "the parent sent more than the bootstrap before the handshake".into(),
+            )));
+        }
+        boot
+    };
     if let Some(options) = &boot.options {
         apply_limits(options);
     }
-    let name = boot
-        .socket_path
-        .as_str()
-        .to_fs_name::<GenericFilePath>()
-        .map_err(WorkerError::Connect)?;
-    let stream = uds::Stream::connect(name).map_err(WorkerError::Connect)?;
     let mut hello = Vec::new();
     wire::push_hello(
         &mut hello,
@@ -267,6 +333,30 @@ fn connect() -> Result<(uds::Stream, WorkerOptions), WorkerError> {
     }
 }
 
+/// Refuses to make a facade in a process started as a worker that has not
+/// started serving: its `main` forgot [`run_if_worker`], and would start
+/// the next worker, and that one the next. Tells the parent too (once), so
+/// that its constructor's error says the same.
+pub(crate) fn refuse_unserved_worker(path: &Path) -> Result<(), SpawnError> {
+    if !is_worker() || SERVING.load(SeqCst) {
+        return Ok(());
+    }
+    if !ANNOUNCED.swap(true, SeqCst) {
+        if let Some(fd) = inherited_fd().and_then(crate::sys::borrow_open_fd) {
+            let mut frame = Vec::with_capacity(5);
+            wire::push_bare(&mut frame, KIND_NOT_SERVING, None);
+            let _ = send(
+                fd.as_raw_fd(),
+                &frame,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            );
+        }
+    }
+    Err(SpawnError::RunIfWorkerMissing {
+        path: path.to_path_buf(),
+    })
+}
+
 /// Core dumps off unless allowed, the memory cap, and death with the parent.
 fn apply_limits(options: &WorkerOptions) {
     use nix::sys::resource::{Resource, setrlimit};
@@ -276,7 +366,7 @@ fn apply_limits(options: &WorkerOptions) {
     if let Some(limit) = options.memory_limit {
         let _ = setrlimit(Resource::RLIMIT_AS, limit, limit);
     }
-    // The parent's supervisor thread spawned us and lives as long as its
+    // The parent's engine thread spawned us and lives as long as its
     // facade, so this fires when the parent process dies, even by SIGKILL.
     // (PR_SET_PDEATHSIG follows the *thread* that forked; see DESIGN.md.)
     #[cfg(target_os = "linux")]
@@ -284,34 +374,51 @@ fn apply_limits(options: &WorkerOptions) {
 }
 
 fn push_output<T: Task>(out: &mut Vec<u8>, id: u64, output: &T::Output, max: u32) {
-    match wire::push_frame(out, KIND_OK, Some(id), max, |o| {
-        codec::encode_into(output, o)
-    }) {
-        Ok(()) => {}
-        Err(PushError::Fill(e)) => push_error(
+    let pushed = catch_unwind(AssertUnwindSafe(|| {
+        wire::push_frame(out, KIND_OK, Some(id), max, |o| {
+            codec::encode_into(output, o)
+        })
+    }));
+    match pushed {
+        Ok(Ok(())) => {}
+        Ok(Err(PushError::Fill(e))) => push_message(
             out,
+            KIND_ERR,
             id,
             &format!(
                 "the worker could not encode the result: {}",
                 error_chain(&e)
             ),
+            max,
         ),
-        Err(PushError::TooLarge { len, max }) => push_error(
+        Ok(Err(PushError::TooLarge { len, max: limit })) => push_message(
             out,
+            KIND_ERR,
             id,
-            &format!("the result is {len} bytes, above the maximum frame size of {max} bytes"),
+            &format!("the result is {len} bytes, above the maximum frame size of {limit} bytes"),
+            max,
+        ),
+        Err(panic) => push_message(
+            out,
+            KIND_ERR,
+            id,
+            &format!(
+                "the result's Serialize panicked: {}",
+                panic_message(&*panic)
+            ),
+            max,
         ),
     }
 }
 
-fn push_error(out: &mut Vec<u8>, id: u64, message: &str) {
-    // Error texts are ours or the handler's; cut them to fit any frame limit.
-    let message = truncate_utf8(message, 16 * 1024);
-    let pushed = wire::push_frame(out, KIND_ERR, Some(id), u32::MAX, |o| {
-        o.extend_from_slice(message.as_bytes());
-        Ok::<(), ()>(())
-    });
-    debug_assert!(pushed.is_ok());
+/// Appends an ERR or UNDECODABLE frame. The text is the handler's or ours;
+/// it is cut to fit the frame limit (and 16 KiB), never refused: a message
+/// too long for the frame must not cost the worker.
+fn push_message(out: &mut Vec<u8>, kind: u8, id: u64, message: &str, max: u32) {
+    // The body is the kind byte, the 8-byte ID and the text.
+    let room = (max as usize).saturating_sub(9).min(16 * 1024);
+    let message = truncate_utf8(message, room);
+    wire::push_bare_with(out, kind, id, message.as_bytes());
 }
 
 fn truncate_utf8(s: &str, max: usize) -> &str {

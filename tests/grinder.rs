@@ -87,7 +87,7 @@ fn solved(id: &str) -> String {
 fn assert_stopped_by_the_pool(result: Result<String, WorkError>) {
     match result {
         Err(WorkError::Crashed(crash)) => {
-            let reason = crash.reason.unwrap_or_default();
+            let reason = crash.reason.map(|r| r.to_string()).unwrap_or_default();
             assert!(reason.contains("executor manager was stopped"), "{reason}");
         }
         Err(WorkError::NoExecutor(AcquireError::Stopped)) => {}
@@ -240,6 +240,7 @@ fn a_hung_item_whose_lease_expires_is_killed_and_answered_lease_expired() {
             assert!(
                 crash
                     .reason
+                    .map(|r| r.to_string())
                     .unwrap_or_default()
                     .contains("lease of sleepy-1 expired")
             );

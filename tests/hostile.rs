@@ -23,8 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::hand_wire::{
-    KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, MAGIC, close_and_linger, encoded, exit, frame,
-    from_hex, hello, honest_hello, read_boot, read_frame, send, sleep_forever, task_id, to_hex,
+    KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, MAGIC, close_and_linger, encoded,
+    exit, frame, from_hex, hello, honest_hello, read_boot, read_frame, send, sleep_forever,
+    task_id, to_hex,
 };
 use common::{Lines, capture_lines, library_panics, pids_printing, vm_peak};
 use nix::errno::Errno;
@@ -167,10 +168,27 @@ fn hostile(mode: &str) -> ! {
             sleep_forever()
         }
         "ok-payload" => {
+            // A bad result for the first task, honest ones for the rest.
             let payload = from_hex(&std::env::var(HEX_ENV).expect("WF_HOSTILE_HEX"));
             send(&mut s, &started);
             send(&mut s, &frame(KIND_OK, Some(id), &payload));
-            sleep_forever()
+            loop {
+                match read_frame(&mut s) {
+                    Some((KIND_TASK, rest)) => {
+                        let id = task_id(&rest);
+                        let (task, _): (SimpleTask, usize) = bincode::serde::decode_from_slice(
+                            &rest[8..],
+                            bincode::config::standard(),
+                        )
+                        .expect("a SimpleTask");
+                        let mut out = frame(KIND_STARTED, Some(id), &[]);
+                        out.extend_from_slice(&frame(KIND_OK, Some(id), &encoded(&task.solve())));
+                        send(&mut s, &out);
+                    }
+                    Some((KIND_STOP | KIND_CANCEL, _)) | None => exit(0),
+                    Some((kind, _)) => panic!("unexpected frame kind {kind:#04x}"),
+                }
+            }
         }
         "started-then-junk" => {
             // STARTED and a frame of no known kind, in one write: the parent
@@ -338,7 +356,11 @@ fn assert_killed_for(outcome: &Outcome<String>, why: &str) {
         panic!("expected Crashed ({why}), got {outcome:?}");
     };
     assert_eq!(crash.exit.signal, Some(Signal::SIGKILL as i32), "{crash}");
-    let reason = crash.reason.as_deref().unwrap_or_default();
+    let reason = crash
+        .reason
+        .as_ref()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
     assert!(reason.contains(why), "reason {reason:?} lacks {why:?}");
 }
 
@@ -347,7 +369,11 @@ fn assert_not_run_worker_died(outcome: &Outcome<String>, why: &str) {
     let Outcome::NotRun(NotRunReason::WorkerDied(crash)) = outcome else {
         panic!("expected NotRun(WorkerDied), got {outcome:?}");
     };
-    let reason = crash.reason.as_deref().unwrap_or_default();
+    let reason = crash
+        .reason
+        .as_ref()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
     assert!(reason.contains(why), "reason {reason:?} lacks {why:?}");
 }
 
@@ -385,7 +411,11 @@ fn truncated_frame_then_eof_blames_the_running_task() {
         };
         // The worker exited by itself, with code 0, after cutting the frame.
         assert_eq!(crash.exit.code, Some(0), "{crash}");
-        let reason = crash.reason.as_deref().unwrap_or_default();
+        let reason = crash
+            .reason
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
         assert!(reason.contains("middle of a frame"), "{reason:?}");
         for r in &records[1..] {
             assert_not_run_worker_died(&r.outcome, "middle of a frame");
@@ -464,26 +494,46 @@ fn truncated_frame_from_a_live_worker_ends_with_the_task_timeout() {
     });
 }
 
-/// The worker answers task 0 with `payload` as its OK frame's payload: the
-/// task fails as undecodable and the worker is killed, leaving task 1 not run.
+/// The worker answers task 0 with `payload` as its OK frame's payload and
+/// the others honestly: task 0 fails as undecodable, and that costs nothing
+/// else (a result that does not decode is that task's failure, like a
+/// handler error: the worker keeps running and task 1 completes on it).
 fn assert_undecodable_result_is_refused(payload: &[u8]) {
-    let records = run_hostile("ok-payload", 2, |c| c.env(HEX_ENV, to_hex(payload)));
+    let (cmd, lines) = hostile_worker("ok-payload");
+    let w = WorkingProcessFacade::<SimpleTask>::builder(cmd.env(HEX_ENV, to_hex(payload)))
+        .restart(RestartPolicy::Never)
+        .grace_period(Duration::from_secs(2))
+        .spawn()
+        .expect("the hostile worker completes the handshake");
+    let pid = w.worker_pid().expect("a worker runs");
+    let records = submit_and_collect(&w, &lines, 3);
     assert!(
         matches!(&records[0].outcome, Outcome::Failed(why) if why.contains("could not be decoded")),
         "expected Failed, got {:?}",
         records[0].outcome
     );
-    assert_not_run_worker_died(&records[1].outcome, "could not be decoded");
+    for r in &records[1..] {
+        assert_eq!(
+            r.outcome,
+            Outcome::Completed(format!("{} solved after 0", r.task.id))
+        );
+    }
+    assert_eq!(w.stats().restarts, 0, "{:?}", w.stats());
+    assert_eq!(
+        hostile_pids(&lines),
+        BTreeSet::from([pid]),
+        "one worker did it all"
+    );
 }
 
 #[test]
-fn undecodable_result_fails_the_task_and_kills_the_worker() {
+fn undecodable_result_fails_only_its_task() {
     // 0xff is not a valid bincode length prefix.
     within(|| assert_undecodable_result_is_refused(&[0xff; 4]));
 }
 
 #[test]
-fn result_that_is_not_utf8_fails_the_task_and_kills_the_worker() {
+fn result_that_is_not_utf8_fails_only_its_task() {
     // A 2-byte string whose bytes are not UTF-8.
     within(|| assert_undecodable_result_is_refused(&[0x02, 0xc3, 0x28]));
 }

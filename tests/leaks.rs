@@ -1,6 +1,7 @@
 //! Nothing leaks: after 200 facades are created, used, crashed, killed and
-//! dropped, this process has the threads, descriptors, children and socket
-//! files it had before. Its own file (its own process), since it counts
+//! dropped, this process has the threads, descriptors, children and files
+//! it had before (the facades make no file at all: the worker's socket is a
+//! socket pair). Its own file (its own process), since it counts
 //! process-wide resources.
 
 mod common;
@@ -18,8 +19,8 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-/// What is left in the directory the facades make their sockets in.
-fn socket_dirs(base: &Path) -> BTreeSet<String> {
+/// The entries of a directory.
+fn entries(base: &Path) -> BTreeSet<String> {
     std::fs::read_dir(base)
         .map(|d| {
             d.flatten()
@@ -30,7 +31,7 @@ fn socket_dirs(base: &Path) -> BTreeSet<String> {
 }
 
 fn use_one(i: usize, base: &Path) {
-    let builder = WorkingProcessFacade::<SimpleTask>::builder(stock_worker().socket_dir(base))
+    let builder = WorkingProcessFacade::<SimpleTask>::builder(stock_worker().env("TMPDIR", base))
         .grace_period(Duration::from_millis(100));
     let builder = if i % 2 == 0 {
         builder.restart(RestartPolicy::Never)
@@ -69,10 +70,15 @@ fn use_one(i: usize, base: &Path) {
 fn two_hundred_facades_leave_nothing_behind() {
     within(Duration::from_secs(120), || {
         // Warm up once: the first use may initialise process-wide state.
-        // Sockets go to a directory of this test's own, so that other
-        // processes' sockets cannot be mistaken for leaks.
+        // The workers' temporary directory is one of this test's own, so
+        // that other processes' files cannot be mistaken for leaks.
         let base = std::env::temp_dir().join(format!("wf-leaks-{}", std::process::id()));
-        std::fs::create_dir_all(&base).expect("socket base directory");
+        std::fs::create_dir_all(&base).expect("temporary directory");
+        let ours = |name: &String| name.starts_with("wf-") && !name.starts_with("wf-leaks-");
+        let temp_before: BTreeSet<String> = entries(&std::env::temp_dir())
+            .into_iter()
+            .filter(ours)
+            .collect();
         use_one(3, &base);
         let threads = count("/proc/self/task");
         let fds = count("/proc/self/fd");
@@ -84,8 +90,16 @@ fn two_hundred_facades_leave_nothing_behind() {
         assert_eq!(count("/proc/self/task"), threads, "threads");
         assert_eq!(count("/proc/self/fd"), fds, "descriptors");
         assert_eq!(child_pids(), children, "child processes (zombies included)");
-        let left = socket_dirs(&base);
-        assert!(left.is_empty(), "socket directories left: {left:?}");
+        let left = entries(&base);
+        assert!(left.is_empty(), "files left: {left:?}");
+        let temp_after: BTreeSet<String> = entries(&std::env::temp_dir())
+            .into_iter()
+            .filter(ours)
+            .collect();
+        assert_eq!(
+            temp_after, temp_before,
+            "files of ours in the temporary directory"
+        );
         std::fs::remove_dir(&base).expect("empty, so removable");
     });
 }

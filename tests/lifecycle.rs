@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{child_pids, process_exists, stock_worker, test_worker, within};
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
-    NotRunReason, Outcome, Output, OutputStream, RestartPolicy, SpawnError, WorkerCommand,
-    WorkingProcessFacade,
+    CancelReason, CrashReason, NotRunReason, Outcome, Output, OutputStream, RestartPolicy,
+    SpawnError, WorkerCommand, WorkingProcessFacade,
 };
 
 #[test]
@@ -286,7 +286,10 @@ fn terminate_kills_now_and_cancels_the_rest() {
         common::wait_for_line(&lines, "started announce-long");
         w.terminate("lease expired");
         match running.wait().expect("outcome") {
-            Outcome::Crashed(crash) => assert_eq!(crash.reason.as_deref(), Some("lease expired")),
+            Outcome::Crashed(crash) => assert_eq!(
+                crash.reason,
+                Some(CrashReason::Terminated("lease expired".into()))
+            ),
             other => panic!("expected Crashed, got {other:?}"),
         }
         w.process_task(SimpleTask::new("after", 0.0))
@@ -295,7 +298,9 @@ fn terminate_kills_now_and_cancels_the_rest() {
         for r in &records {
             assert_eq!(
                 r.outcome,
-                Outcome::NotRun(NotRunReason::Cancelled("lease expired".into()))
+                Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Terminated(
+                    "lease expired".into()
+                )))
             );
         }
         assert_eq!(records.len(), 2);

@@ -210,7 +210,8 @@ fn a_hung_worker_whose_lease_expires_is_killed_and_replaced() {
             let reason = crash
                 .reason
                 .clone()
-                .expect("the parent says why it killed the worker");
+                .expect("the parent says why it killed the worker")
+                .to_string();
             assert!(reason.contains("lease of sleepy expired"), "{reason}");
             assert_eq!(crash.exit.signal, Some(9), "{crash}");
         }
@@ -218,6 +219,7 @@ fn a_hung_worker_whose_lease_expires_is_killed_and_replaced() {
     }
     match outcome(behind) {
         Outcome::NotRun(NotRunReason::Cancelled(why)) => {
+            let why = why.to_string();
             assert!(why.contains("lease of sleepy expired"), "{why}")
         }
         other => panic!("expected not run, got {other:?}"),
@@ -390,8 +392,8 @@ fn stop_revokes_leases_and_turns_waiters_away() {
     // Killed while running it, or (if the worker had not reported starting
     // it yet) before: either way the outcome says the manager stopped.
     let why = match outcome(hung) {
-        Outcome::Crashed(crash) => crash.reason.unwrap_or_default(),
-        Outcome::NotRun(NotRunReason::Cancelled(why)) => why,
+        Outcome::Crashed(crash) => crash.reason.map(|r| r.to_string()).unwrap_or_default(),
+        Outcome::NotRun(NotRunReason::Cancelled(why)) => why.to_string(),
         other => panic!("expected a crash or not run, got {other:?}"),
     };
     assert!(why.contains("executor manager was stopped"), "{why}");

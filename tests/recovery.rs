@@ -9,7 +9,9 @@ use common::{
     announcing_worker, kinds, process_exists, run_named, test_worker, wait_for_line, within,
 };
 use worker_facade::simple::SimpleTask;
-use worker_facade::{NotRunReason, Outcome, RestartPolicy, WorkingProcessFacade};
+use worker_facade::{
+    CrashReason, NotRunReason, Outcome, RestartPolicy, UnavailableReason, WorkingProcessFacade,
+};
 
 fn t(name: &str) -> SimpleTask {
     SimpleTask::new(name, 0.0)
@@ -41,7 +43,14 @@ fn restart_budget_exhausted_leaves_the_rest_not_run() {
         );
         match &records[6].outcome {
             Outcome::NotRun(NotRunReason::WorkerUnavailable(why)) => {
-                assert!(why.contains("restart budget exhausted"), "{why}")
+                assert!(
+                    matches!(why, UnavailableReason::RestartBudgetExhausted { .. }),
+                    "{why}"
+                );
+                assert!(
+                    why.to_string().contains("restart budget exhausted"),
+                    "{why}"
+                )
             }
             other => panic!("expected WorkerUnavailable, got {other:?}"),
         }
@@ -219,9 +228,9 @@ fn memory_limit_crash_names_the_limit() {
         match &records[1].outcome {
             Outcome::Crashed(crash) => {
                 assert_eq!(
-                    crash.reason.as_deref(),
+                    crash.reason,
                     // (tail shown on failure)
-                    Some("memory limit of 536870912 bytes (RLIMIT_AS) exceeded"),
+                    Some(CrashReason::MemoryLimit { bytes: 536870912 }),
                     "stderr tail: {:?}",
                     crash.stderr_tail
                 );

@@ -1,20 +1,19 @@
-//! The authenticated socket (issue 3, item 6): only the spawned worker may
-//! connect, the socket's name disappears once it has, no secret travels on
-//! argv or in the environment, and no parent descriptor leaks into the
-//! worker.
+//! The private socket: the worker's connection is one end of a socket pair
+//! made before it was spawned, so it has no name anyone could connect to and
+//! nothing is ever put on the filesystem; no secret travels on argv or in
+//! the environment; no parent descriptor leaks into the worker.
 //!
-//! Some tests need a worker that reveals what it was told (the socket path,
-//! the token) or that brings a stranger along: this test binary re-executed
-//! as a worker (the ignored test `security_worker_main`), speaking the wire
-//! protocol by hand from the format documented in `src/wire.rs`. The others
-//! use the stock `facade-worker`.
+//! Some tests need a worker that reveals what it was told (the token, its
+//! socket) or that tries to bring a stranger along: this test binary
+//! re-executed as a worker (the ignored test `security_worker_main`),
+//! speaking the wire protocol by hand from the format documented in
+//! `src/wire.rs`. The others use the stock `facade-worker`.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,8 +22,8 @@ use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use common::hand_wire::{
-    KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, TOKEN_LEN, encoded, frame, from_hex, honest_hello,
-    read_boot, task_id, to_hex, try_read_frame,
+    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, TOKEN_LEN, encoded, frame,
+    from_hex, honest_hello, read_boot, task_id, to_hex, try_read_frame,
 };
 use common::{lines_on_channel, stock_worker, within};
 use nix::fcntl::OFlag;
@@ -35,11 +34,6 @@ use worker_facade::{Outcome, RestartPolicy, WORKER_ENV, WorkerCommand, WorkingPr
 
 /// Picks the test worker's behaviour.
 const MODE_ENV: &str = "WF_SECURITY_MODE";
-/// For the stranger: the socket path and the token it is handed (as hex).
-const SOCKET_ENV: &str = "WF_STRANGER_SOCKET";
-const TOKEN_ENV: &str = "WF_STRANGER_TOKEN";
-/// What the stranger prints once its connection is queued on the socket.
-const STRANGER_CONNECTED: &str = "STRANGER CONNECTED";
 /// Every test body must finish within this, or it fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(20);
 /// The libtest arguments that run only `security_worker_main`.
@@ -65,81 +59,83 @@ fn serve_honestly(stream: &mut UnixStream) {
                 out.extend_from_slice(&frame(KIND_OK, Some(id), &encoded(&task.solve())));
                 stream.write_all(&out).expect("answer");
             }
-            KIND_STOP => return,
+            KIND_STOP | KIND_CANCEL => return,
             kind => panic!("unexpected frame kind {kind:#04x} from the parent"),
         }
     }
 }
 
+/// The inode of a socket descriptor of this process, from `/proc`.
+fn socket_inode(fd: i32) -> u64 {
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("the socket's link");
+    let target = target.to_string_lossy();
+    target
+        .strip_prefix("socket:[")
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("fd {fd} is {target}, not a socket"))
+}
+
 /// Modes of the test worker:
-/// - `report`: prints the socket path, its directory's mode and the token on
+/// - `report`: prints its socket's descriptor, inode and the token on
 ///   stderr, then works honestly;
-/// - `stranger-first`: starts a stranger (a process in another process
-///   group), waits until the stranger's connection is queued on the socket,
-///   then connects itself and works honestly;
-/// - `stranger`: the stranger itself. Connects, sends a HELLO carrying the
-///   real token, and holds the connection until its stdin closes.
+/// - `stranger`: tells a process of another group (not inheriting the
+///   socket) the worker's pid and socket descriptor, reports whether that
+///   process could open or connect to the socket through `/proc`, then
+///   works honestly.
 fn security_worker(mode: &str) {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if mode == "stranger" {
-        let path = std::env::var(SOCKET_ENV).expect("socket path");
-        let token: [u8; TOKEN_LEN] = from_hex(&std::env::var(TOKEN_ENV).expect("token"))
-            .try_into()
-            .expect("16 bytes");
-        let mut s = UnixStream::connect(&path).expect("the stranger connects");
-        let _ = s.write_all(&honest_hello(&token));
-        println!("{STRANGER_CONNECTED}");
-        io::stdout().flush().expect("flush");
-        // Hold the connection (and stay alive) until the worker lets go.
-        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+    if mode == "outsider" {
+        // A process of another group, of our uid, that knows where the
+        // socket is: it can neither open it nor connect to it.
+        let path = std::env::var("WF_OUTSIDER_PATH").expect("path");
+        let opened = std::fs::File::open(&path).is_ok();
+        let connected = UnixStream::connect(&path).is_ok();
+        println!("OUTSIDER REACHED {}", opened || connected);
         return;
     }
     let boot = read_boot();
-    let (token, path) = (boot.token, &boot.path);
-    let mut stranger = None;
+    let token = boot.token;
+    let fd = boot.stream.as_raw_fd();
     match mode {
         "report" => {
-            let dir = Path::new(path).parent().expect("socket directory");
-            let mode = std::fs::metadata(dir)
-                .expect("directory")
-                .permissions()
-                .mode();
             eprintln!(
-                "SOCKET {path} DIRMODE {:o} TOKEN {}",
-                mode & 0o7777,
+                "SOCKET fd {fd} inode {} TOKEN {}",
+                socket_inode(fd),
                 to_hex(&token)
             );
         }
-        "stranger-first" => {
-            let mut child = Command::new(std::env::current_exe().expect("current exe"))
+        "stranger" => {
+            // The outsider must not inherit the socket.
+            nix::fcntl::fcntl(
+                &boot.stream,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .expect("close-on-exec");
+            let path = format!("/proc/{}/fd/{fd}", std::process::id());
+            let out = Command::new(std::env::current_exe().expect("current exe"))
                 .args(HARNESS_ARGS)
-                .env(MODE_ENV, "stranger")
-                .env(SOCKET_ENV, path)
-                .env(TOKEN_ENV, to_hex(&token))
-                // Not in the worker's process group: a stranger.
+                .env(MODE_ENV, "outsider")
+                .env("WF_OUTSIDER_PATH", path)
                 .process_group(0)
-                .stdin(Stdio::piped())
+                .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
-                .expect("start the stranger");
-            eprintln!("STRANGER PID {}", child.id());
-            let out = BufReader::new(child.stdout.take().expect("stdout"));
-            let connected = out
+                .expect("start the outsider")
+                .wait_with_output()
+                .expect("the outsider's answer");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text
                 .lines()
-                .map_while(Result::ok)
-                .any(|l| l.contains(STRANGER_CONNECTED));
-            assert!(connected, "the stranger could not connect");
-            stranger = Some(child);
+                .find(|l| l.starts_with("OUTSIDER REACHED"))
+                .unwrap_or("OUTSIDER REACHED (no answer)");
+            eprintln!("{line}");
         }
         other => panic!("unknown mode {other:?}"),
     }
     let mut s = boot.connect();
     s.write_all(&honest_hello(&token)).expect("HELLO");
     serve_honestly(&mut s);
-    if let Some(mut child) = stranger {
-        drop(child.stdin.take());
-        let _ = child.wait();
-    }
 }
 
 #[test]
@@ -258,12 +254,14 @@ fn idle_stock_worker() -> (WorkingProcessFacade<SimpleTask>, u32) {
     (w, pid)
 }
 
-/// The worker's descriptors: 0, 1 and 2 are pipes (the bootstrap on stdin,
-/// stdout and stderr to the output pump), plus exactly one socket: the
-/// connection to us. Anything else must be one of `allowed`.
+/// The worker's descriptors: 0 is `/dev/null`, 1 and 2 are pipes (stdout
+/// and stderr to the parent), plus exactly one socket: its end of the
+/// socket pair. Anything else must be one of `allowed`.
 fn check_worker_descriptors(pid: u32, allowed: &BTreeMap<i32, PathBuf>) {
     let fds = descriptors(pid);
-    for fd in 0..=2 {
+    let stdin = fds.get(&0).expect("the worker has fd 0");
+    assert_eq!(stdin, Path::new("/dev/null"), "fd 0: {fds:?}");
+    for fd in 1..=2 {
         let target = fds
             .get(&fd)
             .unwrap_or_else(|| panic!("worker has no fd {fd}: {fds:?}"));
@@ -286,19 +284,58 @@ fn check_worker_descriptors(pid: u32, allowed: &BTreeMap<i32, PathBuf>) {
     assert_eq!(sockets, 1, "exactly one socket, its connection: {fds:?}");
 }
 
+/// The path bound to the Unix socket with this inode, from
+/// `/proc/net/unix` (`None`: no name, nobody can connect to it).
+fn unix_socket_path(inode: u64) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    let line = table
+        .lines()
+        .skip(1)
+        .find(|l| l.split_whitespace().nth(6) == Some(&inode.to_string()))
+        .unwrap_or_else(|| panic!("socket inode {inode} is not in /proc/net/unix"));
+    line.split_whitespace().nth(7).map(str::to_string)
+}
+
 // ---------------------------------------------------------------------------
-// (a) Only the spawned worker may connect.
+// (a) Nobody but the spawned worker can reach the socket.
 
 #[test]
-fn stranger_connecting_first_is_refused_while_the_worker_keeps_working() {
+fn the_workers_socket_has_no_name_and_no_file_is_ever_made() {
     within(WATCHDOG, || {
-        let (w, lines) = spawn_test_worker("stranger-first");
-        let worker = w.worker_pid().expect("a worker runs");
-        let stranger: u32 = line_after(&lines, "STRANGER PID").parse().expect("a pid");
-        assert_ne!(stranger, worker);
-        // The stranger was refused even though it sent the right token: its
-        // pid is not the worker's and it is not in the worker's group.
-        assert!(w.stats().refused_connections >= 1, "stats: {:?}", w.stats());
+        let ours = || -> BTreeSet<String> {
+            std::fs::read_dir(std::env::temp_dir())
+                .expect("temp dir")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("wf-"))
+                .collect()
+        };
+        let before = ours();
+        let (w, lines) = spawn_test_worker("report");
+        let report = line_after(&lines, "SOCKET");
+        let words: Vec<&str> = report.split_whitespace().collect();
+        assert_eq!(words.get(2), Some(&"inode"), "{report}");
+        let inode: u64 = words[3].parse().expect("inode");
+        // Not bound to a path, not in the abstract namespace: a socket pair.
+        assert_eq!(
+            unix_socket_path(inode),
+            None,
+            "the worker's socket has a name"
+        );
+        assert_eq!(ours(), before, "files made in the temporary directory");
+        run_tasks_to_completion(&w, 3);
+    });
+}
+
+#[test]
+fn a_stranger_told_the_descriptor_number_cannot_reach_the_parent() {
+    within(WATCHDOG, || {
+        let (w, lines) = spawn_test_worker("stranger");
+        let reached = line_after(&lines, "OUTSIDER REACHED");
+        assert_eq!(
+            reached, "false",
+            "a process outside the worker reached its socket"
+        );
         run_tasks_to_completion(&w, 3);
     });
 }
@@ -332,43 +369,13 @@ fn descriptor_without_cloexec_in_the_parent_does_not_reach_the_worker() {
         let fds = descriptors(pid);
         // Compare by target: the worker's own socket may get the same number.
         assert!(
-            !fds.values().any(|target| target == "/dev/null"),
+            !fds.iter()
+                .any(|(fd, target)| *fd > 2 && target == "/dev/null"),
             "the worker inherited our fd {} (/dev/null): {fds:?}",
             leaky.as_raw_fd()
         );
         check_worker_descriptors(pid, &BTreeMap::new());
         drop(w);
-    });
-}
-
-// ---------------------------------------------------------------------------
-// (c) The socket's name is private and gone once the worker is connected.
-
-#[test]
-fn socket_file_and_its_private_directory_are_removed_once_connected() {
-    within(WATCHDOG, || {
-        let (w, lines) = spawn_test_worker("report");
-        let report = line_after(&lines, "SOCKET");
-        let mut words = report.split_whitespace();
-        let path = PathBuf::from(words.next().expect("path"));
-        assert_eq!(words.next(), Some("DIRMODE"));
-        assert_eq!(words.next(), Some("700"), "the directory is private");
-        let dir = path.parent().expect("a directory").to_path_buf();
-        assert_eq!(dir.parent(), Some(std::env::temp_dir().as_path()));
-        let name = dir
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        assert!(
-            name.starts_with("wf-") && name.len() >= 3 + 16,
-            "an unguessable name: {name}"
-        );
-        // The constructor returned: the worker is connected, the name is gone.
-        assert!(!path.exists(), "{} still exists", path.display());
-        assert!(!dir.exists(), "{} still exists", dir.display());
-        assert!(UnixStream::connect(&path).is_err(), "nobody can connect");
-        run_tasks_to_completion(&w, 3);
     });
 }
 
@@ -385,27 +392,20 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 #[test]
-fn socket_path_and_token_are_not_on_argv_or_in_the_environment() {
+fn the_token_is_not_on_argv_or_in_the_environment() {
     within(WATCHDOG, || {
         let (w, lines) = spawn_test_worker("report");
         let pid = w.worker_pid().expect("a worker runs");
         let report = line_after(&lines, "SOCKET");
         let words: Vec<&str> = report.split_whitespace().collect();
-        assert_eq!(words.get(3), Some(&"TOKEN"), "{report}");
-        let (path, token_hex) = (words[0], words[4]);
-        let dir_name = Path::new(path)
-            .parent()
-            .and_then(Path::file_name)
-            .expect("directory name")
-            .to_string_lossy()
-            .into_owned();
+        assert_eq!(words.get(4), Some(&"TOKEN"), "{report}");
+        let token_hex = words[5];
         let token = from_hex(token_hex);
+        assert_eq!(token.len(), TOKEN_LEN);
         let cmdline = read_proc(pid, "cmdline");
         let environ = read_proc(pid, "environ");
         for (what, bytes) in [("argv", &cmdline), ("environment", &environ)] {
             for secret in [
-                path.as_bytes(),
-                dir_name.as_bytes(),
                 token_hex.as_bytes(),
                 token_hex.to_uppercase().as_bytes(),
                 &token,
@@ -453,14 +453,22 @@ fn stock_worker_gets_no_arguments_and_only_the_marker_variable() {
             })
             .collect();
         // Everything the worker has that we do not is the marker variable,
-        // whose value is our pid: no secret.
-        let extra: Vec<&[u8]> = environ
+        // whose value is our pid, and the number of its socket's
+        // descriptor: no secret.
+        let extra: Vec<String> = environ
             .split(|b| *b == 0)
             .filter(|kv| !kv.is_empty())
             .filter(|kv| !ours.split(|b| *b == 0).any(|o| o == *kv))
+            .map(|kv| String::from_utf8_lossy(kv).into_owned())
             .collect();
         let marker = format!("{WORKER_ENV}={}", std::process::id());
-        assert_eq!(extra, [marker.as_bytes()], "extra variables");
+        assert_eq!(extra.len(), 2, "extra variables: {extra:?}");
+        assert!(extra.contains(&marker), "extra variables: {extra:?}");
+        let fd = extra
+            .iter()
+            .find_map(|kv| kv.strip_prefix(&format!("{FD_ENV}=")))
+            .unwrap_or_else(|| panic!("extra variables: {extra:?}"));
+        assert!(fd.parse::<i32>().is_ok_and(|fd| fd > 2), "{fd}");
         let temp = std::env::temp_dir().join("wf-");
         assert!(!contains(&environ, temp.as_os_str().as_encoded_bytes()));
         assert!(!contains(&cmdline, temp.as_os_str().as_encoded_bytes()));

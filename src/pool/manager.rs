@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::error::SpawnError;
 use crate::facade::WorkingProcessFacade;
 use crate::stats::FacadeStats;
-use crate::task::Task;
+use crate::task::{CancelReason, CrashReason, Task};
 
 use super::{AcquireError, Lease, LeaseInfo, PoolBuilder, PoolStats, Revoked};
 
@@ -278,11 +278,15 @@ impl<T: Task> Manager<T> {
             // Marked before the kill, so whoever sees an outcome of the kill
             // also sees why.
             let _ = lease.revoked.set(Revoked::Expired);
-            lease.facade.terminate(format!(
+            let why = format!(
                 "the lease of {} expired: it passed its hard expiry ({:?} lease + {:?} grace) \
                  and was revoked",
                 lease.owner, lease.duration, self.grace
-            ));
+            );
+            lease.facade.terminate_for(
+                CrashReason::LeaseExpired(why.clone()),
+                CancelReason::LeaseExpired(why),
+            );
             self.revoked += 1;
             self.retire(lease.facade);
         }

@@ -1,9 +1,10 @@
 //! The wire protocol spoken by hand, written from the documentation at the
-//! top of `src/wire.rs`, so that a test worker can say things the library's
+//! top of `src/wire.rs` (protocol 2: a socket pair, BOOT first on it), so that a test worker can say things the library's
 //! own worker never would (tests/hostile.rs, tests/security.rs,
 //! tests/decoder_props.rs).
 
 use std::io::{self, Read, Write};
+use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
@@ -13,46 +14,59 @@ use worker_facade::PROTOCOL_VERSION;
 pub const MAGIC: u32 = 0x5746_4143; // "WFAC"
 pub const KIND_TASK: u8 = 0x01;
 pub const KIND_STOP: u8 = 0x02;
+pub const KIND_CANCEL: u8 = 0x03;
 pub const KIND_HELLO: u8 = 0x10;
 pub const KIND_STARTED: u8 = 0x11;
 pub const KIND_OK: u8 = 0x12;
 pub const KIND_ERR: u8 = 0x13;
+pub const KIND_UNDECODABLE: u8 = 0x14;
+pub const KIND_NOT_SERVING: u8 = 0x15;
 pub const KIND_BOOT: u8 = 0x20;
 pub const TOKEN_LEN: usize = 16;
 
-/// What the BOOT frame on stdin tells the worker (its options are skipped).
+/// The worker's end of its socket to the parent, inherited as the
+/// descriptor named in this variable.
+pub const FD_ENV: &str = "WORKER_FACADE_FD";
+
+/// What the BOOT frame tells the worker (its options are skipped), and the
+/// socket it came on.
 pub struct Boot {
     pub token: [u8; TOKEN_LEN],
-    pub path: String,
+    pub stream: UnixStream,
 }
 
 impl Boot {
-    /// Connects to the parent's socket (without saying HELLO).
+    /// The connection to the parent (the BOOT frame already read from it).
     pub fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.path).expect("connect to the parent's socket")
+        self.stream
+            .try_clone()
+            .expect("a second handle on the socket")
     }
 }
 
-/// Reads `BOOT = len:u32le 0x20 magic:u32le protocol:u32le token[16]
-/// path_len:u16le path options` from stdin.
+/// Takes the inherited socket and reads `BOOT = len:u32le 0x20 magic:u32le
+/// protocol:u32le token[16] options` from it.
 pub fn read_boot() -> Boot {
-    let mut stdin = io::stdin().lock();
+    let fd: i32 = std::env::var(FD_ENV)
+        .expect("the parent names the socket's descriptor")
+        .parse()
+        .expect("a descriptor number");
+    // SAFETY: the parent handed this process the descriptor for it alone,
+    // and this is the only place that takes it.
+    let mut stream = unsafe { UnixStream::from_raw_fd(fd) };
     let mut len = [0u8; 4];
-    stdin.read_exact(&mut len).expect("BOOT length on stdin");
+    stream.read_exact(&mut len).expect("BOOT length");
     let len = u32::from_le_bytes(len) as usize;
     assert!(len <= 64 * 1024, "BOOT frame of {len} bytes");
     let mut body = vec![0u8; len];
-    stdin.read_exact(&mut body).expect("BOOT body on stdin");
-    assert_eq!(body[0], KIND_BOOT, "first frame on stdin is BOOT");
+    stream.read_exact(&mut body).expect("BOOT body");
+    assert_eq!(body[0], KIND_BOOT, "the first frame is BOOT");
     let word = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
     assert_eq!(word(1), MAGIC, "BOOT magic");
     assert_eq!(word(5), PROTOCOL_VERSION, "BOOT protocol");
     let mut token = [0u8; TOKEN_LEN];
     token.copy_from_slice(&body[9..9 + TOKEN_LEN]);
-    let at = 9 + TOKEN_LEN;
-    let path_len = u16::from_le_bytes([body[at], body[at + 1]]) as usize;
-    let path = String::from_utf8(body[at + 2..at + 2 + path_len].to_vec()).expect("UTF-8 path");
-    Boot { token, path }
+    Boot { token, stream }
 }
 
 /// `len:u32le kind [id:u64le] payload`.

@@ -1,0 +1,261 @@
+//! The task ledger: every accepted task until its one outcome is delivered,
+//! and nothing after that.
+//!
+//! Plain data, no processes and no I/O, so its promise is property-tested
+//! on its own (below): each accepted task is settled at most once, a task
+//! whose outcome went to its handle is forgotten at once, and
+//! [`Ledger::take_records`] returns every other task exactly once, in
+//! submission order.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::task::{NotRunReason, Outcome, Task, TaskId, TaskRecord};
+
+/// An accepted task the ledger holds until it has its outcome.
+pub(crate) struct Entry<T: Task> {
+    /// The original task, handed back in its record.
+    pub(crate) task: T,
+    /// Its TASK frame, encoded on the submitter's thread: sent again as it
+    /// is if a worker dies before starting it.
+    pub(crate) frame: Vec<u8>,
+    /// Where the outcome goes, for a task sent with `submit`.
+    pub(crate) notify: Option<oneshot::Sender<Outcome<T::Output>>>,
+    /// Its own time limit, overriding the facade's.
+    pub(crate) timeout: Option<Duration>,
+    /// Runs of it that crashed a worker (for `retries`).
+    pub(crate) attempts: u32,
+}
+
+/// Where a settled outcome went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// To the task's handle: the ledger no longer knows the task.
+    ToHandle,
+    /// Kept for `collect_tasks` (no handle, or its handle was dropped).
+    ForCollect,
+}
+
+pub(crate) struct Ledger<T: Task> {
+    pending: HashMap<u64, Entry<T>>,
+    /// Settled tasks whose outcome no handle took, for `collect_tasks`.
+    records: Vec<TaskRecord<T>>,
+}
+
+impl<T: Task> Ledger<T> {
+    pub(crate) fn new() -> Self {
+        Ledger {
+            pending: HashMap::new(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Accepts task `id`. `false` (and nothing recorded) if the ID is taken.
+    pub(crate) fn accept(&mut self, id: u64, entry: Entry<T>) -> bool {
+        if self.pending.contains_key(&id) {
+            return false;
+        }
+        self.pending.insert(id, entry);
+        true
+    }
+
+    /// The task if it is still waiting for its outcome.
+    pub(crate) fn get(&self, id: u64) -> Option<&Entry<T>> {
+        self.pending.get(&id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Entry<T>> {
+        self.pending.get_mut(&id)
+    }
+
+    /// Whether task `id` is accepted and still without an outcome.
+    #[cfg(test)]
+    pub(crate) fn is_pending(&self, id: u64) -> bool {
+        self.pending.contains_key(&id)
+    }
+
+    /// Gives task `id` its one outcome. `None` (and the outcome dropped) if
+    /// the task is unknown or already settled.
+    pub(crate) fn settle(&mut self, id: u64, outcome: Outcome<T::Output>) -> Option<Delivered> {
+        let entry = self.pending.remove(&id)?;
+        let outcome = match entry.notify {
+            Some(tx) => match tx.send(outcome) {
+                Ok(()) => return Some(Delivered::ToHandle),
+                Err(back) => back.into_inner(),
+            },
+            None => outcome,
+        };
+        self.records.push(TaskRecord {
+            id: TaskId(id),
+            task: entry.task,
+            outcome,
+        });
+        Some(Delivered::ForCollect)
+    }
+
+    /// Tasks still waiting for an outcome.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Every record kept for collection, in submission order, and the ledger
+    /// emptied. A task still pending here is a bug of the engine; it is
+    /// reported rather than lost.
+    pub(crate) fn take_records(&mut self) -> Vec<TaskRecord<T>> {
+        let mut records = std::mem::take(&mut self.records);
+        for (id, entry) in self.pending.drain() {
+            records.push(TaskRecord {
+                id: TaskId(id),
+                task: entry.task,
+                outcome: Outcome::NotRun(NotRunReason::Cancelled(
+                    crate::task::CancelReason::Terminated(
+                        "no outcome was recorded (a bug in worker-facade: please report it)".into(),
+                    ),
+                )),
+            });
+        }
+        records.sort_unstable_by_key(|r| r.id);
+        records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Job(u32);
+    impl Task for Job {
+        type Output = u32;
+    }
+
+    fn entry(n: u32, handle: bool) -> (Entry<Job>, Option<oneshot::Receiver<Outcome<u32>>>) {
+        let (notify, rx) = if handle {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let e = Entry {
+            task: Job(n),
+            frame: Vec::new(),
+            notify,
+            timeout: None,
+            attempts: 0,
+        };
+        (e, rx)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Accept the next task, with a handle or not.
+        Accept { handle: bool },
+        /// Settle the task `n` places back (may be settled already).
+        Settle { back: usize, value: u32 },
+        /// Drop the handle of the task `n` places back.
+        DropHandle { back: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => any::<bool>().prop_map(|handle| Op::Accept { handle }),
+            3 => (0usize..8, any::<u32>()).prop_map(|(back, value)| Op::Settle { back, value }),
+            1 => (0usize..8).prop_map(|back| Op::DropHandle { back }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the order of settlements, repeats and dropped handles,
+        /// every task ends with exactly one outcome: in its handle, or in
+        /// the records (once, in order); and the ledger forgets what it
+        /// delivered.
+        #[test]
+        fn every_task_gets_exactly_one_outcome(ops in proptest::collection::vec(op(), 0..200)) {
+            let mut ledger = Ledger::<Job>::new();
+            let mut handles: Vec<Option<oneshot::Receiver<Outcome<u32>>>> = Vec::new();
+            let mut first_outcome: Vec<Option<u32>> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Accept { handle } => {
+                        let id = handles.len() as u64;
+                        let (e, rx) = entry(id as u32, handle);
+                        prop_assert!(ledger.accept(id, e));
+                        handles.push(rx);
+                        first_outcome.push(None);
+                    }
+                    Op::Settle { back, value } => {
+                        if back < handles.len() {
+                            let id = handles.len() - 1 - back;
+                            let first = first_outcome[id].is_none();
+                            let got = ledger.settle(id as u64, Outcome::Completed(value));
+                            prop_assert_eq!(got.is_some(), first, "settled twice or lost");
+                            if first {
+                                first_outcome[id] = Some(value);
+                                prop_assert!(!ledger.is_pending(id as u64));
+                            }
+                        }
+                    }
+                    Op::DropHandle { back } => {
+                        if back < handles.len() {
+                            let id = handles.len() - 1 - back;
+                            // Only an outcome not yet delivered moves to the records.
+                            if first_outcome[id].is_none() {
+                                handles[id] = None;
+                            }
+                        }
+                    }
+                }
+            }
+            let unsettled: Vec<usize> = (0..handles.len()).filter(|&i| first_outcome[i].is_none()).collect();
+            prop_assert_eq!(ledger.pending(), unsettled.len());
+            for &id in &unsettled {
+                ledger.settle(id as u64, Outcome::Completed(0));
+                first_outcome[id] = Some(0);
+            }
+            let records = ledger.take_records();
+            let ids: Vec<u64> = records.iter().map(|r| r.id.0).collect();
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            prop_assert_eq!(&ids, &sorted, "records in order, each once");
+            for (id, rx) in handles.into_iter().enumerate() {
+                let in_records = records.iter().find(|r| r.id.0 == id as u64);
+                let in_handle = rx.and_then(|rx| rx.try_recv().ok());
+                match (in_records, in_handle) {
+                    (Some(r), None) => {
+                        prop_assert_eq!(&r.task, &Job(id as u32));
+                        prop_assert_eq!(&r.outcome, &Outcome::Completed(first_outcome[id].unwrap_or(u32::MAX)));
+                    }
+                    (None, Some(o)) => prop_assert_eq!(o, Outcome::Completed(first_outcome[id].unwrap_or(u32::MAX))),
+                    (r, h) => prop_assert!(false, "task {} has outcome in records {:?} and handle {:?}", id, r.is_some(), h),
+                }
+            }
+            prop_assert_eq!(ledger.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn a_delivered_task_costs_nothing_afterwards() {
+        let mut ledger = Ledger::<Job>::new();
+        for id in 0..10_000u64 {
+            let (e, rx) = entry(id as u32, true);
+            assert!(ledger.accept(id, e));
+            assert_eq!(
+                ledger.settle(id, Outcome::Completed(1)),
+                Some(Delivered::ToHandle)
+            );
+            assert!(rx.is_some_and(|rx| rx.try_recv().is_ok()));
+        }
+        assert_eq!(ledger.pending(), 0);
+        assert!(ledger.records.is_empty());
+        assert!(
+            ledger.pending.capacity() < 64,
+            "{}",
+            ledger.pending.capacity()
+        );
+    }
+}

@@ -1,0 +1,644 @@
+//! One worker, as the engine sees it: its process (pidfd), its socket, its
+//! output pipes, the tasks it holds, and where it is in its life — a
+//! [`Phase`], each carrying its own deadline.
+//!
+//! ```text
+//!  spawn ──> Starting{deadline} ──HELLO──> Running ──STOP/CANCEL──> Stopping{kill_at}
+//!               │                            │  │                       │
+//!               │ timeout, bad hello         │  └─ socket ends ──> Hungup{kill_at}
+//!               │                            │                          │
+//!               └──────> Ending{why, kill_at} <── timeout, violation, terminate, deadline
+//!                                  │
+//!   (any phase) ── pidfd readable ─┴──> Exited{cause, drain_until} ── socket drained ──> settled
+//! ```
+//!
+//! A link never decides a task's outcome: it reports what the worker said
+//! ([`Said`]) and what ended it ([`Cause`]); the engine settles the ledger.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{MsgFlags, send};
+
+use crate::console::Console;
+use crate::process::{Reaped, Spawned, WorkerChild};
+use crate::task::CrashReason;
+use crate::wire::{
+    self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK, KIND_STARTED,
+    KIND_STOP, KIND_UNDECODABLE, Next, PROTOCOL_VERSION, TOKEN_LEN,
+};
+
+/// Frames handled per readiness event, so one flooding worker cannot starve
+/// the others (the wait is level-triggered: the rest comes next turn).
+const FRAMES_PER_EVENT: usize = 4096;
+
+/// Why a worker is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopWhy {
+    /// It ran `max_tasks_per_worker` tasks: it is replaced.
+    Recycle,
+    /// `collect_tasks`: nothing more will come.
+    Collect,
+    /// The facade was dropped: CANCEL, nothing more starts.
+    Drop,
+}
+
+/// Why the handshake failed.
+#[derive(Debug, Clone)]
+pub(super) enum HandshakeFailure {
+    Timeout,
+    Protocol {
+        found: u32,
+        version: String,
+    },
+    Bad(String),
+    /// The program was started as a worker but made a facade instead of
+    /// serving.
+    NotServing,
+}
+
+/// What ended a worker, as far as the parent knows.
+#[derive(Debug, Clone)]
+pub(super) enum Cause {
+    /// It died or exited by itself.
+    ByItself,
+    /// It exited after being asked to stop, as asked.
+    Stopped(StopWhy),
+    /// The parent ended it, for this reason.
+    Parent(CrashReason),
+    /// The parent ended it because it was not needed any more (it was still
+    /// starting when the work ran out): nothing to report, nothing charged.
+    Unneeded,
+    /// The handshake failed; the parent killed it.
+    Handshake(HandshakeFailure),
+}
+
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// Spawned; its HELLO must come before `deadline` (`None`: no limit).
+    Starting { deadline: Option<Instant> },
+    /// Handshake done; it takes tasks.
+    Running,
+    /// The terminator (STOP, or CANCEL on drop) is sent; it answers what it
+    /// holds and exits. Killed at `kill_at`.
+    Stopping {
+        why: StopWhy,
+        kill_at: Option<Instant>,
+    },
+    /// Its socket ended while the process runs: killed at `kill_at`
+    /// unless it exits by itself first.
+    Hungup { kill_at: Option<Instant> },
+    /// The parent is ending it: SIGTERM was sent and SIGKILL follows at
+    /// `kill_at`, or SIGKILL was sent (`kill_at: None`).
+    Ending {
+        cause: Cause,
+        kill_at: Option<Instant>,
+    },
+    /// The process has exited and is reaped; its socket is read to its end
+    /// until `drain_until`.
+    Exited {
+        cause: Cause,
+        reaped: Reaped,
+        drain_until: Option<Instant>,
+    },
+}
+
+/// One message from the worker, checked against what it holds.
+#[derive(Debug)]
+pub(super) enum Said<'a> {
+    Hello,
+    Started(u64),
+    /// A result for the task at the front; its payload still encoded.
+    Ok(u64, &'a [u8]),
+    Err(u64, &'a [u8]),
+    Undecodable(u64, &'a [u8]),
+}
+
+pub(super) struct Link {
+    pub(super) generation: u32,
+    child: WorkerChild,
+    /// The socket, read through its frame buffer; `None` once it ended or
+    /// the worker broke the protocol (nothing more it says is believed).
+    reader: Option<FrameReader<UnixStream>>,
+    /// Bytes queued for the socket and not yet written.
+    out: Vec<u8>,
+    out_at: usize,
+    /// Whether writing failed (the worker hung up): nothing more is queued.
+    write_failed: bool,
+    /// Whether the socket is registered for writability (the engine keeps
+    /// this in step with its epoll registration).
+    pub(super) out_armed: bool,
+    pub(super) console: Console,
+    token: [u8; TOKEN_LEN],
+    pub(super) phase: Phase,
+    /// Tasks sent and not yet answered, oldest first.
+    pub(super) inflight: VecDeque<u64>,
+    /// The task it said it started, and when.
+    pub(super) running: Option<(u64, Instant)>,
+    /// Tasks sent over its life (for recycling).
+    pub(super) sent: u64,
+    /// When the handshake completed.
+    pub(super) ready_at: Option<Instant>,
+}
+
+impl Link {
+    pub(super) fn new(
+        spawned: Spawned,
+        generation: u32,
+        max_frame: u32,
+        output: crate::console::Output,
+        handshake: Option<Instant>,
+    ) -> Link {
+        let pid = spawned.child.pid();
+        Link {
+            generation,
+            child: spawned.child,
+            reader: Some(FrameReader::new(spawned.socket, max_frame)),
+            out: Vec::new(),
+            out_at: 0,
+            write_failed: false,
+            out_armed: false,
+            console: Console::new(pid, spawned.stdout, spawned.stderr, output),
+            token: spawned.token,
+            phase: Phase::Starting {
+                deadline: handshake,
+            },
+            inflight: VecDeque::new(),
+            running: None,
+            sent: 0,
+            ready_at: None,
+        }
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    pub(super) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.child.pidfd()
+    }
+
+    pub(super) fn socket(&self) -> Option<BorrowedFd<'_>> {
+        self.reader.as_ref().map(|r| r.get_ref().as_fd())
+    }
+
+    /// Whether it can be given tasks now.
+    pub(super) fn takes_tasks(&self) -> bool {
+        matches!(self.phase, Phase::Running) && !self.write_failed
+    }
+
+    pub(super) fn is_exited(&self) -> bool {
+        matches!(self.phase, Phase::Exited { .. })
+    }
+
+    /// Whether it is done: exited and nothing more to read.
+    pub(super) fn is_settleable(&self) -> bool {
+        matches!(self.phase, Phase::Exited { .. }) && self.reader.is_none()
+    }
+
+    /// Queues a frame for the worker.
+    pub(super) fn queue(&mut self, frame: &[u8]) {
+        if !self.write_failed {
+            self.out.extend_from_slice(frame);
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub(super) fn unsent(&self) -> usize {
+        self.out.len() - self.out_at
+    }
+
+    /// Writes as much of the queue as the socket takes now. `MSG_NOSIGNAL`:
+    /// a dead worker is an error here, never a SIGPIPE for the host.
+    pub(super) fn flush(&mut self) {
+        let fd = match &self.reader {
+            Some(r) if !self.write_failed => r.get_ref().as_raw_fd(),
+            _ => {
+                // The socket is gone: nothing queued can reach the worker.
+                self.write_failed = true;
+                self.out = Vec::new();
+                self.out_at = 0;
+                return;
+            }
+        };
+        while self.out_at < self.out.len() {
+            match send(
+                fd,
+                &self.out[self.out_at..],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => self.out_at += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(_) => {
+                    // The worker hung up; what it said is still read.
+                    self.write_failed = true;
+                    self.out = Vec::new();
+                    self.out_at = 0;
+                    return;
+                }
+            }
+        }
+        if self.out_at == self.out.len() {
+            self.out.clear();
+            self.out_at = 0;
+            if self.out.capacity() > 4 << 20 {
+                self.out = Vec::new();
+            }
+        }
+    }
+
+    /// Reads the worker's messages, handing each to `on` (which returns
+    /// `Err` to say the message broke the protocol). A broken protocol ends
+    /// the worker; the end of the socket moves it on as its phase says.
+    pub(super) fn read(
+        &mut self,
+        now: Instant,
+        mut on: impl FnMut(&mut LinkTasks<'_>, Said<'_>) -> Result<(), String>,
+    ) {
+        let Some(reader) = self.reader.as_mut() else {
+            return;
+        };
+        let starting = matches!(self.phase, Phase::Starting { .. });
+        let mut hello_now = false;
+        let mut stop = None;
+        let mut tasks = LinkTasks {
+            inflight: &mut self.inflight,
+            running: &mut self.running,
+            now,
+        };
+        for _ in 0..FRAMES_PER_EVENT {
+            let frame = match reader.try_next_frame() {
+                Ok(Next::Frame(frame)) => frame,
+                Ok(Next::Pending) => break,
+                Ok(Next::End) => {
+                    stop = Some(ReadEnd::Eof);
+                    break;
+                }
+                Err(e) => {
+                    stop = Some(ReadEnd::Violation(crate::worker::error_chain(&e)));
+                    break;
+                }
+            };
+            let said = match parse(&frame, &self.token) {
+                Ok(said) => said,
+                Err(Parsed::Violation(v)) => {
+                    stop = Some(ReadEnd::Violation(v));
+                    break;
+                }
+                Err(Parsed::Handshake(failure)) => {
+                    stop = Some(ReadEnd::Handshake(failure));
+                    break;
+                }
+            };
+            match (&said, starting && !hello_now) {
+                (Said::Hello, true) => {
+                    hello_now = true;
+                    continue;
+                }
+                (_, true) => {
+                    stop = Some(ReadEnd::Handshake(HandshakeFailure::Bad(format!(
+                        "{said:?} before the handshake"
+                    ))));
+                    break;
+                }
+                (Said::Hello, false) => {
+                    stop = Some(ReadEnd::Violation("a second HELLO".into()));
+                    break;
+                }
+                (_, false) => {}
+            }
+            if let Err(v) = on(&mut tasks, said) {
+                stop = Some(ReadEnd::Violation(v));
+                break;
+            }
+        }
+        reader.shrink();
+        if hello_now {
+            self.phase = Phase::Running;
+            self.ready_at = Some(now);
+        }
+        match stop {
+            None => {}
+            Some(ReadEnd::Eof) => {
+                self.reader = None;
+                self.on_hangup(now);
+            }
+            Some(ReadEnd::Handshake(failure)) => {
+                self.reader = None;
+                self.end(Cause::Handshake(failure));
+            }
+            Some(ReadEnd::Violation(violation)) => {
+                self.reader = None;
+                if matches!(self.phase, Phase::Starting { .. }) {
+                    self.end(Cause::Handshake(HandshakeFailure::Bad(violation)));
+                } else {
+                    self.end(Cause::Parent(CrashReason::ProtocolViolation(violation)));
+                }
+            }
+        }
+    }
+
+    /// The socket ended while the process may still run.
+    fn on_hangup(&mut self, now: Instant) {
+        match &self.phase {
+            // Running, or stopping with tasks unanswered: it is hanging up
+            // on its work. Stopping with nothing left is done as asked and
+            // exits within its grace period.
+            Phase::Running => {
+                self.phase = Phase::Hungup {
+                    kill_at: now.checked_add(EOF_LIMIT),
+                };
+            }
+            Phase::Stopping { .. } if !self.inflight.is_empty() => {
+                self.phase = Phase::Hungup {
+                    kill_at: now.checked_add(EOF_LIMIT),
+                };
+            }
+            // Starting: it is exiting, or fails its handshake at the
+            // deadline.
+            _ => {}
+        }
+    }
+
+    /// The parent ends the worker now (SIGKILL). The first reason given is
+    /// kept.
+    pub(super) fn end(&mut self, cause: Cause) {
+        match &mut self.phase {
+            Phase::Exited { .. } => return,
+            Phase::Ending { kill_at, .. } => {
+                // Already ending, gently: now sooner.
+                *kill_at = None;
+            }
+            _ => {
+                self.phase = Phase::Ending {
+                    cause,
+                    kill_at: None,
+                };
+            }
+        }
+        self.child.signal(Signal::SIGKILL);
+    }
+
+    /// The parent ends the worker gently: SIGTERM now, SIGKILL at
+    /// `kill_at` (`None`: never, the worker's own time).
+    pub(super) fn end_gently(&mut self, cause: Cause, kill_at: Option<Instant>) {
+        if matches!(self.phase, Phase::Exited { .. } | Phase::Ending { .. }) {
+            return;
+        }
+        self.child.signal(Signal::SIGTERM);
+        self.phase = Phase::Ending { cause, kill_at };
+    }
+
+    /// Whether the running task's time limit still counts (not once the
+    /// worker is being ended or has hung up).
+    pub(super) fn watches_time_limits(&self) -> bool {
+        matches!(self.phase, Phase::Running | Phase::Stopping { .. })
+    }
+
+    /// Asks the worker to stop: STOP behind what it holds (collect,
+    /// recycling), or CANCEL (drop: nothing more starts). `grace` counts
+    /// once it holds nothing (STOP) or at once (CANCEL).
+    pub(super) fn stop(&mut self, why: StopWhy, now: Instant, grace: Duration) {
+        match &mut self.phase {
+            Phase::Starting { .. } => self.end(Cause::Unneeded),
+            Phase::Running => {
+                let (kind, kill_at) = match why {
+                    StopWhy::Drop => (KIND_CANCEL, now.checked_add(grace)),
+                    _ if self.inflight.is_empty() => (KIND_STOP, now.checked_add(grace)),
+                    _ => (KIND_STOP, None),
+                };
+                let mut frame = Vec::with_capacity(5);
+                wire::push_bare(&mut frame, kind, None);
+                self.queue(&frame);
+                self.phase = Phase::Stopping { why, kill_at };
+            }
+            Phase::Stopping {
+                why: current,
+                kill_at,
+            } => {
+                if why == StopWhy::Drop && *current != StopWhy::Drop {
+                    let mut frame = Vec::with_capacity(5);
+                    wire::push_bare(&mut frame, KIND_CANCEL, None);
+                    let deadline = now.checked_add(grace);
+                    *kill_at = match (*kill_at, deadline) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    *current = StopWhy::Drop;
+                    self.queue(&frame);
+                }
+            }
+            Phase::Hungup { .. } | Phase::Ending { .. } | Phase::Exited { .. } => {}
+        }
+    }
+
+    /// After a result: a stopping worker that holds nothing more gets its
+    /// grace period from now.
+    pub(super) fn on_answered(&mut self, now: Instant, grace: Duration) {
+        if let Phase::Stopping { kill_at, .. } = &mut self.phase {
+            if self.inflight.is_empty() && kill_at.is_none() {
+                *kill_at = now.checked_add(grace);
+            }
+        }
+    }
+
+    /// The earliest deadline of its phase.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Starting { deadline } => *deadline,
+            Phase::Running => None,
+            Phase::Stopping { kill_at, .. }
+            | Phase::Hungup { kill_at }
+            | Phase::Ending { kill_at, .. } => *kill_at,
+            Phase::Exited { drain_until, .. } => *drain_until,
+        }
+    }
+
+    /// Acts on a deadline of its phase that has passed.
+    pub(super) fn on_deadline(&mut self, now: Instant) {
+        let due = |at: &Option<Instant>| at.is_some_and(|at| now >= at);
+        match &mut self.phase {
+            Phase::Starting { deadline } if due(deadline) => {
+                self.end(Cause::Handshake(HandshakeFailure::Timeout));
+            }
+            Phase::Stopping { why, kill_at } if due(kill_at) => {
+                let cause = if *why == StopWhy::Drop && !self.inflight.is_empty() {
+                    Cause::Parent(CrashReason::GracePeriodOver)
+                } else {
+                    Cause::Stopped(*why)
+                };
+                self.end(cause);
+            }
+            Phase::Hungup { kill_at } if due(kill_at) => {
+                self.end(Cause::Parent(CrashReason::ConnectionClosed));
+            }
+            Phase::Ending { kill_at, .. } if due(kill_at) => {
+                *kill_at = None;
+                self.child.signal(Signal::SIGKILL);
+            }
+            Phase::Exited { drain_until, .. } if due(drain_until) => {
+                // Something outside the worker's process group holds the
+                // socket open: what it has not said by now is not coming.
+                self.reader = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The pidfd became readable: reaps the worker and moves to `Exited`.
+    /// `drain` bounds how long the socket is still read.
+    pub(super) fn on_exit(&mut self, now: Instant, drain: Duration) {
+        let Some(reaped) = self.child.try_reap() else {
+            return;
+        };
+        let cause = match std::mem::replace(&mut self.phase, Phase::Running) {
+            Phase::Ending { cause, .. } => cause,
+            Phase::Stopping { why, .. } if self.inflight.is_empty() => Cause::Stopped(why),
+            _ => Cause::ByItself,
+        };
+        self.phase = Phase::Exited {
+            cause,
+            reaped,
+            drain_until: now.checked_add(drain),
+        };
+    }
+
+    /// Everything the worker's end left: its cause, status, and output.
+    pub(super) fn into_end(mut self, sink: &mut crate::console::Sink<'_>) -> End {
+        let (tail, alloc_failed) = self.console.finish(sink);
+        let phase = std::mem::replace(&mut self.phase, Phase::Running);
+        let (cause, reaped) = match phase {
+            Phase::Exited { cause, reaped, .. } => (cause, reaped),
+            other => {
+                // Not exited: a teardown. Kill and reap it now.
+                let cause = match other {
+                    Phase::Ending { cause, .. } => cause,
+                    _ => Cause::Unneeded,
+                };
+                let reaped = self.child.kill_and_reap().unwrap_or(Reaped {
+                    exit: crate::task::ExitInfo {
+                        pid: self.child.pid(),
+                        code: None,
+                        signal: None,
+                        core_dumped: false,
+                        usage: None,
+                    },
+                    lost: None,
+                });
+                (cause, reaped)
+            }
+        };
+        End {
+            cause,
+            reaped,
+            stderr_tail: tail,
+            alloc_failed,
+            inflight: std::mem::take(&mut self.inflight),
+            running: self.running.map(|(id, _)| id),
+            ready: self.ready_at.is_some(),
+        }
+    }
+}
+
+/// What a link's end leaves for the engine to settle.
+#[derive(Debug)]
+pub(super) struct End {
+    pub(super) cause: Cause,
+    pub(super) reaped: Reaped,
+    pub(super) stderr_tail: Vec<String>,
+    pub(super) alloc_failed: bool,
+    /// Tasks sent and never answered, oldest first.
+    pub(super) inflight: VecDeque<u64>,
+    /// The one among them it had started.
+    pub(super) running: Option<u64>,
+    /// Whether it ever completed the handshake.
+    pub(super) ready: bool,
+}
+
+/// A link's task bookkeeping, handed to the engine with each message.
+pub(super) struct LinkTasks<'a> {
+    pub(super) inflight: &'a mut VecDeque<u64>,
+    pub(super) running: &'a mut Option<(u64, Instant)>,
+    pub(super) now: Instant,
+}
+
+impl LinkTasks<'_> {
+    /// A STARTED for the task at the front, when none runs.
+    pub(super) fn start(&mut self, id: u64) -> Result<(), String> {
+        if self.inflight.front() != Some(&id) || self.running.is_some() {
+            return Err(format!("worker reported starting task #{id} out of order"));
+        }
+        *self.running = Some((id, self.now));
+        Ok(())
+    }
+
+    /// An answer for the task at the front.
+    pub(super) fn answer(&mut self, id: u64) -> Result<(), String> {
+        if self.inflight.front() != Some(&id) {
+            return Err(format!(
+                "worker sent a result for unknown or already answered task #{id}"
+            ));
+        }
+        self.inflight.pop_front();
+        *self.running = None;
+        Ok(())
+    }
+}
+
+/// After the socket closes while the worker still runs, how long it has to
+/// exit by itself before it is called broken.
+const EOF_LIMIT: Duration = Duration::from_millis(250);
+
+enum ReadEnd {
+    Eof,
+    Violation(String),
+    Handshake(HandshakeFailure),
+}
+
+enum Parsed {
+    Violation(String),
+    Handshake(HandshakeFailure),
+}
+
+fn parse<'a>(frame: &wire::Frame<'a>, token: &[u8; TOKEN_LEN]) -> Result<Said<'a>, Parsed> {
+    let with_id = |frame: &wire::Frame<'a>| {
+        frame
+            .id_and_payload()
+            .map_err(|e| Parsed::Violation(e.to_string()))
+    };
+    match frame.kind {
+        KIND_HELLO => {
+            let hello = wire::decode_hello(frame)
+                .map_err(|e| Parsed::Handshake(HandshakeFailure::Bad(e.to_string())))?;
+            if hello.protocol != PROTOCOL_VERSION {
+                return Err(Parsed::Handshake(HandshakeFailure::Protocol {
+                    found: hello.protocol,
+                    version: hello.crate_version,
+                }));
+            }
+            if &hello.token != token {
+                return Err(Parsed::Handshake(HandshakeFailure::Bad(
+                    "wrong handshake token".into(),
+                )));
+            }
+            Ok(Said::Hello)
+        }
+        KIND_NOT_SERVING => Err(Parsed::Handshake(HandshakeFailure::NotServing)),
+        KIND_STARTED => match with_id(frame)? {
+            (id, []) => Ok(Said::Started(id)),
+            (id, _) => Err(Parsed::Violation(format!(
+                "STARTED for task #{id} with a payload"
+            ))),
+        },
+        KIND_OK => with_id(frame).map(|(id, p)| Said::Ok(id, p)),
+        KIND_ERR => with_id(frame).map(|(id, p)| Said::Err(id, p)),
+        KIND_UNDECODABLE => with_id(frame).map(|(id, p)| Said::Undecodable(id, p)),
+        other => Err(Parsed::Violation(format!(
+            "unexpected message kind {other:#04x}"
+        ))),
+    }
+}

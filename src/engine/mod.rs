@@ -1,0 +1,1087 @@
+//! The engine: one thread per facade, whatever the number of workers.
+//!
+//! It waits in one `epoll_wait` on everything it owns — each worker's
+//! socket, pidfd and output pipes, and an eventfd for callers — with the
+//! nearest deadline as the timeout. Spawning and the handshake are phases of
+//! a worker's [`link::Link`], never a blocking call here. The ledger and the
+//! policies are plain data beside it. See `README.md` in this folder for how
+//! a task and a death flow through it.
+
+mod inbox;
+mod ledger;
+mod link;
+mod policy;
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+use inbox::{Inbox, Mail};
+pub(crate) use inbox::{Outbox, inbox};
+use ledger::{Entry, Ledger};
+use link::{Cause, End, HandshakeFailure, Link, LinkTasks, Said, StopWhy};
+use policy::{Refused, RestartBudget};
+
+use crate::codec;
+use crate::config::{Config, RestartPolicy};
+use crate::console::{Sink, StderrQueue};
+use crate::error::SpawnError;
+use crate::stats::StatsCells;
+use crate::task::{
+    CancelReason, CrashInfo, CrashReason, NotRunReason, Outcome, Task, TaskRecord,
+    UnavailableReason,
+};
+
+/// Tasks sent ahead to one worker and not yet answered, at most, with one
+/// worker: keeps the socket busy without moving the whole queue into kernel
+/// buffers, so a respawn has little to resend.
+const WINDOW: usize = 1024;
+/// The same with several workers: small, so that tasks go to whichever
+/// worker is free rather than queueing behind a slow one.
+const SHARED_WINDOW: usize = 64;
+/// Bytes queued for one worker's socket beyond which no more tasks are
+/// added (at least one task always goes).
+const OUT_LIMIT: usize = 4 << 20;
+/// After a worker exits, how long its socket is still read (only reached
+/// when something outside its process group holds the socket open).
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+/// Commands taken per turn of the loop, to batch the writes they cause.
+const COMMAND_BATCH: usize = 4096;
+/// How often lines waiting for a stderr that cannot be watched are retried.
+const STDERR_RETRY: Duration = Duration::from_millis(5);
+/// How long the engine's end waits for stderr to take the last lines.
+const STDERR_LAST_WAIT: Duration = Duration::from_millis(100);
+
+/// What callers send the engine.
+pub(crate) enum Command<T: Task> {
+    Task(Submission<T>),
+    Collect {
+        expected: u64,
+        deadline: Option<Instant>,
+        reply: oneshot::Sender<Vec<TaskRecord<T>>>,
+    },
+    /// The facade is being dropped: cancel what has not started, stop the
+    /// workers within the grace period.
+    Shutdown,
+    /// Kill the workers now; nothing runs on this facade again.
+    Terminate {
+        crash: CrashReason,
+        cancel: CancelReason,
+    },
+}
+
+/// A task, encoded already on its submitter's thread.
+pub(crate) struct Submission<T: Task> {
+    pub(crate) id: u64,
+    pub(crate) task: T,
+    /// The whole TASK frame.
+    pub(crate) frame: Vec<u8>,
+    pub(crate) notify: Option<oneshot::Sender<Outcome<T::Output>>>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// Where the facade is in its life.
+enum Lifecycle<T: Task> {
+    Open,
+    Collecting {
+        expected: u64,
+        deadline: Option<Instant>,
+        reply: oneshot::Sender<Vec<TaskRecord<T>>>,
+    },
+    Dropped,
+}
+
+/// Why a slot's last worker ended, for the restart and recycle counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Restart,
+    Recycle,
+}
+
+/// One of the facade's `workers(n)` places.
+struct Slot {
+    budget: RestartBudget,
+    link: Option<Link>,
+    /// Set when this place will never run a worker again.
+    retired: Option<NotRunReason>,
+    generation: u32,
+    replace: Option<Replace>,
+}
+
+/// How the engine waits for its stderr to take queued lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StderrWatch {
+    /// Nothing queued.
+    Idle,
+    /// Registered in the epoll for writability.
+    Epoll,
+    /// Not pollable by epoll: try again at this time.
+    Retry(Instant),
+}
+
+/// What one epoll token names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Waker,
+    Stderr,
+    Socket,
+    Pidfd,
+    Pipe(usize),
+}
+
+const WAKER_TOKEN: u64 = 0;
+const STDERR_TOKEN: u64 = 5;
+
+fn token(slot: usize, generation: u32, source: Source) -> u64 {
+    let kind = match source {
+        Source::Waker => return WAKER_TOKEN,
+        Source::Stderr => return STDERR_TOKEN,
+        Source::Socket => 1,
+        Source::Pidfd => 2,
+        Source::Pipe(0) => 3,
+        Source::Pipe(_) => 4,
+    };
+    ((slot as u64) << 40) | ((generation as u64) << 8) | kind
+}
+
+fn untoken(token: u64) -> (usize, u32, Source) {
+    if token == WAKER_TOKEN {
+        return (0, 0, Source::Waker);
+    }
+    if token == STDERR_TOKEN {
+        return (0, 0, Source::Stderr);
+    }
+    let source = match token & 0xff {
+        1 => Source::Socket,
+        2 => Source::Pidfd,
+        3 => Source::Pipe(0),
+        _ => Source::Pipe(1),
+    };
+    (
+        (token >> 40) as usize,
+        ((token >> 8) & 0xffff_ffff) as u32,
+        source,
+    )
+}
+
+pub(crate) struct Engine<T: Task> {
+    cfg: Config,
+    stats: Arc<StatsCells>,
+    inbox: Inbox<T>,
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+    ledger: Ledger<T>,
+    /// Accepted tasks not yet sent to a worker, in order.
+    queue: VecDeque<u64>,
+    received: u64,
+    slots: Vec<Slot>,
+    window: usize,
+    /// Set when no worker will run again; later tasks get this reason.
+    dead: Option<NotRunReason>,
+    lifecycle: Lifecycle<T>,
+    /// While the first workers start: where the constructor waits.
+    startup: Option<oneshot::Sender<Result<(), SpawnError>>>,
+    /// The first start-up failure; the others are then stopped.
+    startup_failed: Option<SpawnError>,
+    /// Workers' lines waiting for this process's stderr.
+    stderr: StderrQueue,
+    stderr_watch: StderrWatch,
+}
+
+impl<T: Task> Engine<T> {
+    pub(crate) fn new(
+        cfg: Config,
+        inbox: Inbox<T>,
+        stats: Arc<StatsCells>,
+    ) -> std::io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            inbox.waker().fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, WAKER_TOKEN),
+        )?;
+        let n = cfg.workers.max(1);
+        let slots = (0..n)
+            .map(|_| Slot {
+                budget: RestartBudget::new(cfg.restart),
+                link: None,
+                retired: None,
+                generation: 0,
+                replace: None,
+            })
+            .collect();
+        Ok(Engine {
+            window: if n == 1 { WINDOW } else { SHARED_WINDOW },
+            cfg,
+            stats,
+            inbox,
+            epoll,
+            events: vec![EpollEvent::empty(); 64],
+            ledger: Ledger::new(),
+            queue: VecDeque::new(),
+            received: 0,
+            slots,
+            dead: None,
+            lifecycle: Lifecycle::Open,
+            startup: None,
+            startup_failed: None,
+            stderr: StderrQueue::default(),
+            stderr_watch: StderrWatch::Idle,
+        })
+    }
+
+    /// Starts every worker and runs until the facade is collected or
+    /// dropped. `ready` hears once every first worker completed its
+    /// handshake, or why one could not (the others are then killed and
+    /// reaped before it hears).
+    pub(crate) fn run(mut self, ready: oneshot::Sender<Result<(), SpawnError>>) {
+        self.startup = Some(ready);
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            if let Err(e) = self.spawn_into(slot, now) {
+                self.fail_startup(e, now);
+                break;
+            }
+        }
+        while self.turn() {}
+    }
+
+    /// One turn of the loop; `false` once the engine's work is over.
+    fn turn(&mut self) -> bool {
+        let now = Instant::now();
+        self.read_inbox(now);
+        self.on_deadlines(now);
+        self.settle_links(now);
+        if !self.check_startup() {
+            return false;
+        }
+        self.ensure_workers(now);
+        self.dispatch(now);
+        self.flush_all();
+        self.flush_stderr(now);
+        if self.finished() {
+            self.last_stderr();
+            return false;
+        }
+        self.wait();
+        true
+    }
+
+    fn read_inbox(&mut self, now: Instant) {
+        if self.startup.is_some() {
+            return; // the constructor has not returned: nobody can send yet
+        }
+        for _ in 0..COMMAND_BATCH {
+            match self.inbox.try_recv() {
+                Mail::Command(cmd) => self.on_command(cmd, now),
+                Mail::Empty => return,
+                Mail::Closed => {
+                    self.on_drop(now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command<T>, now: Instant) {
+        match cmd {
+            Command::Task(sub) => {
+                self.received += 1;
+                let id = sub.id;
+                let entry = Entry {
+                    task: sub.task,
+                    frame: sub.frame,
+                    notify: sub.notify,
+                    timeout: sub.timeout,
+                    attempts: 0,
+                };
+                if !self.ledger.accept(id, entry) {
+                    return;
+                }
+                match &self.dead {
+                    Some(reason) => {
+                        let reason = reason.clone();
+                        self.finish(id, Outcome::NotRun(reason));
+                    }
+                    None => self.queue.push_back(id),
+                }
+            }
+            Command::Collect {
+                expected,
+                deadline,
+                reply,
+            } => {
+                if matches!(self.lifecycle, Lifecycle::Open) {
+                    self.lifecycle = Lifecycle::Collecting {
+                        expected,
+                        deadline,
+                        reply,
+                    };
+                }
+            }
+            Command::Shutdown => self.on_drop(now),
+            Command::Terminate { crash, cancel } => {
+                self.set_dead(NotRunReason::Cancelled(cancel));
+                for slot in &mut self.slots {
+                    if let Some(link) = slot.link.as_mut() {
+                        link.end(Cause::Parent(crash.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The facade is gone: nothing new will come, nothing queued will start.
+    fn on_drop(&mut self, now: Instant) {
+        if matches!(self.lifecycle, Lifecycle::Dropped) {
+            return;
+        }
+        // Tasks sent before the drop are already in the channel.
+        while let Mail::Command(cmd) = self.inbox.try_recv() {
+            if let Command::Task(_) = cmd {
+                self.on_command(cmd, now);
+            }
+        }
+        self.lifecycle = Lifecycle::Dropped;
+        self.set_dead(NotRunReason::Cancelled(CancelReason::FacadeDropped));
+        let grace = self.cfg.grace;
+        for slot in &mut self.slots {
+            if let Some(link) = slot.link.as_mut() {
+                link.stop(StopWhy::Drop, now, grace);
+            }
+        }
+    }
+
+    fn set_dead(&mut self, reason: NotRunReason) {
+        for id in std::mem::take(&mut self.queue) {
+            self.finish(id, Outcome::NotRun(reason.clone()));
+        }
+        self.dead.get_or_insert(reason);
+    }
+
+    /// Records a task's one outcome (a second one is ignored).
+    fn finish(&mut self, id: u64, outcome: Outcome<T::Output>) {
+        let counted = self.stats.counter(&outcome);
+        if self.ledger.settle(id, outcome).is_some() {
+            counted.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn on_deadlines(&mut self, now: Instant) {
+        if let Lifecycle::Collecting {
+            deadline: Some(deadline),
+            ..
+        } = &self.lifecycle
+        {
+            if now >= *deadline && self.dead.is_none() {
+                self.set_dead(NotRunReason::DeadlineExpired);
+                for slot in &mut self.slots {
+                    if let Some(link) = slot.link.as_mut() {
+                        link.end(Cause::Parent(CrashReason::CollectDeadline));
+                    }
+                }
+            }
+        }
+        let mut timed_out = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(link) = slot.link.as_mut() else {
+                continue;
+            };
+            link.on_deadline(now);
+            if let Some((id, limit)) = running_over_limit(link, &self.ledger, &self.cfg, now) {
+                timed_out.push((i, id, limit));
+            }
+        }
+        for (i, id, limit) in timed_out {
+            self.finish(id, Outcome::TimedOut(limit));
+            let kill_at = now.checked_add(self.cfg.term_grace);
+            if let Some(link) = self.slots[i].link.as_mut() {
+                link.end_gently(
+                    Cause::Parent(CrashReason::TaskTimedOut {
+                        task: crate::task::TaskId(id),
+                        limit,
+                    }),
+                    kill_at,
+                );
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |d: Option<Instant>| {
+            if let Some(d) = d {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        };
+        if let Lifecycle::Collecting { deadline, .. } = &self.lifecycle {
+            if self.dead.is_none() {
+                consider(*deadline);
+            }
+        }
+        for link in self.slots.iter().filter_map(|s| s.link.as_ref()) {
+            consider(link.deadline());
+            consider(task_deadline(link, &self.ledger, &self.cfg));
+        }
+        if let StderrWatch::Retry(at) = self.stderr_watch {
+            consider(Some(at));
+        }
+        next
+    }
+
+    /// Writes the queued lines stderr takes now, and watches it for the
+    /// rest.
+    fn flush_stderr(&mut self, now: Instant) {
+        if let StderrWatch::Retry(at) = self.stderr_watch {
+            if now < at {
+                return;
+            }
+        }
+        self.stderr.flush(&self.stats.output_dropped);
+        let stderr = std::io::stderr();
+        let fd = stderr.as_fd();
+        self.stderr_watch = match (self.stderr.is_empty(), self.stderr_watch) {
+            (true, StderrWatch::Epoll) => {
+                let _ = self.epoll.delete(fd);
+                StderrWatch::Idle
+            }
+            (true, _) => StderrWatch::Idle,
+            (false, StderrWatch::Epoll) => StderrWatch::Epoll,
+            (false, _) => {
+                let event = EpollEvent::new(EpollFlags::EPOLLOUT, STDERR_TOKEN);
+                match self.epoll.add(fd, event) {
+                    Ok(()) => StderrWatch::Epoll,
+                    Err(_) => StderrWatch::Retry(now + STDERR_RETRY),
+                }
+            }
+        };
+    }
+
+    /// At the end: gives stderr a moment to take the last lines, then
+    /// drops (and counts) what is left.
+    fn last_stderr(&mut self) {
+        let until = Instant::now() + STDERR_LAST_WAIT;
+        while !self.stderr.is_empty() && Instant::now() < until {
+            self.stderr.flush(&self.stats.output_dropped);
+            if self.stderr.is_empty() {
+                break;
+            }
+            let stderr = std::io::stderr();
+            let mut fds = [nix::poll::PollFd::new(
+                stderr.as_fd(),
+                nix::poll::PollFlags::POLLOUT,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10u8));
+        }
+        if self.stderr_watch == StderrWatch::Epoll {
+            let _ = self.epoll.delete(std::io::stderr().as_fd());
+        }
+        self.stderr_watch = StderrWatch::Idle;
+        let left = self.stderr.clear();
+        self.stats.output_dropped.fetch_add(left, Relaxed);
+    }
+
+    /// Waits for the next event or deadline, and handles what came.
+    fn wait(&mut self) {
+        let timeout = match self.next_deadline() {
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                // Round up: waking a little early would spin.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
+            }
+            None => EpollTimeout::NONE,
+        };
+        let timeout = if self.inbox.park() {
+            timeout
+        } else {
+            EpollTimeout::ZERO
+        };
+        let n = loop {
+            match self.epoll.wait(&mut self.events, timeout) {
+                Ok(n) => break n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break 0,
+            }
+        };
+        let mut woken = false;
+        let now = Instant::now();
+        let ready: Vec<(u64, EpollFlags)> = self.events[..n]
+            .iter()
+            .map(|e| (e.data(), e.events()))
+            .collect();
+        for (data, flags) in ready {
+            let (slot, generation, source) = untoken(data);
+            match source {
+                Source::Waker => woken = true,
+                // Writable again: the next turn's flush writes.
+                Source::Stderr => {}
+                _ => self.on_ready(slot, generation, source, flags, now),
+            }
+        }
+        self.inbox.unpark(woken);
+    }
+
+    fn on_ready(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        source: Source,
+        flags: EpollFlags,
+        now: Instant,
+    ) {
+        let Engine {
+            slots,
+            ledger,
+            stats,
+            cfg,
+            epoll,
+            stderr,
+            ..
+        } = self;
+        let Some(link) = slots
+            .get_mut(slot)
+            .and_then(|s| s.link.as_mut())
+            .filter(|l| l.generation == generation)
+        else {
+            return; // from a worker already settled
+        };
+        match source {
+            Source::Socket => {
+                if flags.contains(EpollFlags::EPOLLOUT) {
+                    link.flush();
+                }
+                if flags
+                    .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+                {
+                    let mut settled = Vec::new();
+                    link.read(now, |tasks, said| on_said::<T>(tasks, said, &mut settled));
+                    link.on_answered(now, cfg.grace);
+                    for (id, outcome) in settled {
+                        let counted = stats.counter(&outcome);
+                        if ledger.settle(id, outcome).is_some() {
+                            counted.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                rearm_socket(epoll, slot, link);
+            }
+            Source::Pidfd => {
+                let _ = epoll.delete(link.pidfd());
+                link.on_exit(now, DRAIN_LIMIT);
+                if !link.is_exited() {
+                    // Readable but not reapable: should not happen; watch again.
+                    let _ = epoll.add(
+                        link.pidfd(),
+                        EpollEvent::new(
+                            EpollFlags::EPOLLIN,
+                            token(slot, generation, Source::Pidfd),
+                        ),
+                    );
+                }
+            }
+            Source::Pipe(stream) => {
+                let mut sink = Sink {
+                    stderr,
+                    dropped: &stats.output_dropped,
+                };
+                let _ = link.console.on_readable(stream, &mut sink);
+            }
+            Source::Waker | Source::Stderr => {}
+        }
+    }
+
+    /// Settles every worker that has exited and whose socket is drained.
+    fn settle_links(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            if !self.slots[i]
+                .link
+                .as_ref()
+                .is_some_and(|l| l.is_settleable())
+            {
+                continue;
+            }
+            let Some(link) = self.slots[i].link.take() else {
+                continue;
+            };
+            self.stats.set_pid(i, 0);
+            self.deregister(&link);
+            let mut sink = Sink {
+                stderr: &mut self.stderr,
+                dropped: &self.stats.output_dropped,
+            };
+            let end = link.into_end(&mut sink);
+            self.settle_end(i, end, now);
+        }
+    }
+
+    fn deregister(&self, link: &Link) {
+        let _ = self.epoll.delete(link.pidfd());
+        if let Some(fd) = link.socket() {
+            let _ = self.epoll.delete(fd);
+        }
+        for stream in 0..2 {
+            if let Some(fd) = link.console.pipe(stream) {
+                let _ = self.epoll.delete(fd);
+            }
+        }
+    }
+
+    /// What a worker's end means for its tasks and its place.
+    fn settle_end(&mut self, slot: usize, end: End, now: Instant) {
+        let reason = match &end.cause {
+            Cause::Parent(r) => Some(r.clone()),
+            _ => None,
+        }
+        .or(end.reaped.lost.map(CrashReason::StatusLost))
+        .or_else(|| {
+            let by_itself = matches!(end.cause, Cause::ByItself);
+            let bytes = self.cfg.command.memory_limit?;
+            (by_itself && end.alloc_failed).then_some(CrashReason::MemoryLimit { bytes })
+        });
+        let crash = CrashInfo {
+            exit: end.reaped.exit.clone(),
+            reason,
+            stderr_tail: end.stderr_tail.clone(),
+        };
+        if !end.ready {
+            let err = spawn_error(&self.cfg, &end, crash);
+            if self.startup.is_some() {
+                self.fail_startup(err, now);
+            } else if !matches!(end.cause, Cause::Unneeded) {
+                self.retire(
+                    slot,
+                    NotRunReason::WorkerUnavailable(UnavailableReason::SpawnFailed(
+                        crate::worker::error_chain(&err),
+                    )),
+                );
+            }
+            return;
+        }
+        // The task it was running crashed it; the ones it never started go
+        // to the next worker.
+        let mut unstarted = Vec::new();
+        for id in end.inflight.iter().copied() {
+            if Some(id) != end.running {
+                unstarted.push(id);
+                continue;
+            }
+            let Some(entry) = self.ledger.get_mut(id) else {
+                continue; // timed out already
+            };
+            entry.attempts += 1;
+            if policy::retry(entry.attempts, self.cfg.retries) && self.dead.is_none() {
+                unstarted.push(id); // opt-in retry, bounded
+            } else {
+                self.finish(id, Outcome::Crashed(crash.clone()));
+            }
+        }
+        for id in unstarted.into_iter().rev() {
+            match &self.dead {
+                Some(reason) => {
+                    let reason = reason.clone();
+                    self.finish(id, Outcome::NotRun(reason));
+                }
+                None => self.queue.push_front(id),
+            }
+        }
+        let clean = matches!(end.cause, Cause::Stopped(_));
+        if clean {
+            if matches!(end.cause, Cause::Stopped(StopWhy::Recycle)) {
+                self.slots[slot].replace = Some(Replace::Recycle);
+            }
+            return;
+        }
+        if self.dead.is_some() || matches!(end.cause, Cause::Unneeded) {
+            return;
+        }
+        let charge = match &end.cause {
+            Cause::ByItself => true,
+            Cause::Parent(r) => r.is_worker_fault(),
+            _ => false,
+        };
+        if self.cfg.restart == RestartPolicy::Never {
+            self.retire(slot, NotRunReason::WorkerDied(crash));
+            return;
+        }
+        if charge {
+            match self.slots[slot].budget.charge(now) {
+                Ok(()) => {}
+                Err(Refused::Never) => {
+                    self.retire(slot, NotRunReason::WorkerDied(crash));
+                    return;
+                }
+                Err(Refused::Exhausted {
+                    max_restarts,
+                    window,
+                }) => {
+                    self.retire(
+                        slot,
+                        NotRunReason::WorkerUnavailable(
+                            UnavailableReason::RestartBudgetExhausted {
+                                max_restarts,
+                                window,
+                                last_crash: Box::new(crash),
+                            },
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+        self.slots[slot].replace = Some(Replace::Restart);
+    }
+
+    /// This place never runs a worker again; when no place is left, no task
+    /// will run.
+    fn retire(&mut self, slot: usize, reason: NotRunReason) {
+        self.slots[slot].retired.get_or_insert(reason.clone());
+        if self.slots.iter().all(|s| s.retired.is_some()) {
+            self.set_dead(reason);
+        }
+    }
+
+    fn fail_startup(&mut self, err: SpawnError, _now: Instant) {
+        if self.startup_failed.is_none() {
+            self.startup_failed = Some(err);
+        }
+        for slot in &mut self.slots {
+            if let Some(link) = slot.link.as_mut() {
+                link.end(Cause::Unneeded);
+            }
+        }
+    }
+
+    /// During start-up: answers the constructor once every worker is ready,
+    /// or once every worker is gone after a failure. `false` when the
+    /// engine must end (start-up failed).
+    fn check_startup(&mut self) -> bool {
+        if self.startup.is_none() {
+            return true;
+        }
+        if self.startup_failed.is_some() {
+            if self.slots.iter().any(|s| s.link.is_some()) {
+                return true; // still reaping the others
+            }
+            if let (Some(ready), Some(err)) = (self.startup.take(), self.startup_failed.take()) {
+                let _ = ready.send(Err(err));
+            }
+            return false;
+        }
+        let all_ready = self
+            .slots
+            .iter()
+            .all(|s| s.link.as_ref().is_some_and(|l| l.ready_at.is_some()));
+        if all_ready {
+            if let Some(ready) = self.startup.take() {
+                if ready.send(Ok(())).is_err() {
+                    // The constructor is gone (it panicked): stop.
+                    self.lifecycle = Lifecycle::Dropped;
+                }
+            }
+        }
+        true
+    }
+
+    fn spawn_into(&mut self, slot: usize, now: Instant) -> Result<(), SpawnError> {
+        let spawned = crate::process::spawn(&self.cfg.command)?;
+        let s = &mut self.slots[slot];
+        s.generation = s.generation.wrapping_add(1);
+        let generation = s.generation;
+        let link = Link::new(
+            spawned,
+            generation,
+            self.cfg.command.max_frame,
+            self.cfg.command.output.clone(),
+            now.checked_add(self.cfg.command.handshake_timeout),
+        );
+        let resource = |source: nix::errno::Errno| SpawnError::Resource {
+            what: "event registration",
+            path: self.cfg.command.program.clone(),
+            source: source.into(),
+        };
+        let add = |fd: BorrowedFd<'_>, source: Source| {
+            self.epoll.add(
+                fd,
+                EpollEvent::new(EpollFlags::EPOLLIN, token(slot, generation, source)),
+            )
+        };
+        add(link.pidfd(), Source::Pidfd).map_err(resource)?;
+        if let Some(fd) = link.socket() {
+            add(fd, Source::Socket).map_err(resource)?;
+        }
+        for stream in 0..2 {
+            if let Some(fd) = link.console.pipe(stream) {
+                add(fd, Source::Pipe(stream)).map_err(resource)?;
+            }
+        }
+        self.stats.set_pid(slot, link.pid());
+        match self.slots[slot].replace.take() {
+            Some(Replace::Restart) => {
+                self.stats.restarts.fetch_add(1, Relaxed);
+            }
+            Some(Replace::Recycle) => {
+                self.stats.recycles.fetch_add(1, Relaxed);
+            }
+            None => {}
+        }
+        self.slots[slot].link = Some(link);
+        Ok(())
+    }
+
+    /// Starts a replacement in every free place while work is waiting.
+    fn ensure_workers(&mut self, now: Instant) {
+        if self.dead.is_some() || self.queue.is_empty() {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if s.link.is_some() || s.retired.is_some() {
+                continue;
+            }
+            if let Err(err) = self.spawn_into(slot, now) {
+                self.retire(
+                    slot,
+                    NotRunReason::WorkerUnavailable(UnavailableReason::SpawnFailed(
+                        crate::worker::error_chain(&err),
+                    )),
+                );
+            }
+            if self.dead.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Hands queued tasks to free workers, one at a time in turn, up to each
+    /// one's window; then the terminator once nothing else will come.
+    fn dispatch(&mut self, now: Instant) {
+        let grace = self.cfg.grace;
+        let per_worker = self.cfg.max_tasks_per_worker;
+        let window = self.window;
+        let mut progress = true;
+        while progress && !self.queue.is_empty() {
+            progress = false;
+            for slot in &mut self.slots {
+                let Some(link) = slot.link.as_mut() else {
+                    continue;
+                };
+                if !link.takes_tasks()
+                    || link.inflight.len() >= window
+                    || (link.unsent() >= OUT_LIMIT && link.unsent() > 0)
+                {
+                    continue;
+                }
+                let Some(id) = self.queue.pop_front() else {
+                    break;
+                };
+                let Some(entry) = self.ledger.get(id) else {
+                    continue;
+                };
+                link.queue(&entry.frame);
+                link.inflight.push_back(id);
+                link.sent += 1;
+                progress = true;
+                if policy::recycle_due(link.sent, per_worker) {
+                    link.stop(StopWhy::Recycle, now, grace);
+                }
+            }
+        }
+        let collecting = match &self.lifecycle {
+            Lifecycle::Collecting { expected, .. } => self.received >= *expected,
+            _ => false,
+        };
+        if collecting && self.queue.is_empty() {
+            for slot in &mut self.slots {
+                if let Some(link) = slot.link.as_mut() {
+                    link.stop(StopWhy::Collect, now, grace);
+                }
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let Engine { slots, epoll, .. } = self;
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if let Some(link) = slot.link.as_mut() {
+                if link.unsent() > 0 {
+                    link.flush();
+                    rearm_socket(epoll, i, link);
+                }
+            }
+        }
+    }
+
+    /// Whether the engine's work is over (and, for a collect, replies).
+    fn finished(&mut self) -> bool {
+        if self.startup.is_some() || self.slots.iter().any(|s| s.link.is_some()) {
+            return false;
+        }
+        match &self.lifecycle {
+            Lifecycle::Open => false,
+            Lifecycle::Dropped => true,
+            Lifecycle::Collecting { expected, .. } => {
+                if self.received < *expected || !self.queue.is_empty() {
+                    return false;
+                }
+                let records = self.ledger.take_records();
+                if let Lifecycle::Collecting { reply, .. } =
+                    std::mem::replace(&mut self.lifecycle, Lifecycle::Dropped)
+                {
+                    let _ = reply.send(records);
+                }
+                true
+            }
+        }
+    }
+}
+
+impl<T: Task> Drop for Engine<T> {
+    /// A panic in the engine (a bug) still leaves no process behind: every
+    /// link's `Drop` kills and reaps its worker.
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            slot.link = None;
+        }
+    }
+}
+
+/// Registers the socket for writability only while bytes wait for it.
+fn rearm_socket(epoll: &Epoll, slot: usize, link: &mut Link) {
+    let want = link.unsent() > 0;
+    if want == link.out_armed {
+        return;
+    }
+    let Some(fd) = link.socket() else {
+        return;
+    };
+    let mut flags = EpollFlags::EPOLLIN;
+    if want {
+        flags |= EpollFlags::EPOLLOUT;
+    }
+    let mut event = EpollEvent::new(flags, token(slot, link.generation, Source::Socket));
+    if epoll.modify(fd, &mut event).is_ok() {
+        link.out_armed = want;
+    }
+}
+
+/// Applies one message of a worker to its tasks; the outcomes it settles go
+/// to `settled`.
+fn on_said<T: Task>(
+    tasks: &mut LinkTasks<'_>,
+    said: Said<'_>,
+    settled: &mut Vec<(u64, Outcome<T::Output>)>,
+) -> Result<(), String> {
+    match said {
+        Said::Hello => Ok(()),
+        Said::Started(id) => tasks.start(id),
+        Said::Ok(id, payload) => {
+            tasks.answer(id)?;
+            settled.push((id, decode_output::<T>(payload)));
+            Ok(())
+        }
+        Said::Err(id, message) => {
+            tasks.answer(id)?;
+            settled.push((
+                id,
+                Outcome::Failed(String::from_utf8_lossy(message).into_owned()),
+            ));
+            Ok(())
+        }
+        Said::Undecodable(id, message) => {
+            tasks.answer(id)?;
+            settled.push((
+                id,
+                Outcome::NotRun(NotRunReason::Undecodable(
+                    String::from_utf8_lossy(message).into_owned(),
+                )),
+            ));
+            Ok(())
+        }
+    }
+}
+
+/// Decodes a result, with the user's `Deserialize` kept from hurting the
+/// engine: an error or a panic fails that task alone.
+fn decode_output<T: Task>(payload: &[u8]) -> Outcome<T::Output> {
+    match catch_unwind(AssertUnwindSafe(|| codec::decode::<T::Output>(payload))) {
+        Ok(Ok(output)) => Outcome::Completed(output),
+        Ok(Err(e)) => Outcome::Failed(format!(
+            "the worker's result could not be decoded: {}",
+            crate::worker::error_chain(&e)
+        )),
+        Err(panic) => Outcome::Failed(format!(
+            "decoding the worker's result panicked: {}",
+            crate::worker::panic_message(&*panic)
+        )),
+    }
+}
+
+/// The time limit of the task `link` runs, and when it ends.
+fn task_deadline<T: Task>(link: &Link, ledger: &Ledger<T>, cfg: &Config) -> Option<Instant> {
+    if !link.watches_time_limits() {
+        return None;
+    }
+    let (id, started) = link.running?;
+    let limit = ledger.get(id)?.timeout.or(cfg.task_timeout)?;
+    started.checked_add(limit)
+}
+
+fn running_over_limit<T: Task>(
+    link: &Link,
+    ledger: &Ledger<T>,
+    cfg: &Config,
+    now: Instant,
+) -> Option<(u64, Duration)> {
+    let at = task_deadline(link, ledger, cfg)?;
+    if now < at {
+        return None;
+    }
+    let (id, _) = link.running?;
+    let limit = ledger.get(id)?.timeout.or(cfg.task_timeout)?;
+    Some((id, limit))
+}
+
+/// The constructor's error for a worker that never completed its handshake.
+fn spawn_error(cfg: &Config, end: &End, crash: CrashInfo) -> SpawnError {
+    let path = cfg.command.program.clone();
+    match &end.cause {
+        Cause::Handshake(HandshakeFailure::Timeout) => SpawnError::HandshakeTimeout {
+            path,
+            timeout: cfg.command.handshake_timeout,
+            stderr_tail: crash.stderr_tail,
+        },
+        Cause::Handshake(HandshakeFailure::Protocol { found, version }) => {
+            SpawnError::ProtocolMismatch {
+                path,
+                expected: crate::wire::PROTOCOL_VERSION,
+                found: *found,
+                worker_version: version.clone(),
+            }
+        }
+        Cause::Handshake(HandshakeFailure::Bad(detail)) => SpawnError::BadHandshake {
+            path,
+            detail: detail.clone(),
+        },
+        Cause::Handshake(HandshakeFailure::NotServing) => SpawnError::RunIfWorkerMissing { path },
+        _ => SpawnError::ExitedEarly {
+            path,
+            status: crash.exit,
+            stderr_tail: crash.stderr_tail,
+        },
+    }
+}
+
+impl<T: Task> std::fmt::Debug for Engine<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("workers", &self.slots.len())
+            .field("queued", &self.queue.len())
+            .field("pending", &self.ledger.pending())
+            .finish()
+    }
+}

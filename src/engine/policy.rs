@@ -1,0 +1,122 @@
+//! What happens after a worker ends: the restart budget, retries of a task
+//! that crashed its worker, and recycling. Plain data, tested without
+//! processes; the engine asks, this answers.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::RestartPolicy;
+
+/// The restart budget of one worker slot: at most `max_restarts` unplanned
+/// restarts within any sliding `window`.
+#[derive(Debug, Clone)]
+pub(crate) struct RestartBudget {
+    policy: RestartPolicy,
+    recent: VecDeque<Instant>,
+}
+
+/// The budget said no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `RestartPolicy::Never`.
+    Never,
+    /// The budget of the window is used up.
+    Exhausted { max_restarts: u32, window: Duration },
+}
+
+impl RestartBudget {
+    pub(crate) fn new(policy: RestartPolicy) -> Self {
+        RestartBudget {
+            policy,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Asks for one restart at `now`, and counts it if granted.
+    pub(crate) fn charge(&mut self, now: Instant) -> Result<(), Refused> {
+        match self.policy {
+            RestartPolicy::Never => Err(Refused::Never),
+            RestartPolicy::Limited {
+                max_restarts,
+                window,
+            } => {
+                while self
+                    .recent
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) > window)
+                {
+                    self.recent.pop_front();
+                }
+                if self.recent.len() >= max_restarts as usize {
+                    return Err(Refused::Exhausted {
+                        max_restarts,
+                        window,
+                    });
+                }
+                self.recent.push_back(now);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether a task that crashed its worker `attempts` times (this crash
+/// included) runs again, with `retries` allowed.
+pub(crate) fn retry(attempts: u32, retries: u32) -> bool {
+    attempts <= retries
+}
+
+/// Whether a worker that was sent `sent` tasks is due for recycling.
+pub(crate) fn recycle_due(sent: u64, max_tasks_per_worker: Option<u64>) -> bool {
+    max_tasks_per_worker.is_some_and(|max| sent >= max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_slides_with_its_window() {
+        let window = Duration::from_secs(10);
+        let mut budget = RestartBudget::new(RestartPolicy::Limited {
+            max_restarts: 2,
+            window,
+        });
+        let t0 = Instant::now();
+        assert_eq!(budget.charge(t0), Ok(()));
+        assert_eq!(budget.charge(t0 + Duration::from_secs(1)), Ok(()));
+        assert_eq!(
+            budget.charge(t0 + Duration::from_secs(2)),
+            Err(Refused::Exhausted {
+                max_restarts: 2,
+                window
+            })
+        );
+        // The first restart leaves the window: one more is allowed.
+        assert_eq!(budget.charge(t0 + Duration::from_secs(11)), Ok(()));
+    }
+
+    #[test]
+    fn never_restarts_and_huge_windows_do_not_overflow() {
+        assert_eq!(
+            RestartBudget::new(RestartPolicy::Never).charge(Instant::now()),
+            Err(Refused::Never)
+        );
+        let mut budget = RestartBudget::new(RestartPolicy::Limited {
+            max_restarts: 1,
+            window: Duration::MAX,
+        });
+        assert!(budget.charge(Instant::now()).is_ok());
+        assert!(budget.charge(Instant::now()).is_err());
+    }
+
+    #[test]
+    fn retries_and_recycling_count_as_documented() {
+        assert!(!retry(1, 0));
+        assert!(retry(1, 1));
+        assert!(!retry(2, 1));
+        assert!(!recycle_due(5, None));
+        assert!(recycle_due(1, Some(1)));
+        assert!(!recycle_due(0, Some(1)));
+    }
+}
