@@ -11,12 +11,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::command::WorkerCommand;
 use crate::config::{Config, RestartPolicy};
-use crate::engine::{Command, Engine, Outbox, Submission};
+use crate::engine::{Command, Engine, Notify, Outbox, Reclaimed, Submission};
 use crate::error::{CollectError, SpawnError, SubmitError};
 use crate::guard::CollectOnDrop;
 use crate::handle::TaskHandle;
 use crate::stats::{FacadeStats, StatsCells};
-use crate::task::{CancelReason, CrashReason, Outcome, Task, TaskId, TaskRecord};
+use crate::task::{CancelReason, CrashReason, Task, TaskId, TaskRecord};
 use crate::wire::{self, KIND_TASK, PushError};
 
 /// Set in the task counter once the facade accepts no more tasks.
@@ -298,14 +298,27 @@ impl<T: Task> WorkingProcessFacade<T> {
         timeout: Option<Duration>,
     ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
         let (notify, rx) = oneshot::channel();
-        let id = self.send(task, Some(notify), timeout)?;
+        let id = self.send(task, Some(Notify::Handle(notify)), timeout)?;
         Ok(TaskHandle::new(id, rx))
+    }
+
+    /// Like [`submit_with_timeout`](Self::submit_with_timeout), for a pool
+    /// or grinder that runs a task elsewhere when it did not run here: the
+    /// outcome comes with the task handed back when it is `NotRun`.
+    pub(crate) fn submit_reclaim(
+        &self,
+        task: T,
+        timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<Reclaimed<T>>, SubmitError<T>> {
+        let (notify, rx) = oneshot::channel();
+        self.send(task, Some(Notify::Reclaim(notify)), timeout)?;
+        Ok(rx)
     }
 
     fn send(
         &self,
         task: T,
-        notify: Option<oneshot::Sender<Outcome<T::Output>>>,
+        notify: Option<Notify<T>>,
         timeout: Option<Duration>,
     ) -> Result<TaskId, SubmitError<T>> {
         if std::process::id() != self.owner {

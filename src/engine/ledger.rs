@@ -20,11 +20,28 @@ pub(crate) struct Entry<T: Task> {
     /// is if a worker dies before starting it.
     pub(crate) frame: Vec<u8>,
     /// Where the outcome goes, for a task sent with `submit`.
-    pub(crate) notify: Option<oneshot::Sender<Outcome<T::Output>>>,
+    pub(crate) notify: Option<Notify<T>>,
     /// Its own time limit, overriding the facade's.
     pub(crate) timeout: Option<Duration>,
     /// Runs of it that crashed a worker (for `retries`).
     pub(crate) attempts: u32,
+}
+
+/// Who waits for a task's outcome.
+pub(crate) enum Notify<T: Task> {
+    /// A [`TaskHandle`](crate::TaskHandle).
+    Handle(oneshot::Sender<Outcome<T::Output>>),
+    /// A pool or grinder that wants the task back when it did not run, to
+    /// run it elsewhere: nothing in the parent ever decodes a task.
+    Reclaim(oneshot::Sender<Reclaimed<T>>),
+}
+
+/// An outcome, with the task handed back when it never ran.
+#[derive(Debug)]
+pub(crate) struct Reclaimed<T: Task> {
+    pub(crate) outcome: Outcome<T::Output>,
+    /// `Some` exactly when the outcome is `NotRun`.
+    pub(crate) task: Option<T>,
 }
 
 /// Where a settled outcome went.
@@ -78,16 +95,36 @@ impl<T: Task> Ledger<T> {
     /// the task is unknown or already settled.
     pub(crate) fn settle(&mut self, id: u64, outcome: Outcome<T::Output>) -> Option<Delivered> {
         let entry = self.pending.remove(&id)?;
-        let outcome = match entry.notify {
-            Some(tx) => match tx.send(outcome) {
+        let (task, outcome) = match entry.notify {
+            Some(Notify::Handle(tx)) => match tx.send(outcome) {
                 Ok(()) => return Some(Delivered::ToHandle),
-                Err(back) => back.into_inner(),
+                Err(back) => (entry.task, back.into_inner()),
             },
-            None => outcome,
+            Some(Notify::Reclaim(tx)) => {
+                let (back, kept) = if matches!(outcome, Outcome::NotRun(_)) {
+                    (Some(entry.task), None)
+                } else {
+                    (None, Some(entry.task))
+                };
+                match tx.send(Reclaimed {
+                    outcome,
+                    task: back,
+                }) {
+                    Ok(()) => return Some(Delivered::ToHandle),
+                    Err(unsent) => {
+                        let Reclaimed { outcome, task } = unsent.into_inner();
+                        match task.or(kept) {
+                            Some(task) => (task, outcome),
+                            None => return Some(Delivered::ToHandle),
+                        }
+                    }
+                }
+            }
+            None => (entry.task, outcome),
         };
         self.records.push(TaskRecord {
             id: TaskId(id),
-            task: entry.task,
+            task,
             outcome,
         });
         Some(Delivered::ForCollect)
@@ -134,7 +171,7 @@ mod tests {
     fn entry(n: u32, handle: bool) -> (Entry<Job>, Option<oneshot::Receiver<Outcome<u32>>>) {
         let (notify, rx) = if handle {
             let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
+            (Some(Notify::Handle(tx)), Some(rx))
         } else {
             (None, None)
         };
@@ -236,6 +273,39 @@ mod tests {
             }
             prop_assert_eq!(ledger.pending(), 0);
         }
+    }
+
+    #[test]
+    fn a_reclaiming_caller_gets_the_task_back_only_when_it_did_not_run() {
+        let mut ledger = Ledger::<Job>::new();
+        let mut waiters = Vec::new();
+        for id in 0..2u64 {
+            let (tx, rx) = oneshot::channel();
+            let e = Entry {
+                task: Job(id as u32),
+                frame: Vec::new(),
+                notify: Some(Notify::Reclaim(tx)),
+                timeout: None,
+                attempts: 0,
+            };
+            assert!(ledger.accept(id, e));
+            waiters.push(rx);
+        }
+        ledger.settle(0, Outcome::Completed(7));
+        ledger.settle(
+            1,
+            Outcome::NotRun(NotRunReason::Cancelled(
+                crate::task::CancelReason::FacadeDropped,
+            )),
+        );
+        let got: Vec<Reclaimed<Job>> = waiters
+            .into_iter()
+            .map(|rx| rx.try_recv().expect("answered"))
+            .collect();
+        assert_eq!(got[0].outcome, Outcome::Completed(7));
+        assert_eq!(got[0].task, None);
+        assert_eq!(got[1].task, Some(Job(1)));
+        assert_eq!(ledger.pending(), 0);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use inbox::{Inbox, Mail};
 pub(crate) use inbox::{Outbox, inbox};
 use ledger::{Entry, Ledger};
+pub(crate) use ledger::{Notify, Reclaimed};
 use link::{Cause, End, HandshakeFailure, Link, LinkTasks, Said, StopWhy};
 use policy::{Refused, RestartBudget};
 
@@ -81,7 +82,7 @@ pub(crate) struct Submission<T: Task> {
     pub(crate) task: T,
     /// The whole TASK frame.
     pub(crate) frame: Vec<u8>,
-    pub(crate) notify: Option<oneshot::Sender<Outcome<T::Output>>>,
+    pub(crate) notify: Option<Notify<T>>,
     pub(crate) timeout: Option<Duration>,
 }
 

@@ -118,6 +118,10 @@ pub enum WorkError {
     /// not re-run (see [`AfterCrash`]), or it could not be sent.
     #[error("the task never ran: {0}")]
     NotRun(Box<NotRunReason>),
+    /// The item was refused before it was sent: it could not be encoded, or
+    /// it is larger than the maximum frame size.
+    #[error("the item was refused: {0}")]
+    Refused(String),
     /// The grinder was stopped with `cancel_pending` before the item went to
     /// a worker.
     #[error("the task was cancelled: the grinder was stopped with cancel_pending")]

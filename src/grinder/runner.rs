@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
 
-use crate::codec;
+use crate::engine::Reclaimed;
 use crate::pool::{AcquireError, Lease, LeasedExecutorManager, Revoked};
 use crate::task::{NotRunReason, Outcome, Task};
 
@@ -33,10 +33,10 @@ struct Sent<T: Task> {
     reply: Reply<T::Output>,
     enqueued: Instant,
     dispatches: u32,
-    /// The task, encoded, to run it again if the executor dies before it
-    /// starts (only with `AfterCrash::Rerun`).
-    copy: Option<Vec<u8>>,
-    handle: crate::handle::TaskHandle<T::Output>,
+    /// The outcome, with the task handed back when it did not run, to run it
+    /// again on a fresh executor (never decoded in the parent: a task's
+    /// `Deserialize` runs only in a worker).
+    answer: oneshot::Receiver<Reclaimed<T>>,
 }
 
 /// Tells the scheduler a batch is over when dropped.
@@ -138,21 +138,17 @@ impl<T: Task> Runner<T> {
         let mut again = Vec::new();
         for item in items {
             let dispatches = item.dispatches + 1;
-            let copy = (rerun && dispatches < MAX_DISPATCHES)
-                .then(|| {
-                    let mut out = Vec::new();
-                    codec::encode_into(&item.task, &mut out).ok().map(|()| out)
-                })
-                .flatten();
-            match lease.submit(item.task) {
-                Ok(handle) => sent.push(Sent {
+            match lease.submit_reclaim(item.task, None) {
+                Ok(answer) => sent.push(Sent {
                     seq: item.seq,
                     reply: item.reply,
                     enqueued: item.enqueued,
                     dispatches,
-                    copy,
-                    handle,
+                    answer,
                 }),
+                Err(crate::pool::LeaseError::Refused(refused)) => {
+                    self.answer(item.reply, Err(WorkError::Refused(refused.to_string())));
+                }
                 // The lease expired before its batch was even queued (a lease
                 // far too short) or the manager stopped.
                 Err(refused) => {
@@ -180,7 +176,10 @@ impl<T: Task> Runner<T> {
             }
         }
         for s in sent {
-            let outcome = s.handle.wait();
+            let (outcome, task) = match s.answer.recv() {
+                Ok(Reclaimed { outcome, task }) => (Ok(outcome), task),
+                Err(_) => (Err(()), None),
+            };
             let result = match outcome {
                 Ok(Outcome::Completed(output)) => Ok(output),
                 Ok(Outcome::Failed(message)) => Err(WorkError::Failed(message)),
@@ -199,11 +198,7 @@ impl<T: Task> Runner<T> {
                             | NotRunReason::Cancelled(_)
                             | NotRunReason::WorkerUnavailable(_)
                     );
-                    let task = s
-                        .copy
-                        .as_deref()
-                        .filter(|_| retryable)
-                        .and_then(|bytes| codec::decode::<T>(bytes).ok());
+                    let task = task.filter(|_| retryable && rerun && s.dispatches < MAX_DISPATCHES);
                     if let Some(task) = task {
                         again.push(Item {
                             seq: s.seq,

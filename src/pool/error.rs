@@ -145,6 +145,10 @@ pub enum LeaseError<T> {
     /// The manager was stopped, which revoked every lease.
     #[error("the executor manager was stopped, which revoked this lease; its worker was killed")]
     Stopped(T),
+    /// The task itself was refused: it could not be encoded, or it is
+    /// larger than the maximum frame size. The lease is fine.
+    #[error("the task was refused")]
+    Refused(#[source] crate::error::SubmitError<T>),
 }
 
 impl<T> LeaseError<T> {
@@ -152,6 +156,7 @@ impl<T> LeaseError<T> {
     pub fn into_task(self) -> T {
         match self {
             LeaseError::Expired { task, .. } | LeaseError::Stopped(task) => task,
+            LeaseError::Refused(err) => err.into_task(),
         }
     }
 }
@@ -165,6 +170,7 @@ impl<T> fmt::Debug for LeaseError<T> {
                 .field("revoked", revoked)
                 .finish_non_exhaustive(),
             LeaseError::Stopped(_) => f.write_str("Stopped(..)"),
+            LeaseError::Refused(err) => f.debug_tuple("Refused").field(err).finish(),
         }
     }
 }

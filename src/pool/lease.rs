@@ -159,12 +159,42 @@ impl<T: Task> Lease<T> {
         // expired, so it is answered either way.
         self.facade
             .submit_with_timeout(task, timeout)
-            .map_err(|err| match self.revocation() {
+            .map_err(|err| self.refused(err))
+    }
+
+    /// Like [`submit_with_timeout`](Self::submit_with_timeout), handing the
+    /// task back with a `NotRun` outcome (for the grinder, which then runs
+    /// it on another executor).
+    pub(crate) fn submit_reclaim(
+        &self,
+        task: T,
+        timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<crate::engine::Reclaimed<T>>, LeaseError<T>> {
+        match self.revocation() {
+            Some(Revoked::Stopped) => return Err(LeaseError::Stopped(task)),
+            Some(Revoked::Expired) => return Err(self.expired(task, true)),
+            None if Instant::now() >= self.soft => return Err(self.expired(task, false)),
+            None => {}
+        }
+        self.facade
+            .submit_reclaim(task, timeout)
+            .map_err(|err| self.refused(err))
+    }
+
+    /// Why the facade refused a task, as the lease says it.
+    fn refused(&self, err: crate::error::SubmitError<T>) -> LeaseError<T> {
+        use crate::error::SubmitError;
+        match err {
+            err @ (SubmitError::Unencodable { .. } | SubmitError::TooLarge { .. }) => {
+                LeaseError::Refused(err)
+            }
+            err => match self.revocation() {
                 // The pool never collects its facades: one that refuses work
                 // was ended with its lease.
                 Some(Revoked::Stopped) => LeaseError::Stopped(err.into_task()),
                 _ => self.expired(err.into_task(), true),
-            })
+            },
+        }
     }
 
     fn expired(&self, task: T, revoked: bool) -> LeaseError<T> {
