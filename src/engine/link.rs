@@ -576,16 +576,19 @@ impl LinkTasks<'_> {
         Ok(())
     }
 
-    /// An answer for the task at the front.
-    pub(super) fn answer(&mut self, id: u64) -> Result<(), String> {
+    /// An answer for the task at the front; how long it ran, when the
+    /// worker said it started it.
+    pub(super) fn answer(&mut self, id: u64) -> Result<Option<Duration>, String> {
         if self.inflight.front() != Some(&id) {
             return Err(format!(
                 "worker sent a result for unknown or already answered task #{id}"
             ));
         }
         self.inflight.pop_front();
-        *self.running = None;
-        Ok(())
+        Ok(self
+            .running
+            .take()
+            .map(|(_, started)| self.now.saturating_duration_since(started)))
     }
 }
 

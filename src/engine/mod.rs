@@ -42,9 +42,14 @@ use crate::task::{
 /// worker: keeps the socket busy without moving the whole queue into kernel
 /// buffers, so a respawn has little to resend.
 const WINDOW: usize = 1024;
-/// The same with several workers: small, so that tasks go to whichever
-/// worker is free rather than queueing behind a slow one.
+/// The same with several workers, for tasks that take a few microseconds:
+/// enough to keep each worker busy between two turns of the loop.
 const SHARED_WINDOW: usize = 64;
+/// With several workers, a worker is sent no more than about this much work
+/// ahead (by the tasks' average run time), and nothing more once its
+/// running task has run this long: tasks go to whichever worker is free
+/// rather than queueing behind a slow one.
+const AHEAD: Duration = Duration::from_millis(1);
 /// Bytes queued for one worker's socket beyond which no more tasks are
 /// added (at least one task always goes).
 const OUT_LIMIT: usize = 4 << 20;
@@ -182,6 +187,9 @@ pub(crate) struct Engine<T: Task> {
     received: u64,
     slots: Vec<Slot>,
     window: usize,
+    /// The tasks' average run time (exponentially weighted), for how far
+    /// ahead several workers are sent work.
+    service: Option<Duration>,
     /// Set when no worker will run again; later tasks get this reason.
     dead: Option<NotRunReason>,
     lifecycle: Lifecycle<T>,
@@ -217,6 +225,7 @@ impl<T: Task> Engine<T> {
             .collect();
         Ok(Engine {
             window: if n == 1 { WINDOW } else { SHARED_WINDOW },
+            service: None,
             cfg,
             stats,
             inbox,
@@ -542,6 +551,7 @@ impl<T: Task> Engine<T> {
             cfg,
             epoll,
             stderr,
+            service,
             ..
         } = self;
         let Some(link) = slots
@@ -560,7 +570,16 @@ impl<T: Task> Engine<T> {
                     .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
                 {
                     let mut settled = Vec::new();
-                    link.read(now, |tasks, said| on_said::<T>(tasks, said, &mut settled));
+                    let mut ran = Vec::new();
+                    link.read(now, |tasks, said| {
+                        on_said::<T>(tasks, said, &mut settled, &mut ran)
+                    });
+                    for d in ran {
+                        *service = Some(match *service {
+                            Some(avg) => (avg * 7 + d) / 8,
+                            None => d,
+                        });
+                    }
                     link.on_answered(now, cfg.grace);
                     for (id, outcome) in settled {
                         let counted = stats.counter(&outcome);
@@ -863,13 +882,31 @@ impl<T: Task> Engine<T> {
     fn dispatch(&mut self, now: Instant) {
         let grace = self.cfg.grace;
         let per_worker = self.cfg.max_tasks_per_worker;
-        let window = self.window;
+        let shared = self.slots.len() > 1;
+        // With several workers: about `AHEAD` of work per worker, at least
+        // the one it runs; unknown run times count as long.
+        let ahead = match self.service {
+            Some(avg) if shared => {
+                let per_task = avg.max(Duration::from_micros(1));
+                (AHEAD.as_nanos() / per_task.as_nanos()).clamp(1, self.window as u128) as usize
+            }
+            _ if shared => 1,
+            _ => self.window,
+        };
         let mut progress = true;
         while progress && !self.queue.is_empty() {
             progress = false;
             for slot in &mut self.slots {
                 let Some(link) = slot.link.as_mut() else {
                     continue;
+                };
+                let window = match link.running {
+                    Some((_, started))
+                        if shared && now.saturating_duration_since(started) > AHEAD =>
+                    {
+                        1
+                    }
+                    _ => ahead,
                 };
                 if !link.takes_tasks()
                     || link.inflight.len() >= window
@@ -976,17 +1013,22 @@ fn on_said<T: Task>(
     tasks: &mut LinkTasks<'_>,
     said: Said<'_>,
     settled: &mut Vec<(u64, Outcome<T::Output>)>,
+    ran: &mut Vec<Duration>,
 ) -> Result<(), String> {
+    let mut answer = |tasks: &mut LinkTasks<'_>, id| -> Result<(), String> {
+        ran.extend(tasks.answer(id)?);
+        Ok(())
+    };
     match said {
         Said::Hello => Ok(()),
         Said::Started(id) => tasks.start(id),
         Said::Ok(id, payload) => {
-            tasks.answer(id)?;
+            answer(tasks, id)?;
             settled.push((id, decode_output::<T>(payload)));
             Ok(())
         }
         Said::Err(id, message) => {
-            tasks.answer(id)?;
+            answer(tasks, id)?;
             settled.push((
                 id,
                 Outcome::Failed(String::from_utf8_lossy(message).into_owned()),
@@ -994,7 +1036,7 @@ fn on_said<T: Task>(
             Ok(())
         }
         Said::Undecodable(id, message) => {
-            tasks.answer(id)?;
+            answer(tasks, id)?;
             settled.push((
                 id,
                 Outcome::NotRun(NotRunReason::Undecodable(
