@@ -46,7 +46,19 @@ impl Default for RestartPolicy {
     }
 }
 
-/// Everything a supervisor needs to know, fixed at construction.
+/// Called by the engine each time one of its workers ends in a way that was
+/// not asked for (a crash, a kill, a time limit, a broken protocol): how a
+/// pool hears that an executor broke, pushed rather than polled.
+#[derive(Clone)]
+pub(crate) struct OnWorkerLost(pub(crate) std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnWorkerLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnWorkerLost(..)")
+    }
+}
+
+/// Everything an engine needs to know, fixed at construction.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) command: WorkerCommand,
@@ -58,6 +70,7 @@ pub(crate) struct Config {
     pub(crate) max_tasks_per_worker: Option<u64>,
     pub(crate) queue_bound: Option<usize>,
     pub(crate) workers: usize,
+    pub(crate) on_worker_lost: Option<OnWorkerLost>,
 }
 
 impl Config {
@@ -72,6 +85,7 @@ impl Config {
             max_tasks_per_worker: None,
             queue_bound: None,
             workers: 1,
+            on_worker_lost: None,
         }
     }
 }

@@ -189,6 +189,13 @@ impl<T: Task> FacadeBuilder<T> {
         self
     }
 
+    /// Calls `notify` (on the engine's thread) each time a worker ends
+    /// without being asked to. For the pool.
+    pub(crate) fn on_worker_lost(mut self, notify: impl Fn() + Send + Sync + 'static) -> Self {
+        self.cfg.on_worker_lost = Some(crate::config::OnWorkerLost(Arc::new(notify)));
+        self
+    }
+
     /// Spawns the worker and completes the handshake.
     pub fn spawn(self) -> Result<WorkingProcessFacade<T>, SpawnError> {
         WorkingProcessFacade::start(self.cfg)
@@ -493,6 +500,12 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// The process IDs of the running workers.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.stats.pids()
+    }
+
+    /// How many workers ended without being asked to (crashed, killed,
+    /// timed out, broke the protocol).
+    pub(crate) fn workers_lost(&self) -> u64 {
+        self.stats.workers_lost.load(Ordering::Acquire)
     }
 
     fn join_engine(&self) {

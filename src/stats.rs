@@ -52,6 +52,8 @@ pub(crate) struct StatsCells {
     pub(crate) restarts: AtomicU64,
     pub(crate) recycles: AtomicU64,
     pub(crate) output_dropped: AtomicU64,
+    /// Workers that ended without being asked to.
+    pub(crate) workers_lost: AtomicU64,
     /// The pid of each worker place, 0 when none runs there.
     pub(crate) pids: Box<[AtomicU32]>,
 }
@@ -68,6 +70,7 @@ impl StatsCells {
             restarts: AtomicU64::new(0),
             recycles: AtomicU64::new(0),
             output_dropped: AtomicU64::new(0),
+            workers_lost: AtomicU64::new(0),
             pids: (0..workers.max(1)).map(|_| AtomicU32::new(0)).collect(),
         }
     }

@@ -448,3 +448,124 @@ fn sixteen_threads_share_two_executors() {
     assert_eq!(stats.retired, 0);
     pool.stop();
 }
+
+/// Our child processes whose environment holds `marker`.
+fn children_marked(marker: &str) -> std::collections::BTreeSet<u32> {
+    common::child_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+        })
+        .filter(|pid| {
+            // Not a zombie.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                == Some(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_idle_executor_is_replaced_without_anyone_calling_the_pool() {
+    let _watchdog = watchdog("a_killed_idle_executor_is_replaced_without_anyone_calling_the_pool");
+    let marker = "WF_POOL_TEST=min-restore";
+    let pool = LeasedExecutorManager::<SimpleTask>::builder(
+        common::test_worker().env("WF_POOL_TEST", "min-restore"),
+    )
+    .min_executors(2)
+    .max_executors(2)
+    .build()
+    .expect("valid settings");
+    pool.start().expect("pool starts");
+    let before = children_marked(marker);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let victim = *before.iter().next().expect("a worker");
+    let killed_at = Instant::now();
+    common::signal(victim, nix::sys::signal::Signal::SIGKILL);
+    // Nobody calls the pool: its executor's engine tells the manager.
+    let after = loop {
+        let now = children_marked(marker);
+        if now.len() == 2 && !now.contains(&victim) {
+            break now;
+        }
+        assert!(killed_at.elapsed() < HANG_GUARD, "not replaced: {now:?}");
+        thread::sleep(Duration::from_millis(1));
+    };
+    eprintln!("replaced in {:?}", killed_at.elapsed());
+    assert_eq!(
+        after.intersection(&before).count(),
+        1,
+        "only the killed one replaced"
+    );
+    let stats = pool.stats();
+    assert_eq!((stats.retired, stats.replaced), (1, 1), "{stats:?}");
+    let lease = pool
+        .acquire(Duration::from_secs(10), "after")
+        .expect("lease");
+    assert!(outcome(lease.submit(SimpleTask::new("x", 0.0)).expect("accepted")).is_completed());
+    drop(lease);
+    pool.stop();
+}
+
+/// A waiting caller is not failed by a replacement's failed start: that
+/// start was not for it; it gets a start of its own.
+#[test]
+fn a_failed_replacement_does_not_fail_a_caller_waiting_for_a_lease() {
+    let _watchdog = watchdog("a_failed_replacement_does_not_fail_a_caller_waiting_for_a_lease");
+    let dir = std::env::temp_dir().join(format!("wf-pool-flaky-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // The 2nd start (the replacement) fails after a moment; the others run
+    // the stock worker.
+    let script = dir.join("flaky-worker");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         n=$(($(cat \"$WF_DIR/count\" 2>/dev/null || echo 0) + 1))\n\
+         echo $n > \"$WF_DIR/count\"\n\
+         if [ \"$n\" = 2 ]; then sleep 0.3; echo 'start 2 fails' >&2; exit 3; fi\n\
+         exec \"$WF_WORKER\"\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let cmd = WorkerCommand::new(&script)
+        .env("WF_DIR", &dir)
+        .env("WF_WORKER", env!("CARGO_BIN_EXE_facade-worker"))
+        .output(worker_facade::Output::Silent);
+    let pool = Arc::new(
+        LeasedExecutorManager::<SimpleTask>::builder(cmd)
+            .min_executors(1)
+            .max_executors(1)
+            .build()
+            .expect("valid settings"),
+    );
+    pool.start().expect("start 1 succeeds");
+    let first = pool
+        .acquire(Duration::from_secs(30), "first")
+        .expect("lease");
+    let pid = first.worker_pid().expect("running");
+    common::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    let h = first.submit(SimpleTask::new("x", 0.0)).expect("accepted");
+    assert!(!outcome(h).is_completed());
+    // Released broken: retired, and its replacement (start 2) begins.
+    drop(first);
+    let waiter = {
+        let pool = pool.clone();
+        thread::spawn(move || pool.acquire(Duration::from_secs(30), "waiter"))
+    };
+    let lease = waiter
+        .join()
+        .expect("waiter thread")
+        .expect("the waiter gets a lease despite the failed replacement");
+    assert!(outcome(lease.submit(SimpleTask::new("y", 0.0)).expect("accepted")).is_completed());
+    drop(lease);
+    let stats = pool.stats();
+    assert!(stats.spawn_failures >= 1, "{stats:?}");
+    pool.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -710,6 +710,13 @@ impl<T: Task> Engine<T> {
             }
         }
         let clean = matches!(end.cause, Cause::Stopped(_));
+        if !clean && !matches!(end.cause, Cause::Unneeded) {
+            self.stats.workers_lost.fetch_add(1, Relaxed);
+            if let Some(notify) = &self.cfg.on_worker_lost {
+                // The pool's code, not the user's; still, never the engine's end.
+                let _ = catch_unwind(AssertUnwindSafe(|| (notify.0)()));
+            }
+        }
         if clean {
             if matches!(end.cause, Cause::Stopped(StopWhy::Recycle)) {
                 self.slots[slot].replace = Some(Replace::Recycle);

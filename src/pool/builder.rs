@@ -125,7 +125,16 @@ impl<T: Task> PoolBuilder<T> {
         })
     }
 
-    pub(super) fn spawn_executor(&self) -> Result<WorkingProcessFacade<T>, SpawnError> {
-        self.facade.clone().restart(RestartPolicy::Never).spawn()
+    /// Starts one executor; `lost` is called when its worker ends without
+    /// being asked to (the executor is then broken).
+    pub(super) fn spawn_executor(
+        &self,
+        lost: impl Fn() + Send + Sync + 'static,
+    ) -> Result<WorkingProcessFacade<T>, SpawnError> {
+        self.facade
+            .clone()
+            .restart(RestartPolicy::Never)
+            .on_worker_lost(lost)
+            .spawn()
     }
 }

@@ -1,5 +1,7 @@
 //! The manager thread, which owns every executor, lease and waiting caller,
-//! and the spawner thread, which starts executors for it.
+//! and the spawner thread, which starts executors for it and shuts down the
+//! ones it retires (a facade's drop may wait for its worker's grace period:
+//! never on the manager's thread).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +12,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::SpawnError;
 use crate::facade::WorkingProcessFacade;
-use crate::stats::FacadeStats;
 use crate::task::{CancelReason, CrashReason, Task};
 
 use super::{AcquireError, Lease, LeaseInfo, PoolBuilder, PoolStats, Revoked};
@@ -35,10 +36,31 @@ pub(super) enum Msg<T: Task> {
     },
     Spawned {
         result: Result<WorkingProcessFacade<T>, SpawnError>,
-        replacement: bool,
+        purpose: SpawnFor,
     },
+    /// An executor's worker ended without being asked to: pushed by its
+    /// facade's engine, so the pool replaces it at once.
+    WorkerLost,
     Stats(oneshot::Sender<PoolStats>),
     Stop,
+}
+
+/// Why an executor is being started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SpawnFor {
+    /// For a caller waiting in `acquire`: if it fails, that caller hears why.
+    Waiter,
+    /// To restore `min_executors`.
+    Minimum,
+    /// To replace a retired executor.
+    Replacement,
+}
+
+/// What the manager asks of the spawner thread.
+pub(super) enum Job<T: Task> {
+    Spawn(SpawnFor),
+    /// Shut this executor down (its drop may wait for its grace period).
+    Drop(Arc<WorkingProcessFacade<T>>),
 }
 
 struct Idle<T: Task> {
@@ -73,9 +95,8 @@ pub(super) struct Manager<T: Task> {
     rx: Receiver<Msg<T>>,
     /// Handed to every lease, for its release.
     tx: Sender<Msg<T>>,
-    /// Each message asks the spawner for one executor; `true` marks a
-    /// replacement.
-    spawn_tx: Option<Sender<bool>>,
+    /// Jobs for the spawner thread: start an executor, or shut one down.
+    spawn_tx: Option<Sender<Job<T>>>,
     spawner_stop: Arc<AtomicBool>,
     /// Idle executors; the most recently used at the back.
     available: VecDeque<Idle<T>>,
@@ -94,12 +115,11 @@ pub(super) struct Manager<T: Task> {
     stopping: bool,
 }
 
-/// An executor is broken when its worker crashed, timed out or is gone. Its
+/// An executor is broken once its worker ended without being asked to (its
+/// engine says so, and pushes a [`Msg::WorkerLost`] when it happens). Its
 /// facade runs with `RestartPolicy::Never`, so it will not get a new worker.
-/// (With `max_tasks_per_worker`, a recycled executor also looks gone between
-/// workers; replacing it with a fresh one is equivalent.)
-fn is_broken(stats: &FacadeStats) -> bool {
-    stats.crashed > 0 || stats.timed_out > 0 || stats.worker_pid.is_none()
+fn is_broken<T: Task>(facade: &WorkingProcessFacade<T>) -> bool {
+    facade.workers_lost() > 0
 }
 
 /// `now + d`, or a century from now when that overflows.
@@ -124,7 +144,7 @@ impl<T: Task> Manager<T> {
         executors: Vec<Arc<WorkingProcessFacade<T>>>,
         rx: Receiver<Msg<T>>,
         tx: Sender<Msg<T>>,
-        spawn_tx: Sender<bool>,
+        spawn_tx: Sender<Job<T>>,
         spawner_stop: Arc<AtomicBool>,
     ) -> Self {
         let now = Instant::now();
@@ -205,7 +225,7 @@ impl<T: Task> Manager<T> {
             }),
             Msg::Release { id } => {
                 if let Some(lease) = self.leased.remove(&id) {
-                    if is_broken(&lease.facade.stats()) {
+                    if is_broken(&lease.facade) {
                         self.retire(lease.facade);
                     } else {
                         self.available.push_back(Idle {
@@ -215,14 +235,11 @@ impl<T: Task> Manager<T> {
                     }
                 }
             }
-            Msg::Spawned {
-                result,
-                replacement,
-            } => {
+            Msg::Spawned { result, purpose } => {
                 self.spawning = self.spawning.saturating_sub(1);
                 match result {
                     Ok(facade) => {
-                        if replacement {
+                        if purpose == SpawnFor::Replacement {
                             self.replaced += 1;
                         }
                         self.retry_at = None;
@@ -236,9 +253,13 @@ impl<T: Task> Manager<T> {
                         self.spawn_failures += 1;
                         self.retry_at = Some(later(now, self.backoff));
                         self.backoff = (self.backoff * 2).min(MAX_RETRY);
-                        // The caller this spawn was for hears why.
-                        if let Some(waiter) = self.waiters.pop_front() {
-                            let _ = waiter.reply.send(Err(AcquireError::Spawn(Arc::new(err))));
+                        // The caller this spawn was for hears why; a failed
+                        // replacement or top-up was for nobody waiting, who
+                        // then keeps waiting (and gets a spawn of its own).
+                        if purpose == SpawnFor::Waiter {
+                            if let Some(waiter) = self.waiters.pop_front() {
+                                let _ = waiter.reply.send(Err(AcquireError::Spawn(Arc::new(err))));
+                            }
                         }
                     }
                 }
@@ -253,7 +274,8 @@ impl<T: Task> Manager<T> {
                 self.shrink(now);
                 let _ = reply.send(self.snapshot(now));
             }
-            Msg::Stop => {}
+            // The loop retires broken executors before it waits again.
+            Msg::WorkerLost | Msg::Stop => {}
         }
     }
 
@@ -295,11 +317,19 @@ impl<T: Task> Manager<T> {
     /// Takes an executor out of service for good and asks for a replacement.
     fn retire(&mut self, facade: Arc<WorkingProcessFacade<T>>) {
         self.retired += 1;
-        // Its worker is dead or being killed, so this drop (when it is the
-        // last reference) does not wait.
-        drop(facade);
+        self.dispose(facade);
         if !self.stopping && self.total() < self.max {
-            self.spawn(true);
+            self.spawn(SpawnFor::Replacement);
+        }
+    }
+
+    /// Hands an executor to the spawner thread to be shut down: its drop may
+    /// wait for its worker (a grace period, a kill), which must never hold
+    /// up the manager.
+    fn dispose(&mut self, facade: Arc<WorkingProcessFacade<T>>) {
+        if let Some(tx) = &self.spawn_tx {
+            // Without a spawner (stopping), the drop happens here, in `stop`.
+            let _ = tx.send(Job::Drop(facade));
         }
     }
 
@@ -308,7 +338,7 @@ impl<T: Task> Manager<T> {
         let mut kept = VecDeque::with_capacity(self.available.len());
         let mut broken = Vec::new();
         for idle in self.available.drain(..) {
-            if is_broken(&idle.facade.stats()) {
+            if is_broken(&idle.facade) {
                 broken.push(idle.facade);
             } else {
                 kept.push_back(idle);
@@ -331,7 +361,9 @@ impl<T: Task> Manager<T> {
             if !idle_long || front.facade.stats().in_flight > 0 {
                 break;
             }
-            self.available.pop_front();
+            if let Some(idle) = self.available.pop_front() {
+                self.dispose(idle.facade);
+            }
             self.shrunk += 1;
         }
     }
@@ -355,7 +387,7 @@ impl<T: Task> Manager<T> {
             let Some(idle) = self.available.pop_back() else {
                 break;
             };
-            if is_broken(&idle.facade.stats()) {
+            if is_broken(&idle.facade) {
                 self.retire(idle.facade);
                 continue;
             }
@@ -367,7 +399,7 @@ impl<T: Task> Manager<T> {
             return;
         }
         while self.spawning < self.waiters.len() && self.total() < self.max {
-            self.spawn(false);
+            self.spawn(SpawnFor::Waiter);
         }
         // The first `spawning` callers are served by the executors being
         // started; a caller behind them who would not wait is turned away.
@@ -416,9 +448,9 @@ impl<T: Task> Manager<T> {
         let _ = waiter.reply.send(Ok(lease));
     }
 
-    fn spawn(&mut self, replacement: bool) {
+    fn spawn(&mut self, purpose: SpawnFor) {
         if let Some(tx) = &self.spawn_tx {
-            if tx.send(replacement).is_ok() {
+            if tx.send(Job::Spawn(purpose)).is_ok() {
                 self.spawning += 1;
             }
         }
@@ -431,7 +463,7 @@ impl<T: Task> Manager<T> {
         }
         while self.total() < self.min {
             let before = self.spawning;
-            self.spawn(false);
+            self.spawn(SpawnFor::Minimum);
             if self.spawning == before {
                 break;
             }
@@ -486,15 +518,21 @@ impl<T: Task> Manager<T> {
         for waiter in self.waiters.drain(..) {
             let _ = waiter.reply.send(Err(AcquireError::Stopped));
         }
-        for (_, lease) in self.leased.drain() {
+        let leased: Vec<Leased<T>> = self.leased.drain().map(|(_, l)| l).collect();
+        for lease in leased {
             let _ = lease.revoked.set(Revoked::Stopped);
             lease.facade.terminate(format!(
                 "the executor manager was stopped, which revoked the lease of {}",
                 lease.owner
             ));
+            self.dispose(lease.facade);
         }
-        // Idle executors finish what they run (within their grace period).
-        self.available.clear();
+        // Idle executors finish what they run (within their grace period),
+        // on the spawner's thread, which `stop` joins.
+        let idle: Vec<Idle<T>> = self.available.drain(..).collect();
+        for idle in idle {
+            self.dispose(idle.facade);
+        }
         // The spawner finishes the start it is in (`stop` joins it) and
         // takes no more requests.
         self.spawner_stop.store(true, Ordering::Release);
@@ -512,7 +550,7 @@ impl<T: Task> Manager<T> {
                 Msg::Stats(reply) => {
                     let _ = reply.send(self.snapshot(now));
                 }
-                Msg::Release { .. } | Msg::Stop => {}
+                Msg::Release { .. } | Msg::WorkerLost | Msg::Stop => {}
             }
         }
         self.spawning = 0;
@@ -521,28 +559,37 @@ impl<T: Task> Manager<T> {
 }
 
 /// The spawner thread: starts one executor per request and hands it to the
-/// manager.
+/// manager, and shuts down the executors the manager is done with.
 pub(super) fn spawner<T: Task>(
     cfg: PoolBuilder<T>,
-    requests: Receiver<bool>,
+    jobs: Receiver<Job<T>>,
     manager: Sender<Msg<T>>,
     stopping: Arc<AtomicBool>,
 ) {
-    for replacement in requests {
-        if stopping.load(Ordering::Acquire) {
-            return;
-        }
-        let result = cfg.spawn_executor();
-        if manager
-            .send(Msg::Spawned {
-                result,
-                replacement,
-            })
-            .is_err()
-        {
-            return;
+    for job in jobs {
+        match job {
+            Job::Drop(facade) => drop(facade),
+            // Once stopping, no more starts; the drops still happen.
+            Job::Spawn(_) if stopping.load(Ordering::Acquire) => {}
+            Job::Spawn(purpose) => {
+                let result = spawn_executor(&cfg, &manager);
+                if manager.send(Msg::Spawned { result, purpose }).is_err() {
+                    stopping.store(true, Ordering::Release);
+                }
+            }
         }
     }
+}
+
+/// Starts one executor whose engine tells `manager` when its worker is lost.
+pub(super) fn spawn_executor<T: Task>(
+    cfg: &PoolBuilder<T>,
+    manager: &Sender<Msg<T>>,
+) -> Result<WorkingProcessFacade<T>, SpawnError> {
+    let manager = manager.clone();
+    cfg.spawn_executor(move || {
+        let _ = manager.send(Msg::WorkerLost);
+    })
 }
 
 #[cfg(test)]

@@ -147,15 +147,15 @@ impl<T: Task> LeasedExecutorManager<T> {
             Phase::Stopped(_) => return Err(PoolStartError::Stopped),
             Phase::Idle => {}
         }
+        let (tx, rx) = unbounded();
         // Dropping this vector on an early return shuts the executors down.
         let mut executors = Vec::with_capacity(self.cfg.min);
         for _ in 0..self.cfg.min {
             executors.push(Arc::new(
-                self.cfg.spawn_executor().map_err(PoolStartError::Spawn)?,
+                manager::spawn_executor(&self.cfg, &tx).map_err(PoolStartError::Spawn)?,
             ));
         }
-        let (tx, rx) = unbounded();
-        let (spawn_tx, spawn_rx) = unbounded::<bool>();
+        let (spawn_tx, spawn_rx) = unbounded::<manager::Job<T>>();
         let stopping = Arc::new(AtomicBool::new(false));
         let spawner = {
             let cfg = self.cfg.clone();
