@@ -96,7 +96,8 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let sections: [(&str, Section); 12] = [
+    let sections: [(&str, Section); 13] = [
+        ("engine", engine),
         ("streaming", streaming),
         ("round_trip", round_trip),
         ("call_cost", call_cost),
@@ -170,6 +171,73 @@ fn nanos(x: f64) -> String {
 
 fn gib_s(x: f64) -> String {
     format!("{:.2} GiB/s", x / (1u64 << 30) as f64)
+}
+
+/// The engine (issue 8): threads per facade, a ledger that forgets, and
+/// several workers on CPU-bound work.
+fn engine(r: &mut Report) {
+    r.progress("engine: threads of a facade with 1 and 8 workers");
+    for workers in [1, 8] {
+        let threads = library::threads_of_facade(workers);
+        r.push(Row {
+            library: format!("{threads} thread(s)"),
+            baseline: "—".into(),
+            ratio: None,
+            target: "1".into(),
+            met: Some(threads == 1),
+            ..Row::new(format!(
+                "E1. library threads of a facade with workers({workers})"
+            ))
+        });
+    }
+    let n = scale(10_000_000);
+    r.progress(&format!(
+        "engine: {n} submit + wait on one facade, never collected"
+    ));
+    let (growth, secs) = library::ledger_probe_run(n);
+    let mib = growth as f64 / (1u64 << 20) as f64;
+    r.push(Row {
+        library: format!("{mib:.1} MiB RSS growth ({:.0} k/s)", n as f64 / secs / 1e3),
+        baseline: "0 (nothing pending)".into(),
+        ratio: None,
+        target: "≤ 8 MiB".into(),
+        met: Some(mib <= 8.0),
+        ..Row::new(format!(
+            "E2. {} submit + wait without collect",
+            human_count(n)
+        ))
+    });
+    let tasks = scale(400);
+    let micros = 2_000;
+    r.progress(&format!(
+        "engine: {tasks} CPU-bound tasks of {micros} µs on workers(1) and workers(2)"
+    ));
+    let one = stats::median_of(3, || {
+        [library::spin_throughput(1, tasks, micros).as_secs_f64()]
+    })[0];
+    let two = stats::median_of(3, || {
+        [library::spin_throughput(2, tasks, micros).as_secs_f64()]
+    })[0];
+    let speedup = one / two;
+    r.push(Row {
+        library: format!("{:.0} tasks/s with workers(2)", tasks as f64 / two),
+        baseline: format!("{:.0} tasks/s with workers(1)", tasks as f64 / one),
+        ratio: Some(speedup),
+        target: "≥ 1.7×".into(),
+        met: Some(speedup >= 1.7),
+        ..Row::new(format!(
+            "E3. CPU-bound {} ms tasks, workers(2) vs workers(1)",
+            micros / 1000
+        ))
+    });
+}
+
+fn human_count(n: usize) -> String {
+    if n >= 1_000_000 && n % 1_000_000 == 0 {
+        format!("{} M", n / 1_000_000)
+    } else {
+        n.to_string()
+    }
 }
 
 /// Target 1: streaming tiny tasks.

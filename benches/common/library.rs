@@ -301,6 +301,9 @@ pub(crate) fn probe_main(which: &str) {
     if which == "rt" {
         return round_trip_probe();
     }
+    if which == "ledger" {
+        return ledger_probe();
+    }
     assert_eq!(which, "memory", "unknown probe");
     let w: WorkingProcessFacade<Tiny> = WorkingProcessFacade::<Tiny>::builder(command("tiny"))
         .restart(RestartPolicy::Never)
@@ -387,4 +390,107 @@ pub(crate) fn pinned_round_trip(samples: usize) -> Option<[f64; 4]> {
         .filter_map(|x| x.parse().ok())
         .collect();
     (v.len() == 4).then(|| [v[0], v[1], v[2], v[3]])
+}
+
+/// Runs the ledger probe in a fresh process: `n` submit + wait on one
+/// facade, never collected, and the RSS growth over them. Returns (RSS
+/// growth in bytes, seconds taken).
+pub(crate) fn ledger_probe_run(n: usize) -> (u64, f64) {
+    let out = Command::new(std::env::current_exe().expect("current exe"))
+        .env(PROBE_ENV, "ledger")
+        .env("WF_BENCH_LEDGER_TASKS", n.to_string())
+        .env_remove(RAW_ENV)
+        .env_remove(WORKER_ENV)
+        .output()
+        .expect("run ledger probe");
+    assert!(
+        out.status.success(),
+        "ledger probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("probe "))
+        .expect("a probe line")
+        .split_whitespace()
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    (v[1].max(v[0]) as u64 - v[0] as u64, v[2])
+}
+
+/// The ledger probe's side: submits in waves of 1,024 handles and waits for
+/// each, so nothing is pending between waves; prints `probe before after
+/// seconds`. The first 100k tasks warm the allocator before the first
+/// reading.
+fn ledger_probe() {
+    let n: usize = std::env::var("WF_BENCH_LEDGER_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let w = spawn_tiny();
+    let wave = |from: usize, to: usize| {
+        let mut i = from;
+        while i < to {
+            let end = (i + 1024).min(to);
+            let handles: Vec<_> = (i..end)
+                .map(|k| w.submit(Tiny::new(k as u64)).expect("accepted"))
+                .collect();
+            for (k, h) in (i..end).zip(handles) {
+                match h.wait().expect("outcome") {
+                    Outcome::Completed(v) => assert_eq!(v, tasks::solve_tiny(&Tiny::new(k as u64))),
+                    other => panic!("task {k}: {other:?}"),
+                }
+            }
+            i = end;
+        }
+    };
+    let warm = 100_000.min(n);
+    wave(0, warm);
+    let before = settled_rss(Duration::from_millis(300));
+    let t0 = Instant::now();
+    wave(warm, n);
+    let took = t0.elapsed().as_secs_f64();
+    let after = settled_rss(Duration::from_secs(2));
+    println!("probe {before} {after} {took}");
+    let records = w.collect_tasks().expect("collect");
+    assert!(records.is_empty(), "every outcome went to its handle");
+}
+
+/// `tasks` CPU-bound tasks of `micros` µs each on a facade with `workers`
+/// workers; the time from the first submission to the collected records.
+pub(crate) fn spin_throughput(workers: usize, tasks: usize, micros: u64) -> Duration {
+    let w = WorkingProcessFacade::<tasks::Spin>::builder(command("spin"))
+        .workers(workers)
+        .spawn()
+        .expect("spawn workers");
+    let t0 = Instant::now();
+    for _ in 0..tasks {
+        w.process_task(tasks::Spin { micros }).expect("accepted");
+    }
+    let records = w.collect_tasks().expect("collect");
+    let took = t0.elapsed();
+    assert!(records.iter().all(|r| r.outcome.is_completed()));
+    took
+}
+
+/// Library threads of a facade with `workers` workers, read from
+/// `/proc/self/task` while it works.
+pub(crate) fn threads_of_facade(workers: usize) -> usize {
+    let count = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let base = count();
+    let w = WorkingProcessFacade::<Tiny>::builder(command("tiny"))
+        .workers(workers)
+        .spawn()
+        .expect("spawn workers");
+    for i in 0..1000 {
+        w.process_task(Tiny::new(i)).expect("accepted");
+    }
+    let during = count();
+    w.collect_tasks().expect("collect");
+    during - base
 }

@@ -15,7 +15,7 @@ pub(crate) mod tasks;
 
 use worker_facade::worker;
 
-use tasks::{Blob, BlobSeq, Tiny};
+use tasks::{Blob, BlobSeq, Spin, Tiny};
 
 /// Which handler a re-executed worker serves (set with `WorkerCommand::env`).
 pub(crate) const KIND_ENV: &str = "WF_BENCH_KIND";
@@ -38,6 +38,7 @@ pub(crate) fn dispatch_child() {
             Ok("blobseq") => {
                 worker::run_if_worker(|b: BlobSeq| Ok::<_, String>(b.data.len() as u64))
             }
+            Ok("spin") => worker::run_if_worker(|t: Spin| Ok::<_, String>(tasks::solve_spin(&t))),
             _ => worker::run_if_worker(|t: Tiny| Ok::<_, String>(tasks::solve_tiny(&t))),
         }
     }

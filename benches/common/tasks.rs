@@ -108,3 +108,25 @@ mod as_bytes {
         d.deserialize_byte_buf(Bytes)
     }
 }
+
+/// A CPU-bound task: its worker spins for `micros` microseconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Spin {
+    pub(crate) micros: u64,
+}
+
+impl Task for Spin {
+    type Output = u64;
+}
+
+/// Busy work for `t.micros` µs (no sleeping: it uses a CPU throughout).
+pub(crate) fn solve_spin(t: &Spin) -> u64 {
+    let until = std::time::Instant::now() + Duration::from_micros(t.micros);
+    let mut x = 0u64;
+    while std::time::Instant::now() < until {
+        for _ in 0..64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    x
+}
