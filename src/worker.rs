@@ -374,11 +374,16 @@ fn apply_limits(options: &WorkerOptions) {
 }
 
 fn push_output<T: Task>(out: &mut Vec<u8>, id: u64, output: &T::Output, max: u32) {
+    let start = out.len();
     let pushed = catch_unwind(AssertUnwindSafe(|| {
         wire::push_frame(out, KIND_OK, Some(id), max, |o| {
             codec::encode_into(output, o)
         })
     }));
+    if pushed.is_err() {
+        // The panic left a frame half written: take it out whole.
+        out.truncate(start);
+    }
     match pushed {
         Ok(Ok(())) => {}
         Ok(Err(PushError::Fill(e))) => push_message(
