@@ -230,6 +230,25 @@ fn engine(r: &mut Report) {
             micros / 1000
         ))
     });
+    pool_restore(r);
+}
+
+fn pool_restore(r: &mut Report) {
+    r.progress(
+        "engine: pool of 2, kill -9 of an idle executor's worker, until its replacement runs",
+    );
+    let took = stats::median_of(5, || {
+        [library::pool_replaces_killed_executor().as_secs_f64()]
+    })[0];
+    let spawn = stats::median_of(5, || [library::spawn_ready().as_secs_f64()])[0];
+    r.push(Row {
+        library: format!("{:.2} ms", took * 1e3),
+        baseline: format!("{:.2} ms (one spawn until ready)", spawn * 1e3),
+        ratio: Some(took / spawn),
+        target: "≤ 100 ms".into(),
+        met: Some(took <= 0.1),
+        ..Row::new("E4. Pool: kill -9 of an idle executor → replacement running, nobody calling")
+    });
 }
 
 fn human_count(n: usize) -> String {

@@ -494,3 +494,53 @@ pub(crate) fn threads_of_facade(workers: usize) -> usize {
     w.collect_tasks().expect("collect");
     during - base
 }
+
+/// A pool of two whose idle executor's worker is `kill -9`ed: the time
+/// until a new worker process runs in its place, with nobody calling the
+/// pool meanwhile (the executor's engine tells the manager). Watches this
+/// process's children.
+pub(crate) fn pool_replaces_killed_executor() -> Duration {
+    use worker_facade::LeasedExecutorManager;
+    let children = || -> std::collections::BTreeSet<u32> {
+        let me = std::process::id();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let rest = s.rsplit_once(')')?.1.trim_start().to_string();
+                        let mut f = rest.split_whitespace();
+                        let state = f.next()?.to_string();
+                        let ppid: u32 = f.next()?.parse().ok()?;
+                        Some(ppid == me && state != "Z")
+                    })
+                    .unwrap_or(false)
+            })
+            .collect()
+    };
+    let pool = LeasedExecutorManager::<Tiny>::builder(command("tiny"))
+        .min_executors(2)
+        .max_executors(2)
+        .build()
+        .expect("pool");
+    pool.start().expect("start");
+    let before = children();
+    let victim = *before.iter().next().expect("a worker");
+    let t0 = Instant::now();
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("kill");
+    loop {
+        let now = children();
+        if now.len() == before.len() && !now.contains(&victim) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "not replaced");
+        std::hint::spin_loop();
+    }
+    let took = t0.elapsed();
+    pool.stop();
+    took
+}
