@@ -306,7 +306,30 @@ impl<T: Task> WorkingProcessFacade<T> {
     ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
         let (notify, rx) = oneshot::channel();
         let id = self.send(task, Some(Notify::Handle(notify)), timeout)?;
-        Ok(TaskHandle::new(id, rx))
+        let tx = self.tx.clone();
+        let cancel = Arc::new(move |id| {
+            let _ = tx.send(Command::Cancel { id });
+        });
+        Ok(TaskHandle::new(id, rx, cancel))
+    }
+
+    /// Cancels task `id` (see [`TaskHandle::cancel`] for what happens).
+    /// Never blocks; an ID that is unknown or already finished changes
+    /// nothing. Useful for tasks sent with
+    /// [`process_task`](Self::process_task), which have no handle.
+    ///
+    /// ```no_run
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?;
+    /// let id = w.process_task(SimpleTask::new("slow", 60.0))?;
+    /// w.cancel(id);
+    /// let records = w.collect_tasks()?;
+    /// println!("{}", records[0].outcome);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self, id: TaskId) {
+        let _ = self.tx.send(Command::Cancel { id: id.0 });
     }
 
     /// Like [`submit_with_timeout`](Self::submit_with_timeout), for a pool

@@ -2,6 +2,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -29,21 +30,56 @@ use crate::task::{Outcome, TaskId};
 /// println!("{:?}", handle.wait());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 #[must_use = "dropping a handle sends the outcome to collect_tasks instead"]
 pub struct TaskHandle<O> {
     id: TaskId,
     rx: oneshot::Receiver<Outcome<O>>,
+    cancel: Canceller,
+}
+
+/// Asks the facade's engine to cancel a task by its raw ID.
+pub(crate) type Canceller = Arc<dyn Fn(u64) + Send + Sync>;
+
+impl<O> std::fmt::Debug for TaskHandle<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<O> TaskHandle<O> {
-    pub(crate) fn new(id: TaskId, rx: oneshot::Receiver<Outcome<O>>) -> Self {
-        TaskHandle { id, rx }
+    pub(crate) fn new(id: TaskId, rx: oneshot::Receiver<Outcome<O>>, cancel: Canceller) -> Self {
+        TaskHandle { id, rx, cancel }
     }
 
     /// The task's ID.
     pub fn id(&self) -> TaskId {
         self.id
+    }
+
+    /// Cancels the task. Never blocks; the outcome says what happened:
+    ///
+    /// - not started yet (queued in the parent, or already sent ahead to a
+    ///   worker): it never starts, and its outcome is
+    ///   [`NotRun`](Outcome::NotRun)`(`[`Cancelled`](crate::NotRunReason::Cancelled)`(`[`Requested`](crate::CancelReason::Requested)`))`;
+    /// - running: its worker is stopped (SIGTERM, then SIGKILL after
+    ///   [`kill_grace`](crate::FacadeBuilder::kill_grace)), the outcome is
+    ///   the same, and the tasks behind it run on a fresh worker; the
+    ///   restart budget is not charged;
+    /// - already finished: nothing changes.
+    ///
+    /// ```no_run
+    /// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?;
+    /// let slow = w.submit(SimpleTask::new("slow", 60.0)).map_err(|e| e.to_string())?;
+    /// slow.cancel();
+    /// assert!(matches!(slow.wait()?, Outcome::NotRun(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self) {
+        (self.cancel)(self.id.0);
     }
 
     /// Blocks until the outcome arrives.

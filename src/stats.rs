@@ -27,8 +27,9 @@ pub struct FacadeStats {
     pub timed_out: u64,
     /// Accepted tasks without an outcome yet.
     pub in_flight: u64,
-    /// Workers started to replace one that crashed, hung or broke the
-    /// protocol (recycling after `max_tasks_per_worker` is counted apart).
+    /// Workers started to replace one that crashed, hung, broke the
+    /// protocol, or was stopped to cancel its running task (recycling after
+    /// `max_tasks_per_worker` is counted apart).
     pub restarts: u64,
     /// Workers started to replace one that reached `max_tasks_per_worker`.
     pub recycles: u64,

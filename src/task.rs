@@ -349,6 +349,11 @@ impl fmt::Display for NotRunReason {
 pub enum CancelReason {
     /// The facade was dropped before the task started.
     FacadeDropped,
+    /// The caller cancelled it ([`TaskHandle::cancel`](crate::TaskHandle::cancel)
+    /// or [`WorkingProcessFacade::cancel`](crate::WorkingProcessFacade::cancel)):
+    /// before it started, or while it ran (its worker was then stopped and
+    /// replaced).
+    Requested,
     /// [`terminate`](crate::WorkingProcessFacade::terminate) was called,
     /// with this reason.
     Terminated(String),
@@ -360,6 +365,7 @@ impl fmt::Display for CancelReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CancelReason::FacadeDropped => f.write_str("the facade was dropped"),
+            CancelReason::Requested => f.write_str("the caller cancelled it"),
             CancelReason::Terminated(why) | CancelReason::LeaseExpired(why) => f.write_str(why),
         }
     }

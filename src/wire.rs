@@ -12,11 +12,13 @@
 //! TASK    = 0x01 id:u64le payload      parent -> worker
 //! STOP    = 0x02                       parent -> worker (the terminator)
 //! CANCEL  = 0x03                       parent -> worker: start nothing more, exit
+//! CANCEL_TASK = 0x04 id:u64le          parent -> worker: do not start this task
 //! HELLO   = 0x10 magic:u32le protocol:u32le pid:u32le token[16] crate_version
 //! STARTED = 0x11 id:u64le              worker -> parent, before decoding a task
 //! OK      = 0x12 id:u64le payload      worker -> parent
 //! ERR     = 0x13 id:u64le utf8-message worker -> parent: the handler failed
 //! UNDECODABLE = 0x14 id:u64le utf8-message  worker -> parent: the task did not decode
+//! SKIPPED = 0x16 id:u64le              worker -> parent: cancelled, not started
 //! NOT_SERVING = 0x15                   worker -> parent, instead of HELLO: the
 //!                                      program made a facade instead of serving
 //! ```
@@ -48,12 +50,14 @@ pub(crate) const TOKEN_LEN: usize = 16;
 pub(crate) const KIND_TASK: u8 = 0x01;
 pub(crate) const KIND_STOP: u8 = 0x02;
 pub(crate) const KIND_CANCEL: u8 = 0x03;
+pub(crate) const KIND_CANCEL_TASK: u8 = 0x04;
 pub(crate) const KIND_HELLO: u8 = 0x10;
 pub(crate) const KIND_STARTED: u8 = 0x11;
 pub(crate) const KIND_OK: u8 = 0x12;
 pub(crate) const KIND_ERR: u8 = 0x13;
 pub(crate) const KIND_UNDECODABLE: u8 = 0x14;
 pub(crate) const KIND_NOT_SERVING: u8 = 0x15;
+pub(crate) const KIND_SKIPPED: u8 = 0x16;
 pub(crate) const KIND_BOOT: u8 = 0x20;
 
 /// A frame could not be read. Reported inside the reason of the outcome of
@@ -205,11 +209,9 @@ pub(crate) struct FrameReader<R> {
     last_frame: usize,
     /// Stream offset of the next byte `next_frame` will return.
     consumed: u64,
-    /// Stream offset up to which whole frames were looked at by
-    /// [`Self::buffered_frame_of_kind`].
+    /// Stream offset up to which whole frames were shown by
+    /// [`Self::scan_buffered`].
     scanned: u64,
-    /// The kind that scan found, remembered once the frame is consumed.
-    kind_seen: Option<u8>,
 }
 
 /// What [`FrameReader::try_next_frame`] found.
@@ -244,7 +246,6 @@ impl<R: Read> FrameReader<R> {
             last_frame: 0,
             consumed: 0,
             scanned: 0,
-            kind_seen: None,
         }
     }
 
@@ -368,28 +369,22 @@ impl<R: Read> FrameReader<R> {
         Ok(got)
     }
 
-    /// Whether a whole frame of `kind` is buffered behind the next one.
+    /// Shows `visit` each whole frame that is buffered and was not shown
+    /// before (the next one included): its kind and the rest of its body.
     /// Each buffered byte is looked at once over the reader's life, however
-    /// often this is asked.
-    pub(crate) fn buffered_frame_of_kind(&mut self, kind: u8) -> bool {
+    /// often this is called; the frames stay buffered for `next_frame`.
+    pub(crate) fn scan_buffered(&mut self, mut visit: impl FnMut(u8, &[u8])) {
         let base = self.consumed - self.start as u64; // stream offset of buf[0]
         let mut at = (self.scanned.max(self.consumed) - base) as usize;
-        let mut found = false;
         while let Some(len) = self.buf.get(at..self.end).and_then(header_len) {
             let len = len as usize;
             if len == 0 || len > self.max as usize || at + 4 + len > self.end {
                 break;
             }
-            if self.buf[at + 4] == kind {
-                found = true;
-            }
+            visit(self.buf[at + 4], &self.buf[at + 5..at + 4 + len]);
             at += 4 + len;
         }
         self.scanned = base + at as u64;
-        if found {
-            self.kind_seen = Some(kind);
-        }
-        self.kind_seen == Some(kind)
     }
 
     /// Releases memory held for a large frame once no bytes are buffered

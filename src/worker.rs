@@ -16,6 +16,7 @@
 //! parent process before anything is read from it.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -32,8 +33,9 @@ use crate::command::{WORKER_ENV, WORKER_FD_ENV};
 use crate::error::SpawnError;
 use crate::task::Task;
 use crate::wire::{
-    self, FrameReader, Hello, KIND_CANCEL, KIND_ERR, KIND_NOT_SERVING, KIND_OK, KIND_STARTED,
-    KIND_STOP, KIND_TASK, KIND_UNDECODABLE, PROTOCOL_VERSION, PushError, WireError, WorkerOptions,
+    self, FrameReader, Hello, KIND_CANCEL, KIND_CANCEL_TASK, KIND_ERR, KIND_NOT_SERVING, KIND_OK,
+    KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE, PROTOCOL_VERSION,
+    PushError, WireError, WorkerOptions,
 };
 
 /// Set once this process serves tasks: from then on it may make facades of
@@ -146,6 +148,9 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut writer = &stream;
     let mut looked = Instant::now();
+    // What the parent cancelled, seen ahead of the tasks it concerns.
+    let mut cancel_all = false;
+    let mut cancelled: HashSet<u64> = HashSet::new();
     loop {
         // Never block on a read with results unsent.
         if !out.is_empty() && !reader.has_buffered_frame() {
@@ -163,7 +168,16 @@ where
                 Err(e) => Err(e.into()),
             });
         }
-        if reader.buffered_frame_of_kind(KIND_CANCEL) {
+        reader.scan_buffered(|kind, rest| match kind {
+            KIND_CANCEL => cancel_all = true,
+            KIND_CANCEL_TASK => {
+                if let Some(id) = rest.get(..8).and_then(|b| b.try_into().ok()) {
+                    cancelled.insert(u64::from_le_bytes(id));
+                }
+            }
+            _ => {}
+        });
+        if cancel_all {
             writer.write_all(&out).map_err(WireError::Io)?;
             return Ok(());
         }
@@ -174,6 +188,10 @@ where
         match frame.kind {
             KIND_TASK => {
                 let (id, payload) = frame.id_and_payload()?;
+                if cancelled.remove(&id) {
+                    wire::push_bare(&mut out, KIND_SKIPPED, Some(id));
+                    continue;
+                }
                 // The previous result and this STARTED leave in one write,
                 // before the task is even decoded: a crash from here on is
                 // this task's.
@@ -202,6 +220,12 @@ where
                         &format!("the handler panicked: {}", panic_message(&*panic)),
                         max,
                     ),
+                }
+            }
+            // Seen by the scan above already; the task may have run.
+            KIND_CANCEL_TASK => {
+                if let Ok((id, _)) = frame.id_and_payload() {
+                    cancelled.remove(&id);
                 }
             }
             KIND_STOP | KIND_CANCEL => {

@@ -25,6 +25,8 @@ pub(crate) struct Entry<T: Task> {
     pub(crate) timeout: Option<Duration>,
     /// Runs of it that crashed a worker (for `retries`).
     pub(crate) attempts: u32,
+    /// The caller cancelled it while a worker held it.
+    pub(crate) cancelled: bool,
 }
 
 /// Who waits for a task's outcome.
@@ -181,6 +183,7 @@ mod tests {
             notify,
             timeout: None,
             attempts: 0,
+            cancelled: false,
         };
         (e, rx)
     }
@@ -287,6 +290,7 @@ mod tests {
                 notify: Some(Notify::Reclaim(tx)),
                 timeout: None,
                 attempts: 0,
+                cancelled: false,
             };
             assert!(ledger.accept(id, e));
             waiters.push(rx);

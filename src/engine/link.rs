@@ -27,8 +27,8 @@ use crate::console::Console;
 use crate::process::{Reaped, Spawned, WorkerChild};
 use crate::task::CrashReason;
 use crate::wire::{
-    self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK, KIND_STARTED,
-    KIND_STOP, KIND_UNDECODABLE, Next, PROTOCOL_VERSION, TOKEN_LEN,
+    self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK, KIND_SKIPPED,
+    KIND_STARTED, KIND_STOP, KIND_UNDECODABLE, Next, PROTOCOL_VERSION, TOKEN_LEN,
 };
 
 /// Frames handled per readiness event, so one flooding worker cannot starve
@@ -74,6 +74,9 @@ pub(super) enum Cause {
     Unneeded,
     /// The handshake failed; the parent killed it.
     Handshake(HandshakeFailure),
+    /// The parent stopped it to cancel the task it was running: replaced,
+    /// not charged, not a lost worker.
+    Cancelled,
 }
 
 #[derive(Debug)]
@@ -115,6 +118,8 @@ pub(super) enum Said<'a> {
     Ok(u64, &'a [u8]),
     Err(u64, &'a [u8]),
     Undecodable(u64, &'a [u8]),
+    /// It skipped a task the parent cancelled before it started.
+    Skipped(u64),
 }
 
 pub(super) struct Link {
@@ -383,6 +388,13 @@ impl Link {
         self.child.signal(Signal::SIGKILL);
     }
 
+    /// Asks the worker not to start task `id`, which it holds.
+    pub(super) fn cancel_task(&mut self, id: u64) {
+        let mut frame = Vec::with_capacity(13);
+        wire::push_bare(&mut frame, wire::KIND_CANCEL_TASK, Some(id));
+        self.queue(&frame);
+    }
+
     /// The parent ends the worker gently: SIGTERM now, SIGKILL at
     /// `kill_at` (`None`: never, the worker's own time).
     pub(super) fn end_gently(&mut self, cause: Cause, kill_at: Option<Instant>) {
@@ -640,6 +652,12 @@ fn parse<'a>(frame: &wire::Frame<'a>, token: &[u8; TOKEN_LEN]) -> Result<Said<'a
         KIND_OK => with_id(frame).map(|(id, p)| Said::Ok(id, p)),
         KIND_ERR => with_id(frame).map(|(id, p)| Said::Err(id, p)),
         KIND_UNDECODABLE => with_id(frame).map(|(id, p)| Said::Undecodable(id, p)),
+        KIND_SKIPPED => match with_id(frame)? {
+            (id, []) => Ok(Said::Skipped(id)),
+            (id, _) => Err(Parsed::Violation(format!(
+                "SKIPPED for task #{id} with a payload"
+            ))),
+        },
         other => Err(Parsed::Violation(format!(
             "unexpected message kind {other:#04x}"
         ))),

@@ -79,6 +79,11 @@ pub(crate) enum Command<T: Task> {
         crash: CrashReason,
         cancel: CancelReason,
     },
+    /// Cancel one task: not started, it never will; running, its worker is
+    /// stopped and replaced.
+    Cancel {
+        id: u64,
+    },
 }
 
 /// A task, encoded already on its submitter's thread.
@@ -308,6 +313,7 @@ impl<T: Task> Engine<T> {
                     notify: sub.notify,
                     timeout: sub.timeout,
                     attempts: 0,
+                    cancelled: false,
                 };
                 if !self.ledger.accept(id, entry) {
                     return;
@@ -334,6 +340,7 @@ impl<T: Task> Engine<T> {
                 }
             }
             Command::Shutdown => self.on_drop(now),
+            Command::Cancel { id } => self.cancel(id, now),
             Command::Terminate { crash, cancel } => {
                 self.set_dead(NotRunReason::Cancelled(cancel));
                 for slot in &mut self.slots {
@@ -341,6 +348,45 @@ impl<T: Task> Engine<T> {
                         link.end(Cause::Parent(crash.clone()));
                     }
                 }
+            }
+        }
+    }
+
+    /// Cancels task `id`: taken out of the queue; or, held by a worker, the
+    /// worker is asked to skip it; or, running, its worker is stopped
+    /// (SIGTERM, then SIGKILL after `kill_grace`) and replaced, uncharged.
+    fn cancel(&mut self, id: u64, now: Instant) {
+        if self.ledger.get(id).is_none() {
+            return; // settled already, or never accepted
+        }
+        if let Some(at) = self.queue.iter().position(|&q| q == id) {
+            self.queue.remove(at);
+            self.finish(
+                id,
+                Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
+            );
+            return;
+        }
+        let Some(link) = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.link.as_mut())
+            .find(|l| l.inflight.contains(&id))
+        else {
+            return;
+        };
+        if link.running.is_some_and(|(running, _)| running == id) {
+            let kill_at = now.checked_add(self.cfg.term_grace);
+            link.end_gently(Cause::Cancelled, kill_at);
+            self.finish(
+                id,
+                Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
+            );
+        } else {
+            link.cancel_task(id);
+            if let Some(entry) = self.ledger.get_mut(id) {
+                // If the worker starts it before it reads the request.
+                entry.cancelled = true;
             }
         }
     }
@@ -571,7 +617,11 @@ impl<T: Task> Engine<T> {
                 {
                     let mut settled = Vec::new();
                     let mut ran = Vec::new();
+                    let mut started = Vec::new();
                     link.read(now, |tasks, said| {
+                        if let Said::Started(id) = said {
+                            started.push(id);
+                        }
                         on_said::<T>(tasks, said, &mut settled, &mut ran)
                     });
                     for d in ran {
@@ -585,6 +635,21 @@ impl<T: Task> Engine<T> {
                         let counted = stats.counter(&outcome);
                         if ledger.settle(id, outcome).is_some() {
                             counted.fetch_add(1, Relaxed);
+                        }
+                    }
+                    // A task cancelled while its request was on the way,
+                    // started anyway (and not finished by now): stop it.
+                    for id in started {
+                        if ledger.get(id).is_some_and(|e| e.cancelled)
+                            && link.running.is_some_and(|(r, _)| r == id)
+                        {
+                            link.end_gently(Cause::Cancelled, now.checked_add(cfg.term_grace));
+                            let outcome =
+                                Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested));
+                            let counted = stats.counter(&outcome);
+                            if ledger.settle(id, outcome).is_some() {
+                                counted.fetch_add(1, Relaxed);
+                            }
                         }
                     }
                 }
@@ -708,6 +773,11 @@ impl<T: Task> Engine<T> {
                 }
                 None => self.queue.push_front(id),
             }
+        }
+        if matches!(end.cause, Cause::Cancelled) {
+            // Stopped to cancel its task: replaced, whatever the policy.
+            self.slots[slot].replace = Some(Replace::Restart);
+            return;
         }
         let clean = matches!(end.cause, Cause::Stopped(_));
         if !clean && !matches!(end.cause, Cause::Unneeded) {
@@ -1039,6 +1109,14 @@ fn on_said<T: Task>(
             settled.push((
                 id,
                 Outcome::Failed(String::from_utf8_lossy(message).into_owned()),
+            ));
+            Ok(())
+        }
+        Said::Skipped(id) => {
+            answer(tasks, id)?;
+            settled.push((
+                id,
+                Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
             ));
             Ok(())
         }
