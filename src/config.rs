@@ -15,16 +15,26 @@ use crate::command::WorkerCommand;
 ///
 /// let policy = RestartPolicy::Limited { max_restarts: 3, window: Duration::from_secs(10) };
 /// assert_ne!(policy, RestartPolicy::Never);
-/// assert_eq!(RestartPolicy::default(), RestartPolicy::Limited {
-///     max_restarts: 5,
-///     window: Duration::from_secs(60),
-/// });
+/// assert_eq!(RestartPolicy::default(), RestartPolicy::WhileProgressing { max_consecutive: 5 });
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RestartPolicy {
     /// No replacement: tasks that had not started are reported
     /// [`NotRun`](crate::Outcome::NotRun), and so is every later task.
     Never,
+    /// Start a fresh worker for the tasks that had not started as long as
+    /// workers make progress: give up only after `max_consecutive` deaths in
+    /// a row with no task answered between them (a worker that cannot start
+    /// its work, or crashes on everything). A job with a few crashing tasks
+    /// among many healthy ones never gives up. The default, with 5.
+    /// Timeouts, cancellations and recycling do not count. Counted per
+    /// worker place (see [`FacadeBuilder::workers`](crate::FacadeBuilder::workers)).
+    WhileProgressing {
+        /// Deaths in a row, with no task answered between them, after which
+        /// the worker place gives up.
+        max_consecutive: u32,
+    },
     /// Start a fresh worker for the tasks that had not started, at most
     /// `max_restarts` times within any `window`; past that budget the rest is
     /// `NotRun`. Timeouts and recycling do not count against the budget.
@@ -37,12 +47,10 @@ pub enum RestartPolicy {
 }
 
 impl Default for RestartPolicy {
-    /// Up to 5 restarts a minute.
+    /// Restart while workers make progress; give up after 5 deaths in a row
+    /// with no task answered between them.
     fn default() -> Self {
-        RestartPolicy::Limited {
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-        }
+        RestartPolicy::WhileProgressing { max_consecutive: 5 }
     }
 }
 

@@ -142,8 +142,8 @@ impl<T: Task> FacadeBuilder<T> {
         self
     }
 
-    /// What to do when the worker dies unexpectedly (default: restart, at
-    /// most 5 times a minute).
+    /// What to do when a worker dies unexpectedly (default: restart while
+    /// workers make progress, [`RestartPolicy::WhileProgressing`] with 5).
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.cfg.restart = policy;
         self

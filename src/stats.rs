@@ -1,6 +1,6 @@
 //! Counters of one facade, readable at any time from any thread.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a facade's counters.
 ///
@@ -33,6 +33,10 @@ pub struct FacadeStats {
     pub restarts: u64,
     /// Workers started to replace one that reached `max_tasks_per_worker`.
     pub recycles: u64,
+    /// Whether the facade gave up: every worker place ran out of its restart
+    /// budget or failed to start a replacement, so no task will run on it
+    /// again (its tasks are `NotRun(WorkerUnavailable)`).
+    pub gave_up: bool,
     /// Lines the workers printed that were dropped: the parent's stderr
     /// could not take them without blocking (a pipe nobody reads), or a
     /// capture callback panicked.
@@ -55,6 +59,7 @@ pub(crate) struct StatsCells {
     pub(crate) output_dropped: AtomicU64,
     /// Workers that ended without being asked to.
     pub(crate) workers_lost: AtomicU64,
+    pub(crate) gave_up: AtomicBool,
     /// The pid of each worker place, 0 when none runs there.
     pub(crate) pids: Box<[AtomicU32]>,
 }
@@ -72,6 +77,7 @@ impl StatsCells {
             recycles: AtomicU64::new(0),
             output_dropped: AtomicU64::new(0),
             workers_lost: AtomicU64::new(0),
+            gave_up: AtomicBool::new(false),
             pids: (0..workers.max(1)).map(|_| AtomicU32::new(0)).collect(),
         }
     }
@@ -122,6 +128,7 @@ impl StatsCells {
             restarts: self.restarts.load(Relaxed),
             recycles: self.recycles.load(Relaxed),
             output_lines_dropped: self.output_dropped.load(Relaxed),
+            gave_up: self.gave_up.load(Relaxed),
             worker_pid: (pid != 0).then_some(pid),
         }
     }

@@ -392,6 +392,14 @@ pub enum UnavailableReason {
     },
     /// A replacement worker could not be started; the error's text.
     SpawnFailed(String),
+    /// Workers died this many times in a row without answering a task
+    /// (see [`RestartPolicy::WhileProgressing`](crate::RestartPolicy::WhileProgressing)).
+    NoProgress {
+        /// Deaths in a row.
+        deaths: u32,
+        /// The last crash.
+        last_crash: Box<CrashInfo>,
+    },
 }
 
 impl fmt::Display for UnavailableReason {
@@ -409,6 +417,11 @@ impl fmt::Display for UnavailableReason {
             UnavailableReason::SpawnFailed(why) => {
                 write!(f, "a replacement worker could not be started: {why}")
             }
+            UnavailableReason::NoProgress { deaths, last_crash } => write!(
+                f,
+                "workers died {deaths} times in a row without answering a task; \
+                 last crash: {last_crash}"
+            ),
         }
     }
 }

@@ -240,3 +240,71 @@ fn memory_limit_crash_names_the_limit() {
         }
     });
 }
+
+#[test]
+fn the_default_policy_keeps_going_through_crashes_among_healthy_tasks() {
+    within(Duration::from_secs(60), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .spawn()
+            .expect("spawn");
+        // 8 crashing chunks spread over 400 healthy ones, as a long job has.
+        let names: Vec<String> = (0..408)
+            .map(|i| {
+                if i % 51 == 25 {
+                    "crash".to_string()
+                } else {
+                    format!("chunk{i}")
+                }
+            })
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let records = run_named(&w, &names);
+        let crashed = records
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Crashed(_)))
+            .count();
+        let completed = records.iter().filter(|r| r.outcome.is_completed()).count();
+        assert_eq!((crashed, completed), (8, 400), "{:?}", w.stats());
+        let stats = w.stats();
+        assert!(!stats.gave_up, "{stats:?}");
+        assert_eq!(stats.restarts, 8);
+    });
+}
+
+#[test]
+fn the_default_policy_gives_up_on_workers_that_crash_on_everything() {
+    within(Duration::from_secs(60), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .spawn()
+            .expect("spawn");
+        let records = run_named(
+            &w,
+            &[
+                "ok", "crash", "crash", "crash", "crash", "crash", "crash", "crash", "late",
+            ],
+        );
+        // One death, then five more in a row without progress are allowed.
+        assert_eq!(
+            kinds(&records),
+            [
+                "completed",
+                "crashed",
+                "crashed",
+                "crashed",
+                "crashed",
+                "crashed",
+                "crashed",
+                "not run",
+                "not run"
+            ]
+        );
+        match &records[7].outcome {
+            Outcome::NotRun(NotRunReason::WorkerUnavailable(UnavailableReason::NoProgress {
+                deaths,
+                ..
+            })) => assert_eq!(*deaths, 6),
+            other => panic!("expected NoProgress, got {other:?}"),
+        }
+        assert!(w.stats().gave_up, "{:?}", w.stats());
+    });
+}

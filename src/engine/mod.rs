@@ -600,10 +600,10 @@ impl<T: Task> Engine<T> {
             service,
             ..
         } = self;
-        let Some(link) = slots
+        let Some((link, budget)) = slots
             .get_mut(slot)
-            .and_then(|s| s.link.as_mut())
-            .filter(|l| l.generation == generation)
+            .and_then(|s| Some((s.link.as_mut()?, &mut s.budget)))
+            .filter(|(l, _)| l.generation == generation)
         else {
             return; // from a worker already settled
         };
@@ -631,6 +631,9 @@ impl<T: Task> Engine<T> {
                         });
                     }
                     link.on_answered(now, cfg.grace);
+                    if !settled.is_empty() {
+                        budget.progress();
+                    }
                     for (id, outcome) in settled {
                         let counted = stats.counter(&outcome);
                         if ledger.settle(id, outcome).is_some() {
@@ -812,6 +815,16 @@ impl<T: Task> Engine<T> {
                     self.retire(slot, NotRunReason::WorkerDied(crash));
                     return;
                 }
+                Err(Refused::NoProgress { deaths }) => {
+                    self.retire(
+                        slot,
+                        NotRunReason::WorkerUnavailable(UnavailableReason::NoProgress {
+                            deaths,
+                            last_crash: Box::new(crash),
+                        }),
+                    );
+                    return;
+                }
                 Err(Refused::Exhausted {
                     max_restarts,
                     window,
@@ -838,6 +851,7 @@ impl<T: Task> Engine<T> {
     fn retire(&mut self, slot: usize, reason: NotRunReason) {
         self.slots[slot].retired.get_or_insert(reason.clone());
         if self.slots.iter().all(|s| s.retired.is_some()) {
+            self.stats.gave_up.store(true, Relaxed);
             self.set_dead(reason);
         }
     }

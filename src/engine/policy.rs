@@ -7,12 +7,16 @@ use std::time::{Duration, Instant};
 
 use crate::config::RestartPolicy;
 
-/// The restart budget of one worker slot: at most `max_restarts` unplanned
-/// restarts within any sliding `window`.
+/// The restart budget of one worker place: at most `max_restarts`
+/// unplanned restarts within any sliding `window` (`Limited`), or at most
+/// `max_consecutive` deaths with no progress between them
+/// (`WhileProgressing`).
 #[derive(Debug, Clone)]
 pub(crate) struct RestartBudget {
     policy: RestartPolicy,
     recent: VecDeque<Instant>,
+    /// Deaths since the last answered task.
+    in_a_row: u32,
 }
 
 /// The budget said no.
@@ -22,6 +26,8 @@ pub(crate) enum Refused {
     Never,
     /// The budget of the window is used up.
     Exhausted { max_restarts: u32, window: Duration },
+    /// Too many deaths in a row with no task answered.
+    NoProgress { deaths: u32 },
 }
 
 impl RestartBudget {
@@ -29,13 +35,28 @@ impl RestartBudget {
         RestartBudget {
             policy,
             recent: VecDeque::new(),
+            in_a_row: 0,
         }
+    }
+
+    /// A worker of this place answered a task: it makes progress.
+    pub(crate) fn progress(&mut self) {
+        self.in_a_row = 0;
     }
 
     /// Asks for one restart at `now`, and counts it if granted.
     pub(crate) fn charge(&mut self, now: Instant) -> Result<(), Refused> {
         match self.policy {
             RestartPolicy::Never => Err(Refused::Never),
+            RestartPolicy::WhileProgressing { max_consecutive } => {
+                self.in_a_row = self.in_a_row.saturating_add(1);
+                if self.in_a_row > max_consecutive {
+                    return Err(Refused::NoProgress {
+                        deaths: self.in_a_row,
+                    });
+                }
+                Ok(())
+            }
             RestartPolicy::Limited {
                 max_restarts,
                 window,
@@ -94,6 +115,20 @@ mod tests {
         );
         // The first restart leaves the window: one more is allowed.
         assert_eq!(budget.charge(t0 + Duration::from_secs(11)), Ok(()));
+    }
+
+    #[test]
+    fn while_progressing_gives_up_only_on_deaths_in_a_row() {
+        let mut budget = RestartBudget::new(RestartPolicy::WhileProgressing { max_consecutive: 2 });
+        let now = Instant::now();
+        // Many deaths, each after some progress: never gives up.
+        for _ in 0..100 {
+            assert_eq!(budget.charge(now), Ok(()));
+            budget.progress();
+        }
+        assert_eq!(budget.charge(now), Ok(()));
+        assert_eq!(budget.charge(now), Ok(()));
+        assert_eq!(budget.charge(now), Err(Refused::NoProgress { deaths: 3 }));
     }
 
     #[test]
