@@ -502,7 +502,12 @@ fn a_killed_idle_executor_is_replaced_without_anyone_calling_the_pool() {
         1,
         "only the killed one replaced"
     );
-    let stats = pool.stats();
+    // The replacement runs (it may still be in its handshake): now ask.
+    let mut stats = pool.stats();
+    while stats.replaced == 0 && killed_at.elapsed() < HANG_GUARD {
+        thread::sleep(Duration::from_millis(1));
+        stats = pool.stats();
+    }
     assert_eq!((stats.retired, stats.replaced), (1, 1), "{stats:?}");
     let lease = pool
         .acquire(Duration::from_secs(10), "after")
