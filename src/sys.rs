@@ -123,6 +123,21 @@ pub(crate) fn wait_pidfd(pidfd: BorrowedFd<'_>, reap: bool) -> io::Result<Waited
     })
 }
 
+/// Blocks SIGPIPE for the calling thread (the engine's): a write to a
+/// stderr whose reader is gone then fails with `EPIPE` instead of killing a
+/// host that restored SIGPIPE's default action. (The signal stays pending
+/// on this thread only, and is discarded with it; children spawned from it
+/// get a clean mask from std's `Command`.)
+pub(crate) fn block_sigpipe_in_this_thread() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGPIPE);
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&set),
+        None,
+    );
+}
+
 /// Whether this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`), in
 /// which case the kernel reaps children itself and their status is lost.
 pub(crate) fn sigchld_ignored() -> bool {

@@ -318,6 +318,35 @@ impl<R: Read> FrameReader<R> {
         }))
     }
 
+    /// Blocks until a whole frame is buffered (`Ok(true)`), or the stream
+    /// ended cleanly (`Ok(false)`), without taking the frame: a caller can
+    /// look at everything buffered (with [`Self::scan_buffered`]) before it
+    /// acts on the next frame. Errors are those of [`Self::next_frame`].
+    pub(crate) fn wait_for_frame(&mut self) -> Result<bool, WireError> {
+        match self.fill_to(4)? {
+            Fill::Ready => {}
+            Fill::Pending => return Err(WireError::Io(io::ErrorKind::WouldBlock.into())),
+            Fill::Ended if self.end == self.start => return Ok(false),
+            Fill::Ended => {
+                return Err(WireError::Truncated {
+                    got: self.end - self.start,
+                    want: 4,
+                });
+            }
+        }
+        let len = header_len(&self.buf[self.start..self.end]).ok_or_else(|| bad("frame length"))?;
+        if len > self.max {
+            return Err(WireError::TooLarge { len, max: self.max });
+        }
+        let want = 4 + len as usize;
+        match self.fill_to(want.max(5))? {
+            Fill::Ready => Ok(true),
+            Fill::Pending => Err(WireError::Io(io::ErrorKind::WouldBlock.into())),
+            // next_frame reports it.
+            Fill::Ended => Ok(true),
+        }
+    }
+
     /// Makes sure `n` bytes are buffered. Grows the buffer only as far as
     /// `n`, which the caller bounds by the maximum frame size.
     fn fill_to(&mut self, n: usize) -> Result<Fill, WireError> {

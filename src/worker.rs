@@ -143,6 +143,7 @@ where
 {
     SERVING.store(true, SeqCst);
     let (stream, options) = connect()?;
+    let _watch = watch_parent(options.parent_pid);
     let max = options.max_frame;
     let mut reader = FrameReader::new(&stream, max);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -167,6 +168,11 @@ where
                 Err(nix::errno::Errno::EAGAIN) => Ok(0),
                 Err(e) => Err(e.into()),
             });
+        }
+        // Before acting on the next frame, everything that came with it is
+        // looked at: a CANCEL read together with the tasks it cancels wins.
+        if !reader.has_buffered_frame() && !reader.wait_for_frame()? {
+            return Ok(()); // the parent went away
         }
         reader.scan_buffered(|kind, rest| match kind {
             KIND_CANCEL => cancel_all = true,
@@ -390,11 +396,86 @@ fn apply_limits(options: &WorkerOptions) {
     if let Some(limit) = options.memory_limit {
         let _ = setrlimit(Resource::RLIMIT_AS, limit, limit);
     }
-    // The parent's engine thread spawned us and lives as long as its
-    // facade, so this fires when the parent process dies, even by SIGKILL.
-    // (PR_SET_PDEATHSIG follows the *thread* that forked; see DESIGN.md.)
-    #[cfg(target_os = "linux")]
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Takes this worker's whole process group down when its parent dies, even
+/// by SIGKILL: a thread waits on a pidfd of the parent, and kills the group
+/// (the worker and the children it started) the moment the parent is gone.
+/// `PR_SET_PDEATHSIG` would kill the worker alone, first, and leave its
+/// children behind; it is only the fallback when the watch cannot start.
+///
+/// # Drop
+///
+/// Stops the watch and joins its thread (when serving ends normally).
+struct ParentWatch {
+    stop: Option<std::os::fd::OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ParentWatch {
+    fn drop(&mut self) {
+        drop(self.stop.take()); // the watch sees its pipe close
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn watch_parent(parent_pid: u32) -> Option<ParentWatch> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::{Pid, getpgrp, getpid, getppid};
+    let fallback = || {
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        None
+    };
+    let Ok(parent) = crate::sys::pidfd_open(parent_pid) else {
+        return fallback();
+    };
+    let Ok((stop_rx, stop_tx)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        return fallback();
+    };
+    let end_everything = || {
+        // Our own group only when we lead it (the facade starts every
+        // worker in a group of its own); never someone else's.
+        if getpgrp() == getpid() {
+            let _ = killpg(getpgrp(), Signal::SIGKILL);
+        }
+        let _ = kill(getpid(), Signal::SIGKILL);
+    };
+    let thread = std::thread::Builder::new()
+        .name("wf-parent-watch".into())
+        .spawn(move || {
+            // The parent may have died before its pidfd was opened.
+            if getppid() != Pid::from_raw(parent_pid as i32) {
+                end_everything();
+            }
+            loop {
+                let mut fds = [
+                    PollFd::new(std::os::fd::AsFd::as_fd(&parent), PollFlags::POLLIN),
+                    PollFd::new(std::os::fd::AsFd::as_fd(&stop_rx), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return,
+                    Ok(_) => {}
+                }
+                let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+                if ready(1) {
+                    return; // serving ended
+                }
+                if ready(0) {
+                    end_everything();
+                }
+            }
+        });
+    match thread {
+        Ok(thread) => Some(ParentWatch {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Err(_) => fallback(),
+    }
 }
 
 fn push_output<T: Task>(out: &mut Vec<u8>, id: u64, output: &T::Output, max: u32) {

@@ -254,6 +254,7 @@ impl<T: Task> Engine<T> {
     /// handshake, or why one could not (the others are then killed and
     /// reaped before it hears).
     pub(crate) fn run(mut self, ready: oneshot::Sender<Result<(), SpawnError>>) {
+        crate::sys::block_sigpipe_in_this_thread();
         self.startup = Some(ready);
         let now = Instant::now();
         for slot in 0..self.slots.len() {
