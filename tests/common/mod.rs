@@ -301,3 +301,194 @@ pub fn run_named(
 pub fn kinds(records: &[worker_facade::TaskRecord<SimpleTask>]) -> Vec<&'static str> {
     records.iter().map(|r| r.outcome.kind()).collect()
 }
+
+// ---------------------------------------------------------------------------
+// Foreign processes and a gated engine (tests/host_*.rs, tests/host_sigpipe.rs,
+// tests/parent_death_group.rs).
+
+/// A field of `/proc/<pid>/stat`, counted from the state (field 3) as 0.
+fn stat_field(pid: u32, index: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(index).map(str::to_string)
+}
+
+/// The state letter of `pid` (`R`, `S`, `Z`...), `None` once it is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    stat_field(pid, 0)?.chars().next()
+}
+
+/// The process group of `pid`.
+pub fn proc_pgid(pid: u32) -> Option<u32> {
+    stat_field(pid, 2)?.parse().ok()
+}
+
+/// When `pid` started, in clock ticks after boot: with the pid, it names one
+/// process even if the number is reused.
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 19)?.parse().ok()
+}
+
+/// Whether `pid` is running (not gone, not a zombie).
+pub fn running(pid: u32) -> bool {
+    !matches!(proc_state(pid), None | Some('Z') | Some('X'))
+}
+
+/// The live (non-zombie) members of process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&pid| proc_pgid(pid) == Some(pgid) && running(pid))
+        .collect()
+}
+
+/// Asks the kernel to give the next new process of this pid namespace the
+/// pid `pid` (if it is free), by writing `/proc/sys/kernel/ns_last_pid`
+/// (needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE). `false` if not allowed.
+pub fn force_next_pid(pid: u32) -> bool {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1)).is_ok()
+}
+
+/// A process the test started itself (`sleep 30`, in its own process
+/// group), named by pid and start time so that a reused pid is never
+/// mistaken for it. Dropping it kills and reaps it.
+#[derive(Debug)]
+pub struct Foreign {
+    pub pid: u32,
+    start: Option<u64>,
+    child: std::process::Child,
+}
+
+impl Foreign {
+    /// Starts `sleep 30` in a process group of its own.
+    pub fn sleep() -> Foreign {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start sleep");
+        let pid = child.id();
+        Foreign {
+            pid,
+            start: proc_start_time(pid),
+            child,
+        }
+    }
+
+    /// Starts `sleep 30`, trying (up to 50 times) to make it reuse `pid`
+    /// through `ns_last_pid`. Returns it and whether it got that pid.
+    pub fn sleep_with_pid(pid: u32) -> (Foreign, bool) {
+        for _ in 0..50 {
+            if !force_next_pid(pid) {
+                break;
+            }
+            let f = Foreign::sleep();
+            if f.pid == pid {
+                return (f, true);
+            }
+            // Someone else took the pid first: try again.
+        }
+        (Foreign::sleep(), false)
+    }
+
+    /// Whether this very process still runs (it was not signalled).
+    pub fn alive(&self) -> bool {
+        running(self.pid) && proc_start_time(self.pid) == self.start
+    }
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = self.child.kill();
+        }
+        // With SIGCHLD ignored or a host reaper this fails: nothing to reap.
+        let _ = self.child.wait();
+    }
+}
+
+/// Holds a facade's engine thread still: the worker's output goes through
+/// a capture callback (which runs on the engine thread) that, on the first
+/// line containing a marker, reports the worker's pid and then blocks until
+/// the gate opens. Meanwhile the test can kill the worker, let someone
+/// else reap it and start processes, all before the engine can look.
+pub struct Gate {
+    announced: Mutex<mpsc::Receiver<u32>>,
+    open: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+/// `cmd` with its output going through a [`Gate`] that closes on the first
+/// line containing `marker`.
+pub fn gated(cmd: WorkerCommand, marker: &'static str) -> (WorkerCommand, Arc<Gate>) {
+    let (announce, announced) = mpsc::channel();
+    let (open, wait) = mpsc::channel::<()>();
+    let gate = Arc::new(Gate {
+        announced: Mutex::new(announced),
+        open: Mutex::new(Some(open)),
+    });
+    let once = std::sync::atomic::AtomicBool::new(false);
+    let announce = Mutex::new(announce);
+    let wait = Mutex::new(wait);
+    let cmd = cmd.output(Output::capture(move |line| {
+        if line.text.contains(marker) && !once.swap(true, SeqCst) {
+            let _ = announce.lock().map(|a| a.send(line.pid));
+            // Blocks the engine until `open` (or the gate is dropped).
+            let _ = wait.lock().map(|w| w.recv_timeout(Duration::from_secs(30)));
+        }
+    }));
+    (cmd, gate)
+}
+
+impl Gate {
+    /// Waits until the engine is held; returns the pid of the worker that
+    /// printed the marker.
+    pub fn wait_closed(&self) -> u32 {
+        self.announced
+            .lock()
+            .expect("gate")
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the worker printed the marker")
+    }
+
+    /// Lets the engine go on.
+    pub fn open(&self) {
+        drop(self.open.lock().expect("gate").take());
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// Waits until `pid` is no longer running (gone or a zombie), at most
+/// `limit`; returns how long it took, or `None` if it still runs.
+pub fn wait_not_running(pid: u32, limit: Duration) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while running(pid) {
+        if start.elapsed() > limit {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    Some(start.elapsed())
+}
+
+/// Waits until `pid` is gone from `/proc` altogether (reaped), at most
+/// `limit`.
+pub fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while process_exists(pid) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
