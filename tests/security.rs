@@ -255,8 +255,10 @@ fn idle_stock_worker() -> (WorkingProcessFacade<SimpleTask>, u32) {
 }
 
 /// The worker's descriptors: 0 is `/dev/null`, 1 and 2 are pipes (stdout
-/// and stderr to the parent), plus exactly one socket: its end of the
-/// socket pair. Anything else must be one of `allowed`.
+/// and stderr to the parent), plus exactly one socket (its end of the
+/// socket pair), and what the worker opened itself to watch its parent: a
+/// pidfd of the parent and the two ends of one pipe. Anything else must be
+/// one of `allowed`.
 fn check_worker_descriptors(pid: u32, allowed: &BTreeMap<i32, PathBuf>) {
     let fds = descriptors(pid);
     let stdin = fds.get(&0).expect("the worker has fd 0");
@@ -271,17 +273,39 @@ fn check_worker_descriptors(pid: u32, allowed: &BTreeMap<i32, PathBuf>) {
         );
     }
     let mut sockets = 0;
+    let mut watch_pipe = BTreeSet::new();
+    let mut pidfds = 0;
     for (fd, target) in &fds {
         if *fd <= 2 || allowed.get(fd) == Some(target) {
             continue;
         }
-        assert!(
-            target.to_string_lossy().starts_with("socket:"),
-            "the worker holds fd {fd} -> {target:?}, which is not its own: {fds:?}"
-        );
-        sockets += 1;
+        let name = target.to_string_lossy();
+        if name.starts_with("socket:") {
+            sockets += 1;
+        } else if name == "anon_inode:[pidfd]" {
+            // Its parent's pidfd: /proc says which process it names.
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).expect("fdinfo");
+            let named = info
+                .lines()
+                .find_map(|l| l.strip_prefix("Pid:"))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(
+                named,
+                std::process::id().to_string(),
+                "fd {fd} names its parent"
+            );
+            pidfds += 1;
+        } else if name.starts_with("pipe:") {
+            watch_pipe.insert(name.into_owned());
+        } else {
+            panic!("the worker holds fd {fd} -> {target:?}, which is not its own: {fds:?}");
+        }
     }
     assert_eq!(sockets, 1, "exactly one socket, its connection: {fds:?}");
+    assert_eq!(pidfds, 1, "one pidfd, of its parent: {fds:?}");
+    assert!(watch_pipe.len() <= 1, "one pipe of its own: {fds:?}");
 }
 
 /// The path bound to the Unix socket with this inode, from
