@@ -129,6 +129,7 @@ pub(crate) struct Console {
     partial: [Vec<u8>; 2],
     tail: VecDeque<String>,
     alloc_failed: bool,
+    closed: Vec<OwnedFd>,
 }
 
 /// How many bytes one readiness event reads from a pipe at most, so a
@@ -149,6 +150,7 @@ impl Console {
             partial: [Vec::new(), Vec::new()],
             tail: VecDeque::new(),
             alloc_failed: false,
+            closed: Vec::new(),
         }
     }
 
@@ -159,6 +161,18 @@ impl Console {
 
     /// Reads what `stream`'s pipe has now (bounded) and hands on its whole
     /// lines. Returns `false` once the pipe is closed (it is then dropped).
+    /// Pipes closed here, kept until the engine has taken them out of its
+    /// epoll set.
+    pub(crate) fn take_closed(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.closed)
+    }
+
+    fn close(&mut self, stream: usize) {
+        if let Some(fd) = self.pipes[stream].take() {
+            self.closed.push(fd);
+        }
+    }
+
     pub(crate) fn on_readable(&mut self, stream: usize, sink: &mut Sink<'_>) -> bool {
         let mut buf = [0u8; 16 * 1024];
         let mut total = 0;
@@ -182,7 +196,7 @@ impl Console {
             return true;
         }
         // End of file, or a broken pipe.
-        self.pipes[stream] = None;
+        self.close(stream);
         self.flush_partial(stream, sink);
         false
     }
@@ -192,12 +206,12 @@ impl Console {
     /// whether the worker reported a failed allocation.
     pub(crate) fn finish(&mut self, sink: &mut Sink<'_>) -> (Vec<String>, bool) {
         for stream in 0..2 {
-            while self.pipes[stream].is_some() && self.on_readable(stream, sink) {
-                if !self.readable_now(stream) {
-                    break;
-                }
+            // One bounded read of what is there: a descendant that escaped
+            // the process group and keeps writing cannot hold this up.
+            if self.pipes[stream].is_some() && self.readable_now(stream) {
+                self.on_readable(stream, sink);
             }
-            self.pipes[stream] = None;
+            self.close(stream);
             self.flush_partial(stream, sink);
         }
         (self.tail.iter().cloned().collect(), self.alloc_failed)
@@ -316,15 +330,18 @@ impl StderrQueue {
         n
     }
 
-    /// Writes the lines stderr takes now, each whole, under stderr's lock
-    /// (so they never interleave with each other or with the program's own
-    /// output). Stops at the first line that cannot go without blocking.
+    /// Writes the lines stderr takes now, each whole. Stops at the first
+    /// line that cannot go without blocking.
+    ///
+    /// No lock is taken: std's stderr lock may be held by a thread of the
+    /// program blocked on that same stderr, which must not hold up the
+    /// engine. A line of at most `PIPE_BUF` bytes is one atomic write, so
+    /// it never interleaves with other writers; a longer one may.
     pub(crate) fn flush(&mut self, dropped: &AtomicU64) {
         if self.lines.is_empty() {
             return;
         }
         let stderr = io::stderr();
-        let _lock = stderr.lock();
         let fd = stderr.as_fd();
         while let Some(line) = self.lines.front() {
             match write_whole_now(fd, line) {

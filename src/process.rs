@@ -14,8 +14,10 @@
 //!    `/dev/null`, stdout and stderr piped. Between fork and exec every
 //!    descriptor above stderr is made close-on-exec except the worker's end
 //!    of the socket, whose number goes in [`WORKER_FD_ENV`].
-//! 3. A pidfd is opened for the child at once (it cannot have been reaped
-//!    yet, so the pid is still ours). From then on signals go through the
+//! 3. A pidfd is opened for the child at once: unless the child exited at
+//!    once and the host reaped it (SIGCHLD ignored, a `waitpid(-1)`), which
+//!    `pidfd_open` reports and the spawn reports as an early exit without
+//!    ever signalling the pid. From then on signals go through the
 //!    pidfd, the death is seen as the pidfd becoming readable, and the reap
 //!    goes through `waitid(P_PIDFD)`: a recycled pid is never hit.
 //! 4. The process group is signalled only while the worker is provably
@@ -114,8 +116,30 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
     let pid = child.id();
     let pidfd = match sys::pidfd_open(pid) {
         Ok(fd) => fd,
+        // Gone already: it exited at once and the kernel (SIGCHLD ignored)
+        // or the host (`waitpid(-1)`) reaped it. The pid is not ours any
+        // more: never signal or wait for it.
+        Err(source) if source.raw_os_error() == Some(nix::libc::ESRCH) => {
+            let stderr_tail = child
+                .stderr
+                .take()
+                .map(|e| read_tail(OwnedFd::from(e)))
+                .unwrap_or_default();
+            drop(child);
+            return Err(SpawnError::ExitedEarly {
+                path,
+                status: ExitInfo {
+                    pid,
+                    code: None,
+                    signal: None,
+                    core_dumped: false,
+                    usage: None,
+                },
+                stderr_tail,
+            });
+        }
         Err(source) => {
-            // Not reaped yet, so `child` still names our process.
+            // Not reaped (it exists), so `child` still names our process.
             let _ = child.kill();
             let _ = child.wait();
             return Err(SpawnError::Resource {
@@ -266,10 +290,21 @@ impl WorkerChild {
         }
     }
 
-    /// Kills and reaps the worker, waiting for it to die (after SIGKILL:
-    /// microseconds, unless it is stuck in the kernel).
+    /// Gives up on reaping a worker that exited but cannot be reaped (a
+    /// tracer holds its zombie): it is never signalled or waited for again.
+    pub(crate) fn abandon(&mut self) -> Reaped {
+        self.state = ChildState::Gone;
+        let mut reaped = self.lost();
+        reaped.lost = Some(StatusLost::Unreapable);
+        reaped
+    }
+
+    /// Kills and reaps the worker, waiting for it to die: after SIGKILL,
+    /// microseconds; at most [`REAP_LIMIT`] (one stuck in the kernel, or a
+    /// zombie a tracer holds, is then abandoned, never waited for forever).
     pub(crate) fn kill_and_reap(&mut self) -> Option<Reaped> {
         self.signal(Signal::SIGKILL);
+        let until = std::time::Instant::now() + REAP_LIMIT;
         loop {
             if self.state == ChildState::Gone {
                 return None;
@@ -277,11 +312,12 @@ impl WorkerChild {
             if let Some(reaped) = self.try_reap() {
                 return Some(reaped);
             }
-            let mut fds = [nix::poll::PollFd::new(
-                self.pidfd.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8));
+            if std::time::Instant::now() >= until {
+                return Some(self.abandon());
+            }
+            // A pidfd stays readable once the process exited, reaped or
+            // not: sleep instead of polling it.
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }
@@ -291,6 +327,9 @@ impl Drop for WorkerChild {
         self.kill_and_reap();
     }
 }
+
+/// How long [`WorkerChild::kill_and_reap`] waits at most.
+const REAP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn exit_info(
     pid: u32,
@@ -310,6 +349,24 @@ fn exit_info(
         core_dumped,
         usage,
     }
+}
+
+/// The last lines of a dead worker's stderr, read without blocking.
+fn read_tail(fd: OwnedFd) -> Vec<String> {
+    if set_nonblocking(fd.as_fd()).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while bytes.len() < 64 * 1024 {
+        match nix::unistd::read(&fd, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[lines.len().saturating_sub(crate::console::TAIL_LINES)..].to_vec()
 }
 
 /// Unpredictable bytes from the OS.

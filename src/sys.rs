@@ -149,10 +149,20 @@ pub(crate) fn sigchld_ignored() -> bool {
     done == 0 && (old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0)
 }
 
+/// Set once this process took its inherited socket.
+static SOCKET_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Takes ownership of descriptor `fd`, inherited from the parent, after
 /// checking that it is open and a socket. Marks it close-on-exec so that
 /// processes the worker starts do not inherit it.
 pub(crate) fn take_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
+    use std::sync::atomic::Ordering::SeqCst;
+    if SOCKET_TAKEN.swap(true, SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the socket to the parent was taken already: a worker serves once",
+        ));
+    }
     if fd < 3 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -178,14 +188,18 @@ pub(crate) fn take_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_SETFD sets only a flag on an open descriptor.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the descriptor is open (checked above) and was handed to this
-    // process for it alone; taking it happens once (the caller removes the
-    // variable naming it).
+    // process for it alone; it is taken at most once per process
+    // (SOCKET_TAKEN), so no other owner of that number exists here.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Borrows descriptor `fd` without owning it, if it is open. For a worker
 /// that must say one message on its inherited socket without taking it.
 pub(crate) fn borrow_open_fd(fd: RawFd) -> Option<BorrowedFd<'static>> {
+    // Once taken, the number may name something else of this process.
+    if SOCKET_TAKEN.load(std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
     // SAFETY: F_GETFD on any number only reads the descriptor table.
     if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return None;

@@ -284,6 +284,9 @@ pub enum StatusLost {
     /// Something else in this program reaped the worker (a `waitpid(-1)`
     /// loop, for example).
     ReapedElsewhere,
+    /// The worker exited but could not be reaped: another process (a
+    /// debugger or tracer) holds its status.
+    Unreapable,
 }
 
 impl fmt::Display for StatusLost {
@@ -294,6 +297,9 @@ impl fmt::Display for StatusLost {
             }
             StatusLost::ReapedElsewhere => {
                 "another part of this program reaped the worker (waitpid on any child)"
+            }
+            StatusLost::Unreapable => {
+                "the worker exited but a tracer holds its status; it was left to the tracer"
             }
         })
     }

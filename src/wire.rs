@@ -254,6 +254,11 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
+    /// The stream, and the reader gone.
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Whether a whole frame is already buffered, so that [`Self::next_frame`]
     /// will not touch the stream.
     pub(crate) fn has_buffered_frame(&self) -> bool {

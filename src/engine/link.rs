@@ -94,12 +94,9 @@ pub(super) enum Phase {
     /// Its socket ended while the process runs: killed at `kill_at`
     /// unless it exits by itself first.
     Hungup { kill_at: Option<Instant> },
-    /// The parent is ending it: SIGTERM was sent and SIGKILL follows at
-    /// `kill_at`, or SIGKILL was sent (`kill_at: None`).
-    Ending {
-        cause: Cause,
-        kill_at: Option<Instant>,
-    },
+    /// The parent is ending it: SIGTERM or SIGKILL was sent, and `kill`
+    /// says what comes next.
+    Ending { cause: Cause, kill: Kill },
     /// The process has exited and is reaped; its socket is read to its end
     /// until `drain_until`.
     Exited {
@@ -108,6 +105,36 @@ pub(super) enum Phase {
         drain_until: Option<Instant>,
     },
 }
+
+/// What follows for a worker the parent is ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kill {
+    /// SIGKILL was sent: nothing more to do but wait for the exit.
+    Sent,
+    /// SIGTERM was sent; SIGKILL follows at this time.
+    At(Instant),
+    /// SIGTERM was sent and no SIGKILL is scheduled (`kill_grace` of
+    /// `Duration::MAX`); a later deadline (a drop's grace) may bring one.
+    Unscheduled,
+}
+
+impl Kill {
+    fn at(self) -> Option<Instant> {
+        match self {
+            Kill::At(at) => Some(at),
+            Kill::Sent | Kill::Unscheduled => None,
+        }
+    }
+}
+
+/// How often the exit of a worker that cannot be reaped yet (a tracer
+/// holds its zombie) is looked at again, and for how long.
+const EXIT_RETRY: Duration = Duration::from_millis(20);
+const UNREAPABLE_LIMIT: Duration = Duration::from_secs(1);
+/// Bytes of tasks sent to a worker and not yet started, at most (at least
+/// one task always goes): about what its read buffer holds, so that a
+/// CANCEL behind them is seen before any of them starts.
+pub(super) const AHEAD_BYTES: usize = 48 * 1024;
 
 /// One message from the worker, checked against what it holds.
 #[derive(Debug)]
@@ -147,6 +174,15 @@ pub(super) struct Link {
     pub(super) sent: u64,
     /// When the handshake completed.
     pub(super) ready_at: Option<Instant>,
+    /// Sizes of the tasks sent and not yet started, in order, and their sum.
+    ahead: VecDeque<usize>,
+    pub(super) ahead_bytes: usize,
+    /// Since when its pidfd says it exited but it cannot be reaped.
+    unreaped_since: Option<Instant>,
+    /// Descriptors closed by the link, kept until the engine has taken them
+    /// out of its epoll set (a descriptor dropped while registered stays
+    /// registered if a forked copy of this process holds it).
+    pub(super) graveyard: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Link {
@@ -175,6 +211,10 @@ impl Link {
             running: None,
             sent: 0,
             ready_at: None,
+            ahead: VecDeque::new(),
+            ahead_bytes: 0,
+            unreaped_since: None,
+            graveyard: Vec::new(),
         }
     }
 
@@ -202,6 +242,23 @@ impl Link {
     /// Whether it is done: exited and nothing more to read.
     pub(super) fn is_settleable(&self) -> bool {
         matches!(self.phase, Phase::Exited { .. }) && self.reader.is_none()
+    }
+
+    /// Queues task `id`'s frame for the worker.
+    pub(super) fn send_task(&mut self, id: u64, frame: &[u8]) {
+        self.queue(frame);
+        self.inflight.push_back(id);
+        self.sent += 1;
+        self.ahead.push_back(frame.len());
+        self.ahead_bytes += frame.len();
+    }
+
+    /// Closes the socket (the engine takes it out of its epoll set first).
+    fn close_socket(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            self.graveyard
+                .push(std::os::fd::OwnedFd::from(reader.into_inner()));
+        }
     }
 
     /// Queues a frame for the worker.
@@ -239,10 +296,17 @@ impl Link {
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(nix::errno::Errno::EAGAIN) => break,
                 Err(_) => {
-                    // The worker hung up; what it said is still read.
+                    // The worker stopped reading: what it said is still
+                    // read, but nothing more reaches it, so it must exit by
+                    // itself soon or be ended.
                     self.write_failed = true;
                     self.out = Vec::new();
                     self.out_at = 0;
+                    if matches!(self.phase, Phase::Running | Phase::Stopping { .. }) {
+                        self.phase = Phase::Hungup {
+                            kill_at: Instant::now().checked_add(EOF_LIMIT),
+                        };
+                    }
                     return;
                 }
             }
@@ -273,6 +337,8 @@ impl Link {
         let mut tasks = LinkTasks {
             inflight: &mut self.inflight,
             running: &mut self.running,
+            ahead: &mut self.ahead,
+            ahead_bytes: &mut self.ahead_bytes,
             now,
         };
         for _ in 0..FRAMES_PER_EVENT {
@@ -329,15 +395,15 @@ impl Link {
         match stop {
             None => {}
             Some(ReadEnd::Eof) => {
-                self.reader = None;
+                self.close_socket();
                 self.on_hangup(now);
             }
             Some(ReadEnd::Handshake(failure)) => {
-                self.reader = None;
+                self.close_socket();
                 self.end(Cause::Handshake(failure));
             }
             Some(ReadEnd::Violation(violation)) => {
-                self.reader = None;
+                self.close_socket();
                 if matches!(self.phase, Phase::Starting { .. }) {
                     self.end(Cause::Handshake(HandshakeFailure::Bad(violation)));
                 } else {
@@ -374,14 +440,14 @@ impl Link {
     pub(super) fn end(&mut self, cause: Cause) {
         match &mut self.phase {
             Phase::Exited { .. } => return,
-            Phase::Ending { kill_at, .. } => {
+            Phase::Ending { kill, .. } => {
                 // Already ending, gently: now sooner.
-                *kill_at = None;
+                *kill = Kill::Sent;
             }
             _ => {
                 self.phase = Phase::Ending {
                     cause,
-                    kill_at: None,
+                    kill: Kill::Sent,
                 };
             }
         }
@@ -396,13 +462,17 @@ impl Link {
     }
 
     /// The parent ends the worker gently: SIGTERM now, SIGKILL at
-    /// `kill_at` (`None`: never, the worker's own time).
+    /// `kill_at` (`None`: not scheduled, the worker's own time).
     pub(super) fn end_gently(&mut self, cause: Cause, kill_at: Option<Instant>) {
         if matches!(self.phase, Phase::Exited { .. } | Phase::Ending { .. }) {
             return;
         }
         self.child.signal(Signal::SIGTERM);
-        self.phase = Phase::Ending { cause, kill_at };
+        let kill = match kill_at {
+            Some(at) => Kill::At(at),
+            None => Kill::Unscheduled,
+        };
+        self.phase = Phase::Ending { cause, kill };
     }
 
     /// Whether the running task's time limit still counts (not once the
@@ -444,6 +514,16 @@ impl Link {
                     self.queue(&frame);
                 }
             }
+            // Being ended gently (a timeout): the drop's grace bounds it too.
+            Phase::Ending { kill, .. } if why == StopWhy::Drop => {
+                if let Some(deadline) = now.checked_add(grace) {
+                    *kill = match *kill {
+                        Kill::At(at) => Kill::At(at.min(deadline)),
+                        Kill::Unscheduled => Kill::At(deadline),
+                        Kill::Sent => Kill::Sent,
+                    };
+                }
+            }
             Phase::Hungup { .. } | Phase::Ending { .. } | Phase::Exited { .. } => {}
         }
     }
@@ -460,18 +540,27 @@ impl Link {
 
     /// The earliest deadline of its phase.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        match &self.phase {
+        let phase = match &self.phase {
             Phase::Starting { deadline } => *deadline,
             Phase::Running => None,
-            Phase::Stopping { kill_at, .. }
-            | Phase::Hungup { kill_at }
-            | Phase::Ending { kill_at, .. } => *kill_at,
+            Phase::Stopping { kill_at, .. } | Phase::Hungup { kill_at } => *kill_at,
+            Phase::Ending { kill, .. } => kill.at(),
             Phase::Exited { drain_until, .. } => *drain_until,
+        };
+        let retry = self
+            .unreaped_since
+            .and_then(|_| Instant::now().checked_add(EXIT_RETRY));
+        match (phase, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// Acts on a deadline of its phase that has passed.
-    pub(super) fn on_deadline(&mut self, now: Instant) {
+    pub(super) fn on_deadline(&mut self, now: Instant, drain: Duration) {
+        if self.unreaped_since.is_some() {
+            self.on_exit(now, drain);
+        }
         let due = |at: &Option<Instant>| at.is_some_and(|at| now >= at);
         match &mut self.phase {
             Phase::Starting { deadline } if due(deadline) => {
@@ -488,28 +577,45 @@ impl Link {
             Phase::Hungup { kill_at } if due(kill_at) => {
                 self.end(Cause::Parent(CrashReason::ConnectionClosed));
             }
-            Phase::Ending { kill_at, .. } if due(kill_at) => {
-                *kill_at = None;
+            Phase::Ending { kill, .. } if due(&kill.at()) => {
+                *kill = Kill::Sent;
                 self.child.signal(Signal::SIGKILL);
             }
             Phase::Exited { drain_until, .. } if due(drain_until) => {
                 // Something outside the worker's process group holds the
                 // socket open: what it has not said by now is not coming.
-                self.reader = None;
+                self.close_socket();
             }
             _ => {}
         }
     }
 
     /// The pidfd became readable: reaps the worker and moves to `Exited`.
-    /// `drain` bounds how long the socket is still read.
+    /// `drain` bounds how long the socket is still read. A worker that has
+    /// exited but cannot be reaped (a tracer holds its zombie) is looked at
+    /// again every [`EXIT_RETRY`], and given up on, its status unknown,
+    /// after [`UNREAPABLE_LIMIT`].
     pub(super) fn on_exit(&mut self, now: Instant, drain: Duration) {
-        let Some(reaped) = self.child.try_reap() else {
-            return;
+        let reaped = match self.child.try_reap() {
+            Some(reaped) => reaped,
+            None => {
+                let since = *self.unreaped_since.get_or_insert(now);
+                // Its children (and the tracer, if it is one of them) go.
+                self.child.signal(Signal::SIGKILL);
+                if now.saturating_duration_since(since) < UNREAPABLE_LIMIT {
+                    return;
+                }
+                self.child.abandon()
+            }
         };
+        self.unreaped_since = None;
         let cause = match std::mem::replace(&mut self.phase, Phase::Running) {
             Phase::Ending { cause, .. } => cause,
             Phase::Stopping { why, .. } if self.inflight.is_empty() => Cause::Stopped(why),
+            // After CANCEL it leaves the tasks it held unstarted: as asked.
+            Phase::Stopping {
+                why: StopWhy::Drop, ..
+            } if self.running.is_none() => Cause::Stopped(StopWhy::Drop),
             _ => Cause::ByItself,
         };
         self.phase = Phase::Exited {
@@ -520,6 +626,11 @@ impl Link {
     }
 
     /// Everything the worker's end left: its cause, status, and output.
+    /// Whether its pidfd is still watched (not once it exited).
+    pub(super) fn watches_exit(&self) -> bool {
+        self.unreaped_since.is_none() && !self.is_exited()
+    }
+
     pub(super) fn into_end(mut self, sink: &mut crate::console::Sink<'_>) -> End {
         let (tail, alloc_failed) = self.console.finish(sink);
         let phase = std::mem::replace(&mut self.phase, Phase::Running);
@@ -575,6 +686,8 @@ pub(super) struct End {
 pub(super) struct LinkTasks<'a> {
     pub(super) inflight: &'a mut VecDeque<u64>,
     pub(super) running: &'a mut Option<(u64, Instant)>,
+    ahead: &'a mut VecDeque<usize>,
+    ahead_bytes: &'a mut usize,
     pub(super) now: Instant,
 }
 
@@ -585,6 +698,24 @@ impl LinkTasks<'_> {
             return Err(format!("worker reported starting task #{id} out of order"));
         }
         *self.running = Some((id, self.now));
+        self.not_ahead();
+        Ok(())
+    }
+
+    /// The task at the front started (or was skipped): not ahead any more.
+    fn not_ahead(&mut self) {
+        if let Some(len) = self.ahead.pop_front() {
+            *self.ahead_bytes -= len;
+        }
+    }
+
+    /// A SKIPPED for the task at the front.
+    pub(super) fn skip(&mut self, id: u64) -> Result<(), String> {
+        if self.inflight.front() != Some(&id) || self.running.is_some() {
+            return Err(format!("worker skipped task #{id} out of order"));
+        }
+        self.inflight.pop_front();
+        self.not_ahead();
         Ok(())
     }
 
@@ -597,10 +728,15 @@ impl LinkTasks<'_> {
             ));
         }
         self.inflight.pop_front();
-        Ok(self
+        let ran = self
             .running
             .take()
-            .map(|(_, started)| self.now.saturating_duration_since(started)))
+            .map(|(_, started)| self.now.saturating_duration_since(started));
+        if ran.is_none() {
+            // Answered without a STARTED (a lenient peer): not ahead either.
+            self.not_ahead();
+        }
+        Ok(ran)
     }
 }
 

@@ -448,7 +448,8 @@ impl<T: Task> Engine<T> {
             let Some(link) = slot.link.as_mut() else {
                 continue;
             };
-            link.on_deadline(now);
+            link.on_deadline(now, DRAIN_LIMIT);
+            bury(&self.epoll, link);
             if let Some((id, limit)) = running_over_limit(link, &self.ledger, &self.cfg, now) {
                 timed_out.push((i, id, limit));
             }
@@ -660,18 +661,11 @@ impl<T: Task> Engine<T> {
                 rearm_socket(epoll, slot, link);
             }
             Source::Pidfd => {
+                // Readable once, for good: from now on the link's own retry
+                // deadline looks again if it cannot be reaped yet (a tracer
+                // holds the zombie).
                 let _ = epoll.delete(link.pidfd());
                 link.on_exit(now, DRAIN_LIMIT);
-                if !link.is_exited() {
-                    // Readable but not reapable: should not happen; watch again.
-                    let _ = epoll.add(
-                        link.pidfd(),
-                        EpollEvent::new(
-                            EpollFlags::EPOLLIN,
-                            token(slot, generation, Source::Pidfd),
-                        ),
-                    );
-                }
             }
             Source::Pipe(stream) => {
                 let mut sink = Sink {
@@ -682,6 +676,7 @@ impl<T: Task> Engine<T> {
             }
             Source::Waker | Source::Stderr => {}
         }
+        bury(epoll, link);
     }
 
     /// Settles every worker that has exited and whose socket is drained.
@@ -694,11 +689,11 @@ impl<T: Task> Engine<T> {
             {
                 continue;
             }
-            let Some(link) = self.slots[i].link.take() else {
+            let Some(mut link) = self.slots[i].link.take() else {
                 continue;
             };
             self.stats.set_pid(i, 0);
-            self.deregister(&link);
+            self.deregister(&mut link);
             let mut sink = Sink {
                 stderr: &mut self.stderr,
                 dropped: &self.stats.output_dropped,
@@ -708,8 +703,11 @@ impl<T: Task> Engine<T> {
         }
     }
 
-    fn deregister(&self, link: &Link) {
-        let _ = self.epoll.delete(link.pidfd());
+    fn deregister(&self, link: &mut Link) {
+        bury(&self.epoll, link);
+        if link.watches_exit() {
+            let _ = self.epoll.delete(link.pidfd());
+        }
         if let Some(fd) = link.socket() {
             let _ = self.epoll.delete(fd);
         }
@@ -1006,15 +1004,21 @@ impl<T: Task> Engine<T> {
                 {
                     continue;
                 }
-                let Some(id) = self.queue.pop_front() else {
+                let Some(&id) = self.queue.front() else {
                     break;
                 };
                 let Some(entry) = self.ledger.get(id) else {
+                    self.queue.pop_front();
                     continue;
                 };
-                link.queue(&entry.frame);
-                link.inflight.push_back(id);
-                link.sent += 1;
+                // Little enough sent ahead that a CANCEL behind it is seen
+                // by the worker before any of it starts.
+                if link.ahead_bytes > 0 && link.ahead_bytes + entry.frame.len() > link::AHEAD_BYTES
+                {
+                    continue;
+                }
+                self.queue.pop_front();
+                link.send_task(id, &entry.frame);
                 progress = true;
                 if policy::recycle_due(link.sent, per_worker) {
                     link.stop(StopWhy::Recycle, now, grace);
@@ -1080,6 +1084,19 @@ impl<T: Task> Drop for Engine<T> {
     }
 }
 
+/// Takes the descriptors a link closed out of the epoll set, then drops
+/// them. (Dropped while registered, a descriptor a forked copy of this
+/// process still holds would stay registered, and ready, forever.)
+fn bury(epoll: &Epoll, link: &mut Link) {
+    let closed: Vec<_> = std::mem::take(&mut link.graveyard)
+        .into_iter()
+        .chain(link.console.take_closed())
+        .collect();
+    for fd in closed {
+        let _ = epoll.delete(&fd);
+    }
+}
+
 /// Registers the socket for writability only while bytes wait for it.
 fn rearm_socket(epoll: &Epoll, slot: usize, link: &mut Link) {
     let want = link.unsent() > 0;
@@ -1128,7 +1145,7 @@ fn on_said<T: Task>(
             Ok(())
         }
         Said::Skipped(id) => {
-            answer(tasks, id)?;
+            tasks.skip(id)?;
             settled.push((
                 id,
                 Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
