@@ -42,6 +42,7 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
 /// assert_eq!(id.as_u64(), 7);
 /// assert_eq!(id.to_string(), "#7");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskId(pub(crate) u64);
 
@@ -71,6 +72,7 @@ impl fmt::Display for TaskId {
 /// assert_eq!(exit.signal_name(), Some("SIGABRT"));
 /// assert_eq!(exit.to_string(), "worker 42 killed by signal 6 (SIGABRT)");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitInfo {
     /// The worker's process ID.
@@ -97,6 +99,7 @@ pub struct ExitInfo {
 /// };
 /// assert_eq!(usage.to_string(), "max RSS 2048 KiB, CPU 30ms user + 5ms system");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ResourceUsage {
     /// Peak resident set size, in KiB.
@@ -158,6 +161,7 @@ impl fmt::Display for ExitInfo {
 /// };
 /// assert!(crash.to_string().contains("SIGKILL"));
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrashInfo {
     /// The worker's process status.
@@ -190,6 +194,7 @@ impl fmt::Display for CrashInfo {
 /// let reason = NotRunReason::Cancelled("facade dropped".into());
 /// assert_eq!(reason.to_string(), "cancelled: facade dropped");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotRunReason {
     /// The worker died before it started this task, and no replacement ran it.
@@ -226,6 +231,7 @@ impl fmt::Display for NotRunReason {
 /// assert!(done.is_completed());
 /// assert_eq!(done.completed(), Some("ok".to_string()));
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome<O> {
     /// The handler returned this output.
@@ -291,6 +297,9 @@ impl<O: fmt::Display> fmt::Display for Outcome<O> {
 /// };
 /// assert_eq!(record.task.id, "one");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+// `Task` already requires serde for the task and its output.
+#[cfg_attr(feature = "serde", serde(bound = ""))]
 #[derive(Debug, Clone)]
 pub struct TaskRecord<T: Task> {
     /// The ID [`process_task`](crate::WorkingProcessFacade::process_task) returned.
