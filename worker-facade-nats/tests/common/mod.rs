@@ -119,6 +119,23 @@ impl NatsServer {
         Some(server)
     }
 
+    /// The server's version, `(major, minor)`, from `nats-server --version`.
+    pub fn version(&self) -> (u32, u32) {
+        let out = Command::new(&self.binary)
+            .arg("--version")
+            .output()
+            .expect("nats-server --version");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let v = text
+            .trim()
+            .rsplit('v')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -512,6 +529,9 @@ fn agent_main() {
         .name(name)
         .shutdown_grace(Duration::from_secs(5))
         .on_recorded(move |task| {
+            // One mark per outcome this agent's write won: the tests count
+            // them to see that a task is recorded exactly once.
+            mark("recorded", &format!("#{}", task.id));
             if Some(task.id) == die_after {
                 // Between recording the outcome and acking the task.
                 let _ = kill(Pid::this(), Signal::SIGKILL);
@@ -537,6 +557,174 @@ pub fn chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
+}
+
+// ----- a client, as a child process -----
+
+/// Starts a client process that submits `n` tasks named `r0`, `r1`, ...
+/// (each holding `secs`), makes sure they are stored on the server, and
+/// waits to be killed. Returns the process and its job name.
+pub fn start_client_process(url: &str, cluster: &str, n: u64, secs: f64) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().expect("current exe"))
+        .args(libtest_args("common::client_main"))
+        .env("WF_TEST_CLIENT_URL", url)
+        .env("WF_TEST_CLIENT_CLUSTER", cluster)
+        .env("WF_TEST_CLIENT_TASKS", n.to_string())
+        .env("WF_TEST_CLIENT_SECS", secs.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start client");
+    let stdout = child.stdout.take().expect("client stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let job = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(job) = line.strip_prefix("stored job ") {
+                    break job.to_string();
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the client process ended before storing its tasks");
+            }
+        }
+    };
+    (child, job)
+}
+
+#[test]
+#[ignore = "not a test: the client process of start_client_process"]
+fn client_main() {
+    let Ok(url) = std::env::var("WF_TEST_CLIENT_URL") else {
+        return;
+    };
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let n: u64 = var("WF_TEST_CLIENT_TASKS").parse().unwrap_or(1);
+    let secs: f64 = var("WF_TEST_CLIENT_SECS").parse().unwrap_or(0.0);
+    let client = worker_facade_nats::RemoteFacade::<SimpleTask>::builder(url)
+        .cluster(Cluster::named(var("WF_TEST_CLIENT_CLUSTER")))
+        .start()
+        .expect("client starts");
+    for i in 0..n {
+        client
+            .process_task(SimpleTask::new(format!("r{i}"), secs))
+            .expect("accepted");
+    }
+    assert!(client.flush(Duration::from_secs(30)), "tasks stored");
+    println!("stored job {}", client.job());
+    // Wait to be killed: the test SIGKILLs this process.
+    thread::sleep(Duration::from_secs(3600));
+}
+
+// ----- looking at the server directly -----
+
+/// How many task messages the cluster's stream holds (waiting or held by
+/// an agent).
+pub fn queue_len(url: &str, cluster: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js
+            .get_stream(format!("WF_{cluster}"))
+            .await
+            .expect("stream");
+        stream.info().await.expect("stream info").state.messages
+    })
+}
+
+/// Whether the agents' consumer has nothing left to deliver or waiting
+/// for an ack.
+pub fn consumer_idle(url: &str, cluster: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let stream = js
+            .get_stream(format!("WF_{cluster}"))
+            .await
+            .expect("stream");
+        let mut consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("agents")
+            .await
+            .expect("consumer");
+        let info = consumer.info().await.expect("consumer info");
+        info.num_pending == 0 && info.num_ack_pending == 0
+    })
+}
+
+/// Waits (bounded) until the agents' consumer is idle.
+pub fn wait_consumer_idle(url: &str, cluster: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !consumer_idle(url, cluster) {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer still has tasks after {within:?} ({})",
+            queue_state(url, cluster)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The stream's and the agents' consumer's state, for failure messages.
+pub fn queue_state(url: &str, cluster: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js
+            .get_stream(format!("WF_{cluster}"))
+            .await
+            .expect("stream");
+        let state = stream.info().await.expect("stream info").state.clone();
+        let consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("agents")
+            .await;
+        let consumer = match consumer {
+            Ok(mut c) => match c.info().await {
+                Ok(i) => format!(
+                    "consumer: pending {} ack pending {} redelivered {} ack floor {:?} delivered {:?}",
+                    i.num_pending, i.num_ack_pending, i.num_redelivered, i.ack_floor, i.delivered
+                ),
+                Err(e) => format!("consumer info: {e}"),
+            },
+            Err(e) => format!("consumer: {e}"),
+        };
+        format!(
+            "stream: {} messages, first {} last {}; {consumer}",
+            state.messages, state.first_sequence, state.last_sequence
+        )
+    })
+}
+
+/// Waits (bounded) until the cluster's stream is empty.
+pub fn wait_queue_empty(url: &str, cluster: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = queue_len(url, cluster);
+        if n == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} task messages still in the stream after {within:?} ({})",
+            queue_state(url, cluster)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // ----- watchdog and /proc -----
