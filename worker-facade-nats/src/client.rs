@@ -1037,37 +1037,36 @@ fn read_outcome<O: serde::de::DeserializeOwned>(
     }
 }
 
-/// Stores and publishes tasks in order, retrying each until the server has
-/// it (the publish is deduplicated by message ID, so a retry after a lost
-/// acknowledgement is harmless).
+/// How many tasks one round trip to the server stores and publishes.
+const PUBLISH_WINDOW: usize = 256;
+
+/// Stores and publishes tasks in order, a window at a time, retrying a
+/// window until the server has all of it (publishes are deduplicated by
+/// message ID, so a retry after a lost acknowledgement is harmless).
 async fn publisher<O: Send + 'static>(
     server: Server,
     cluster: Cluster,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     events: mpsc::UnboundedSender<Event<O>>,
 ) {
-    while let Some(out) = queue.recv().await {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let stored = server
-                .store
-                .put_task(&out.meta.job, out.meta.id, out.stored.clone())
-                .await;
-            let sent = match stored {
-                Ok(()) => {
-                    server
-                        .publish_task(&cluster, &out.meta, out.payload.clone())
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if sent.is_ok() {
-                break;
+    let mut window = Vec::with_capacity(PUBLISH_WINDOW);
+    while let Some(first) = queue.recv().await {
+        window.clear();
+        window.push((first.meta, first.stored, first.payload));
+        while window.len() < PUBLISH_WINDOW {
+            match queue.try_recv() {
+                Ok(out) => window.push((out.meta, out.stored, out.payload)),
+                Err(_) => break,
             }
+        }
+        let mut delay = Duration::from_millis(50);
+        while server.store_and_publish(&cluster, &window).await.is_err() {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
-        let _ = events.send(Event::Published(out.meta.id + 1));
+        if let Some((meta, _, _)) = window.last() {
+            let _ = events.send(Event::Published(meta.id + 1));
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 
-use crate::config::Cluster;
+use crate::config::{Cluster, task_key};
 use crate::error::ConnectError;
 use crate::store::Store;
 use crate::wire::TaskMeta;
@@ -149,20 +149,37 @@ impl Server {
             })
     }
 
-    /// Publishes a task and waits for the server to store it. A repeat of an
-    /// earlier publish (same job and task number) is dropped by the server
-    /// within the dedup window.
-    pub(crate) async fn publish_task(
+    /// Stores each task's copy in the bucket (for a resuming client), then
+    /// publishes the tasks, waiting for the server to take each. Both steps
+    /// are pipelined: one round trip per step for the whole batch. The
+    /// copies are all stored before any task is published, so a resumed
+    /// client knows every task an agent may hold. Retrying a batch is
+    /// harmless: the copies are plain puts, the publishes are deduplicated.
+    pub(crate) async fn store_and_publish(
         &self,
         cluster: &Cluster,
-        meta: &TaskMeta,
-        payload: Bytes,
+        batch: &[(TaskMeta, Bytes, Bytes)],
     ) -> Result<(), async_nats::Error> {
-        let subject = cluster.task_subject(&meta.job, meta.id);
-        self.js
-            .publish_with_headers(subject, meta.headers(), payload)
-            .await?
-            .await?;
+        let bucket = cluster.bucket_name();
+        let mut acks = Vec::with_capacity(batch.len());
+        for (meta, stored, _) in batch {
+            let subject = format!("$KV.{bucket}.{}", task_key(&meta.job, meta.id));
+            acks.push(self.js.publish(subject, stored.clone()).await?);
+        }
+        for ack in acks.drain(..) {
+            ack.await?;
+        }
+        for (meta, _, payload) in batch {
+            let subject = cluster.task_subject(&meta.job, meta.id);
+            acks.push(
+                self.js
+                    .publish_with_headers(subject, meta.headers(), payload.clone())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
         Ok(())
     }
 

@@ -52,18 +52,7 @@ impl Store {
         Ok(self.kv.get(outcome_key(job, id)).await?)
     }
 
-    /// Keeps a task for a client that resumes the job later.
-    pub(crate) async fn put_task(
-        &self,
-        job: &str,
-        id: u64,
-        value: Bytes,
-    ) -> Result<(), async_nats::Error> {
-        self.kv.put(task_key(job, id), value).await?;
-        Ok(())
-    }
-
-    /// A task kept by [`put_task`](Self::put_task).
+    /// A task kept for a client that resumes the job later.
     pub(crate) async fn task(
         &self,
         job: &str,

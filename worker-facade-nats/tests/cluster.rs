@@ -478,3 +478,117 @@ fn an_agent_of_another_task_type_refuses_the_task_with_a_clear_outcome() {
         assert_eq!(marks.count("ran", "typed"), 0);
     });
 }
+
+/// A small deterministic generator: the mix is the same on every run of a
+/// seed, so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Quick,
+    Hold,
+    Abort,
+    Hang,
+}
+
+fn run_mix(server: &NatsServer, seed: u64) {
+    let marks = Marks::new();
+    let mut spec = AgentSpec::new(&format!("mix{seed}-a"));
+    spec.cluster = format!("mix{seed}");
+    spec.workers = 2;
+    spec.ack_wait = Duration::from_secs(1);
+    spec.max_attempts = 6;
+    spec.task_timeout = Some(Duration::from_secs(1));
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut agents: Vec<AgentProc> = (0..2)
+        .map(|i| {
+            let mut s = spec.clone();
+            s.name = format!("mix{seed}-{i}");
+            AgentProc::start(&server.url(), &marks, s)
+        })
+        .collect();
+    let client = client(server, &spec);
+    let n = 30;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let kind = match rng.below(20) {
+            0..=11 => Kind::Quick,
+            12..=14 => Kind::Hold,
+            15..=17 => Kind::Abort,
+            _ => Kind::Hang,
+        };
+        let (name, secs) = match kind {
+            Kind::Quick => (format!("q{i}"), 0.02),
+            Kind::Hold => (format!("hold:{i}"), 0.3),
+            Kind::Abort => (format!("abort:{i}"), 0.0),
+            Kind::Hang => (format!("hang:{i}"), 0.0),
+        };
+        let handle = client
+            .submit(SimpleTask::new(name.clone(), secs))
+            .expect("accepted");
+        tasks.push((kind, name, secs, handle));
+    }
+    // Kill an agent (SIGKILL, with whatever it holds) after some outcomes,
+    // and start a fresh one in its place.
+    let kill_after: Vec<usize> = (0..3).map(|_| rng.below(n) as usize).collect();
+    let mut kills = 0;
+    for (i, (kind, name, secs, handle)) in tasks.into_iter().enumerate() {
+        let outcome = handle
+            .wait_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("seed {seed}: no outcome for {name}: {e}"));
+        match (kind, &outcome) {
+            (Kind::Quick | Kind::Hold, Outcome::Completed(text)) => {
+                assert_eq!(text, &format!("{name} solved after {secs}"), "seed {seed}");
+            }
+            (Kind::Abort, Outcome::Crashed(info)) => {
+                assert_eq!(
+                    info.exit.signal,
+                    Some(nix::sys::signal::Signal::SIGABRT as i32)
+                );
+            }
+            (Kind::Hang, Outcome::TimedOut(limit)) => {
+                assert_eq!(*limit, Duration::from_secs(1));
+            }
+            _ => panic!("seed {seed}: {name} ({kind:?}) ended {outcome:?}"),
+        }
+        for _ in kill_after.iter().filter(|k| **k == i) {
+            let victim = rng.below(agents.len() as u64) as usize;
+            agents[victim].kill();
+            kills += 1;
+            let mut s = spec.clone();
+            s.name = format!("mix{seed}-r{kills}");
+            agents[victim] = AgentProc::start(&server.url(), &marks, s);
+        }
+    }
+    for i in 0..n {
+        assert_eq!(
+            marks.count("recorded", &format!("#{i}")),
+            1,
+            "seed {seed}: task {i} recorded exactly once"
+        );
+    }
+    assert!(client.collect_tasks().expect("collect").is_empty());
+    common::wait_queue_empty(&server.url(), &spec.cluster, Duration::from_secs(60));
+}
+
+#[test]
+fn a_mix_of_crashes_hangs_and_agent_kills_gives_each_task_exactly_one_outcome() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    within(Duration::from_secs(400), move || {
+        for seed in [1, 2, 3] {
+            run_mix(&server, seed);
+        }
+    });
+}
