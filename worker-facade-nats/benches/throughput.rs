@@ -1,6 +1,6 @@
 //! Tasks per second through two local agents (one worker each) against the
-//! local facade with two workers, measured in the same run. Report only: no
-//! figure is asserted.
+//! local facade with two workers, measured in the same run; and the same
+//! agents with a prefetch. Report only: no figure is asserted.
 //!
 //! `cargo bench -p worker-facade-nats --bench throughput`
 //!
@@ -22,6 +22,14 @@ use worker_facade_nats::{Agent, Cluster, RemoteFacade};
 
 const TASKS: u64 = 2000;
 const ROUNDS: usize = 3;
+/// The prefetch of the second pair of agents.
+const PREFETCH: usize = 8;
+
+/// One cluster per prefetch setting, so each pair of agents gets only its
+/// own tasks.
+fn cluster(prefetch: usize) -> Cluster {
+    Cluster::named(format!("bench-p{prefetch}"))
+}
 
 fn worker() -> WorkerCommand {
     WorkerCommand::current_exe().output(Output::Silent)
@@ -31,10 +39,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     worker_facade::worker::run_if_worker(|t: SimpleTask| Ok::<_, String>(t.solve()));
     if let Ok(name) = std::env::var("WF_BENCH_AGENT") {
         let url = std::env::var("NATS_URL")?;
+        let prefetch: usize = std::env::var("WF_BENCH_PREFETCH")?.parse()?;
         let local = WorkingProcessFacade::<SimpleTask>::builder(worker());
         Agent::builder(url, local)
-            .cluster(Cluster::named("bench"))
+            .cluster(cluster(prefetch))
             .workers(1)
+            .prefetch(prefetch)
             .name(name)
             .run()?;
         return Ok(());
@@ -75,12 +85,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run(url: &str, version: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let agents = [start_agent(url, "bench-1")?, start_agent(url, "bench-2")?];
+    let agents = [
+        start_agent(url, "bench-1", 0)?,
+        start_agent(url, "bench-2", 0)?,
+        start_agent(url, "bench-3", PREFETCH)?,
+        start_agent(url, "bench-4", PREFETCH)?,
+    ];
     let mut local_rates = Vec::new();
     let mut remote_rates = Vec::new();
+    let mut prefetch_rates = Vec::new();
     for _ in 0..ROUNDS {
         local_rates.push(local_rate()?);
-        remote_rates.push(remote_rate(url)?);
+        remote_rates.push(remote_rate(url, 0)?);
+        prefetch_rates.push(remote_rate(url, PREFETCH)?);
     }
     for (mut agent, pump) in agents {
         let _ = nix::sys::signal::kill(
@@ -92,14 +109,18 @@ fn run(url: &str, version: &str) -> Result<(), Box<dyn std::error::Error>> {
     }
     let local = median(&mut local_rates);
     let remote = median(&mut remote_rates);
+    let prefetched = median(&mut prefetch_rates);
     println!(
         "worker-facade-nats throughput ({version}, {TASKS} zero-second tasks, median of {ROUNDS})"
     );
-    println!("  local facade, 2 workers:            {local:>9.0} tasks/s");
-    println!("  2 agents x 1 worker, via NATS:      {remote:>9.0} tasks/s");
+    println!("  local facade, 2 workers:             {local:>9.0} tasks/s");
     println!(
-        "  ratio remote / local:               {:>9.3}",
+        "  2 agents x 1 worker, via NATS:       {remote:>9.0} tasks/s   ratio {:.4}",
         remote / local
+    );
+    println!(
+        "  the same agents with prefetch {PREFETCH}:    {prefetched:>9.0} tasks/s   ratio {:.4}",
+        prefetched / local
     );
     Ok(())
 }
@@ -129,9 +150,9 @@ fn local_rate() -> Result<f64, Box<dyn std::error::Error>> {
     Ok(TASKS as f64 / elapsed.as_secs_f64())
 }
 
-fn remote_rate(url: &str) -> Result<f64, Box<dyn std::error::Error>> {
+fn remote_rate(url: &str, prefetch: usize) -> Result<f64, Box<dyn std::error::Error>> {
     let client = RemoteFacade::<SimpleTask>::builder(url)
-        .cluster(Cluster::named("bench"))
+        .cluster(cluster(prefetch))
         .start()?;
     let start = Instant::now();
     for i in 0..TASKS {
@@ -154,9 +175,11 @@ fn median(v: &mut [f64]) -> f64 {
 fn start_agent(
     url: &str,
     name: &str,
+    prefetch: usize,
 ) -> Result<(Child, thread::JoinHandle<()>), Box<dyn std::error::Error>> {
     let mut child = Command::new(std::env::current_exe()?)
         .env("WF_BENCH_AGENT", name)
+        .env("WF_BENCH_PREFETCH", prefetch.to_string())
         .env("NATS_URL", url)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

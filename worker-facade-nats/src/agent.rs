@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use worker_facade::{FacadeBuilder, Outcome, Task};
 
 use crate::config::Cluster;
 use crate::error::{AgentError, ConnectError};
-use crate::local::{LocalResult, LocalWorkers, Slot};
+use crate::local::{LocalResult, LocalWorkers};
 use crate::reasons;
 use crate::server::Server;
 use crate::store::Recorded;
@@ -81,6 +81,7 @@ pub struct AgentBuilder<T: Task> {
     local: FacadeBuilder<T>,
     cluster: Cluster,
     workers: usize,
+    prefetch: Option<usize>,
     name: String,
     shutdown_grace: Duration,
     on_recorded: Option<Hook>,
@@ -92,6 +93,7 @@ impl<T: Task> fmt::Debug for AgentBuilder<T> {
             .field("url", &self.url)
             .field("cluster", &self.cluster)
             .field("workers", &self.workers)
+            .field("prefetch", &self.prefetch)
             .field("name", &self.name)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
@@ -110,6 +112,18 @@ impl<T: Task> AgentBuilder<T> {
     /// agent pulls a task only when one of them is free.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n.max(1);
+        self
+    }
+
+    /// How many tasks the agent takes beyond its free workers, so that the
+    /// next task is already here when a worker frees up (default 0: a task
+    /// is pulled only for a free worker). Tasks waiting here get heartbeats
+    /// too, so they stay with this agent. The price: if the agent dies,
+    /// they go to another agent after `ack_wait` like the running ones, and
+    /// that delivery counts against their
+    /// [`max_attempts`](Cluster::max_attempts).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
         self
     }
 
@@ -240,6 +254,7 @@ impl<T: Task> Agent<T> {
             local,
             cluster: Cluster::default(),
             workers: 1,
+            prefetch: None,
             name: default_name(),
             shutdown_grace: Duration::from_secs(10),
             on_recorded: None,
@@ -293,6 +308,9 @@ struct Ctx<T: Task> {
     task_type: TaskType,
     server: Server,
     local: Arc<LocalWorkers<T>>,
+    /// How many tasks the agent holds at once: its workers plus the
+    /// prefetch.
+    held: Arc<Semaphore>,
     on_recorded: Option<Hook>,
     /// Set once running tasks are to be handed back, not recorded.
     handing_back: AtomicBool,
@@ -363,6 +381,7 @@ fn agent_thread<T: Task>(
             task_type: TaskType::of::<T>(b.cluster.task_type.as_deref()),
             cluster: b.cluster.clone(),
             server,
+            held: Arc::new(Semaphore::new(b.workers + b.prefetch.unwrap_or(0))),
             local: Arc::new(local),
             on_recorded: b.on_recorded.clone(),
             handing_back: AtomicBool::new(false),
@@ -432,14 +451,16 @@ async fn serve<T: Task>(
     let mut running = JoinSet::new();
     'pull: loop {
         while running.try_join_next().is_some() {}
+        // Room for one more task held here (running, or waiting for a
+        // worker with heartbeats), then for as many as are free now.
         let first = tokio::select! {
-            slot = ctx.local.acquire() => slot,
+            permit = ctx.held.clone().acquire_owned() => permit.ok(),
             _ = stop.wait_for(|s| *s) => None,
         };
         let Some(first) = first else { break };
         let mut slots = vec![first];
-        while let Some(slot) = ctx.local.try_acquire() {
-            slots.push(slot);
+        while let Ok(permit) = ctx.held.clone().try_acquire_owned() {
+            slots.push(permit);
         }
         let batch = consumer
             .batch()
@@ -519,8 +540,11 @@ async fn hand_back<T: Task>(ctx: &Ctx<T>, msg: &jetstream::Message) {
     let _ = msg.ack_with(AckKind::Nak(None)).await;
 }
 
-/// One delivery of one task, from decision to acknowledgement.
-async fn handle<T: Task>(ctx: Arc<Ctx<T>>, msg: jetstream::Message, slot: Slot<T>) {
+/// One delivery of one task, from decision to acknowledgement. `held` is
+/// this task's place among those the agent holds; it is given up as soon as
+/// the task no longer needs a worker, so the next task is pulled while this
+/// one's outcome is recorded.
+async fn handle<T: Task>(ctx: Arc<Ctx<T>>, msg: jetstream::Message, held: OwnedSemaphorePermit) {
     let attempt = msg
         .info()
         .map(|info| u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX))
@@ -552,26 +576,25 @@ async fn handle<T: Task>(ctx: Arc<Ctx<T>>, msg: jetstream::Message, slot: Slot<T
                 "cannot read the outcome of {}.{} ({e}); handing it back",
                 meta.job, meta.id
             ));
-            drop(slot);
             hand_back(&ctx, &msg).await;
             return;
         }
     }
     let outcome = match decide::<T>(&ctx, &meta, attempt) {
         Some(outcome) => {
-            drop(slot);
+            drop(held);
             outcome
         }
         None => {
             let task = match wire::decode_task::<T>(&msg.payload) {
                 Ok(task) => task,
                 Err(why) => {
-                    drop(slot);
+                    drop(held);
                     return record(&ctx, &msg, &meta, attempt, reasons::undecodable(&why)).await;
                 }
             };
-            let result = run_with_heartbeats(&ctx, &msg, &slot, task).await;
-            drop(slot);
+            let result = run_with_heartbeats(&ctx, &msg, task).await;
+            drop(held);
             match result {
                 _ if ctx.handing_back.load(Ordering::Acquire) => {
                     return hand_back(&ctx, &msg).await;
@@ -615,25 +638,36 @@ fn decide<T: Task>(ctx: &Ctx<T>, meta: &TaskMeta, attempt: u32) -> Option<Outcom
     None
 }
 
-/// Runs the task locally, telling the server it is in progress three times
-/// per `ack_wait` so it is not given to another agent meanwhile.
+/// Waits for a free local worker and runs the task on it, telling the
+/// server the task is in progress three times per `ack_wait` all along, so
+/// it is not given to another agent meanwhile.
 async fn run_with_heartbeats<T: Task>(
     ctx: &Ctx<T>,
     msg: &jetstream::Message,
-    slot: &Slot<T>,
     task: T,
 ) -> LocalResult<T::Output> {
-    let run = slot.run(task);
-    tokio::pin!(run);
     let mut beat = tokio::time::interval(ctx.cluster.heartbeat_interval());
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
+    // A lost heartbeat costs at worst a redelivery, which finds the outcome
+    // recorded.
+    let slot = loop {
+        tokio::select! {
+            slot = ctx.local.acquire() => break slot,
+            _ = beat.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    let Some(slot) = slot else {
+        return LocalResult::Unavailable("the agent is stopping".into());
+    };
+    let run = slot.run(task);
+    tokio::pin!(run);
     loop {
         tokio::select! {
             result = &mut run => return result,
             _ = beat.tick() => {
-                // A lost heartbeat costs at worst a redelivery, which finds
-                // the outcome recorded.
                 let _ = msg.ack_with(AckKind::Progress).await;
             }
         }

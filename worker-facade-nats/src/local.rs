@@ -76,12 +76,6 @@ impl<T: Task> LocalWorkers<T> {
         Some(self.slot(permit))
     }
 
-    /// A free worker if there is one now.
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Slot<T>> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some(self.slot(permit))
-    }
-
     fn slot(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot<T> {
         let index = self
             .free
