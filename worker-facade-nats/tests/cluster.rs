@@ -598,3 +598,59 @@ fn a_mix_of_crashes_hangs_and_agent_kills_gives_each_task_exactly_one_outcome() 
         }
     });
 }
+
+#[test]
+fn sigterm_lets_a_short_task_finish_and_hands_a_long_one_back() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    within(Duration::from_secs(120), move || {
+        let marks = Marks::new();
+        let spec = AgentSpec::new("polite");
+        let client = client(&server, &spec);
+
+        // Shorter than the agent's shutdown grace (5 s): it finishes here.
+        let mut polite = AgentProc::start(&server.url(), &marks, spec.clone());
+        let short = client
+            .submit(SimpleTask::new("hold:short", 1.0))
+            .expect("accepted");
+        marks.wait_for("started", "hold:short");
+        let status = polite.terminate();
+        assert!(status.success(), "graceful exit: {status}");
+        assert_eq!(
+            short.wait_timeout(Duration::from_secs(30)),
+            Ok(Outcome::Completed("hold:short solved after 1".into()))
+        );
+        assert_eq!(marks.count("ran", "hold:short"), 1);
+
+        // Longer than the grace: handed back, then run by the next agent.
+        let mut leaving = spec.clone();
+        leaving.name = "leaving".into();
+        let mut leaving = AgentProc::start(&server.url(), &marks, leaving);
+        client
+            .process_task(SimpleTask::new("hold:long", 8.0))
+            .expect("accepted");
+        let started = marks.wait_for("started", "hold:long");
+        let worker: u32 = started[2].parse().expect("worker pid");
+        let status = leaving.terminate();
+        assert!(status.success(), "graceful exit: {status}");
+        assert!(
+            !common::process_alive(worker),
+            "its worker was stopped and reaped"
+        );
+        let mut next = spec.clone();
+        next.name = "next".into();
+        let _next = AgentProc::start(&server.url(), &marks, next);
+        let records = client.collect_records().expect("collect");
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].record.outcome,
+            Outcome::Completed("hold:long solved after 8".into())
+        );
+        assert_eq!(records[0].agent, "next");
+        assert_eq!(
+            records[0].attempt, 2,
+            "the hand-back was the first delivery"
+        );
+    });
+}
