@@ -88,6 +88,21 @@
 //!   [`RemoteSubmitError::TooLarge`], the task handed back. Send a reference
 //!   to large data (a path, an object-store key) instead.
 //!
+//! # Servers
+//!
+//! Any NATS server with JetStream (`nats-server -js`, with file storage so
+//! that a restart loses nothing). 2.10 or later is recommended. 2.9 works,
+//! with one difference: after the server itself is killed, tasks already
+//! acknowledged may stay in the stream until [`Cluster::outcome_ttl`]
+//! (they are never delivered again).
+//!
+//! # Throughput
+//!
+//! Each task costs an agent a few round trips to the server (a pull, an
+//! outcome check, the outcome's `create`, the acknowledgement). For tiny
+//! tasks that dominates; [`AgentBuilder::prefetch`] hides the pull, at the
+//! price its documentation states.
+//!
 //! # Codec
 //!
 //! Tasks and outcomes travel as serde + bincode 2, as between a local facade
