@@ -42,6 +42,7 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
 /// assert_eq!(id.as_u64(), 7);
 /// assert_eq!(id.to_string(), "#7");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskId(pub(crate) u64);
 
@@ -71,6 +72,7 @@ impl fmt::Display for TaskId {
 /// assert_eq!(exit.signal_name(), Some("SIGABRT"));
 /// assert_eq!(exit.to_string(), "worker 42 killed by signal 6 (SIGABRT)");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitInfo {
     /// The worker's process ID.
@@ -97,6 +99,7 @@ pub struct ExitInfo {
 /// };
 /// assert_eq!(usage.to_string(), "max RSS 2048 KiB, CPU 30ms user + 5ms system");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ResourceUsage {
     /// Peak resident set size, in KiB.
@@ -158,6 +161,7 @@ impl fmt::Display for ExitInfo {
 /// };
 /// assert!(crash.to_string().contains("SIGKILL"));
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrashInfo {
     /// The worker's process status.
@@ -194,6 +198,7 @@ impl fmt::Display for CrashInfo {
 /// assert_eq!(why.to_string(), "task #3 ran longer than 2s");
 /// assert!(!why.is_worker_fault());
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CrashReason {
@@ -275,6 +280,7 @@ impl fmt::Display for CrashReason {
 /// use worker_facade::StatusLost;
 /// assert!(StatusLost::SigchldIgnored.to_string().contains("SIGCHLD"));
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StatusLost {
@@ -312,6 +318,7 @@ impl fmt::Display for StatusLost {
 /// let reason = NotRunReason::Cancelled(CancelReason::FacadeDropped);
 /// assert_eq!(reason.to_string(), "cancelled: the facade was dropped");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NotRunReason {
@@ -350,6 +357,7 @@ impl fmt::Display for NotRunReason {
 /// use worker_facade::CancelReason;
 /// assert_eq!(CancelReason::Terminated("shutting down".into()).to_string(), "shutting down");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CancelReason {
@@ -384,6 +392,7 @@ impl fmt::Display for CancelReason {
 /// let why = UnavailableReason::SpawnFailed("worker binary not found".into());
 /// assert!(why.to_string().contains("could not be started"));
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UnavailableReason {
@@ -398,6 +407,20 @@ pub enum UnavailableReason {
     },
     /// A replacement worker could not be started; the error's text.
     SpawnFailed(String),
+    /// Delivered this many times to agents of a cluster (see the
+    /// `worker-facade-nats` crate), each of which died or lost its
+    /// connection before recording an outcome: the task is given up.
+    AttemptsExhausted {
+        /// The limit of deliveries.
+        max_attempts: u32,
+        /// The delivery that gave up.
+        delivered: u64,
+    },
+    /// The agent that received it refused it: it speaks another protocol
+    /// version, or serves another task type; what it said.
+    Refused(String),
+    /// An outcome was recorded but could not be read back; what was wrong.
+    OutcomeUnreadable(String),
     /// Workers died this many times in a row without answering a task
     /// (see [`RestartPolicy::WhileProgressing`](crate::RestartPolicy::WhileProgressing)).
     NoProgress {
@@ -423,6 +446,18 @@ impl fmt::Display for UnavailableReason {
             UnavailableReason::SpawnFailed(why) => {
                 write!(f, "a replacement worker could not be started: {why}")
             }
+            UnavailableReason::AttemptsExhausted {
+                max_attempts,
+                delivered,
+            } => write!(
+                f,
+                "given up after {max_attempts} attempts: the agents holding it died or lost \
+                 their connection each time (delivery {delivered})"
+            ),
+            UnavailableReason::Refused(why) => write!(f, "refused by the agent: {why}"),
+            UnavailableReason::OutcomeUnreadable(why) => {
+                write!(f, "the recorded outcome could not be read: {why}")
+            }
             UnavailableReason::NoProgress { deaths, last_crash } => write!(
                 f,
                 "workers died {deaths} times in a row without answering a task; \
@@ -440,6 +475,7 @@ impl fmt::Display for UnavailableReason {
 /// assert!(done.is_completed());
 /// assert_eq!(done.completed(), Some("ok".to_string()));
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome<O> {
     /// The handler returned this output.
@@ -505,6 +541,9 @@ impl<O: fmt::Display> fmt::Display for Outcome<O> {
 /// };
 /// assert_eq!(record.task.id, "one");
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+// `Task` already requires serde for the task and its output.
+#[cfg_attr(feature = "serde", serde(bound = ""))]
 #[derive(Debug, Clone)]
 pub struct TaskRecord<T: Task> {
     /// The ID [`process_task`](crate::WorkingProcessFacade::process_task) returned.
