@@ -1,11 +1,13 @@
 //! [`CollectOnDrop`]: scoped use of a facade whose outcomes are never lost.
 
 use std::fmt;
-use std::ops::Deref;
+use std::time::Duration;
 
-use crate::error::CollectError;
+use crate::error::{CollectError, SubmitError};
 use crate::facade::WorkingProcessFacade;
-use crate::task::{Task, TaskRecord};
+use crate::handle::TaskHandle;
+use crate::stats::FacadeStats;
+use crate::task::{Task, TaskId, TaskRecord};
 
 type Sink<T> = Box<dyn FnOnce(Result<Vec<TaskRecord<T>>, CollectError>) + Send>;
 
@@ -13,7 +15,18 @@ type Sink<T> = Box<dyn FnOnce(Result<Vec<TaskRecord<T>>, CollectError>) + Send>;
 /// sink you chose (a closure, or a channel's sender inside one). Made by
 /// [`WorkingProcessFacade::collect_on_drop`].
 ///
-/// It derefs to the facade, so `process_task` and `submit` work on it.
+/// It offers the facade's submitting side (`process_task`, `submit`,
+/// `cancel`, `stats`...), but not `collect_tasks`: the records are the
+/// sink's, or [`finish`](Self::finish)'s, so they cannot be taken behind the
+/// guard's back (the guard does not deref to the facade for that reason):
+///
+/// ```compile_fail
+/// # use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))
+///     .unwrap()
+///     .collect_on_drop(|_| {});
+/// w.collect_tasks(); // does not compile: use w.finish()
+/// ```
 ///
 /// # Drop
 ///
@@ -60,16 +73,63 @@ impl<T: Task> CollectOnDrop<T> {
     }
 }
 
-impl<T: Task> Deref for CollectOnDrop<T> {
-    type Target = WorkingProcessFacade<T>;
-
-    fn deref(&self) -> &WorkingProcessFacade<T> {
+impl<T: Task> CollectOnDrop<T> {
+    fn facade(&self) -> &WorkingProcessFacade<T> {
         match &self.facade {
             Some(facade) => facade,
             // `facade` is only taken by `finish` (which consumes the guard)
             // and by `drop`.
             None => unreachable!("CollectOnDrop used after finish"),
         }
+    }
+
+    /// [`WorkingProcessFacade::process_task`].
+    pub fn process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
+        self.facade().process_task(task)
+    }
+
+    /// [`WorkingProcessFacade::try_process_task`].
+    pub fn try_process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
+        self.facade().try_process_task(task)
+    }
+
+    /// [`WorkingProcessFacade::submit`].
+    pub fn submit(&self, task: T) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
+        self.facade().submit(task)
+    }
+
+    /// [`WorkingProcessFacade::submit_with_timeout`].
+    pub fn submit_with_timeout(
+        &self,
+        task: T,
+        timeout: Option<Duration>,
+    ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
+        self.facade().submit_with_timeout(task, timeout)
+    }
+
+    /// [`WorkingProcessFacade::cancel`].
+    pub fn cancel(&self, id: TaskId) {
+        self.facade().cancel(id)
+    }
+
+    /// [`WorkingProcessFacade::terminate`].
+    pub fn terminate(&self, reason: impl Into<String>) {
+        self.facade().terminate(reason)
+    }
+
+    /// [`WorkingProcessFacade::stats`].
+    pub fn stats(&self) -> FacadeStats {
+        self.facade().stats()
+    }
+
+    /// [`WorkingProcessFacade::worker_pid`].
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.facade().worker_pid()
+    }
+
+    /// [`WorkingProcessFacade::worker_pids`].
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.facade().worker_pids()
     }
 }
 
