@@ -1,7 +1,9 @@
 //! [`WorkerCommand`]: which program to start as a worker, and how.
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::console::Output;
@@ -45,6 +47,24 @@ pub struct WorkerCommand {
     pub(crate) max_frame: u32,
     pub(crate) core_dumps: bool,
     pub(crate) memory_limit: Option<u64>,
+    /// For [`WorkerCommand::current_exe`]: the very program this process
+    /// runs, opened from `/proc/self/exe`, so that a worker started after
+    /// the binary was rebuilt, replaced or deleted still runs this build.
+    pub(crate) image: Option<Arc<OwnedFd>>,
+}
+
+/// This process's own program, opened once (close-on-exec) from
+/// `/proc/self/exe`, which names the running image even after its file was
+/// replaced or deleted.
+fn running_image() -> Option<Arc<OwnedFd>> {
+    static IMAGE: OnceLock<Option<Arc<OwnedFd>>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            std::fs::File::open("/proc/self/exe")
+                .ok()
+                .map(|f| Arc::new(OwnedFd::from(f)))
+        })
+        .clone()
 }
 
 impl WorkerCommand {
@@ -62,6 +82,7 @@ impl WorkerCommand {
             max_frame: DEFAULT_MAX_FRAME,
             core_dumps: false,
             memory_limit: None,
+            image: None,
         }
     }
 
@@ -70,10 +91,18 @@ impl WorkerCommand {
     /// None of the parent's arguments are forwarded.
     ///
     /// Falls back to `argv[0]` if the OS cannot name the current executable.
+    ///
+    /// Workers run the very program this process runs, even if its file is
+    /// rebuilt, replaced or deleted meanwhile (a `cargo build` during a long
+    /// run): it is executed through a descriptor of the running image
+    /// (`/proc/self/exe`, opened once), never by its path again. The path
+    /// still names it in errors and in the worker's `argv[0]`.
     pub fn current_exe() -> Self {
         let program = std::env::current_exe()
             .unwrap_or_else(|_| std::env::args_os().next().unwrap_or_default().into());
-        WorkerCommand::new(program)
+        let mut cmd = WorkerCommand::new(program);
+        cmd.image = running_image();
+        cmd
     }
 
     /// Adds an argument for the worker.

@@ -83,7 +83,17 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
         .write_all(&boot)
         .map_err(resource("bootstrap message"))?;
 
-    let mut command = Command::new(&cmd.program);
+    let mut command = match &cmd.image {
+        // The running image itself, through its descriptor (inherited by the
+        // forked child, so the path resolves there; the kernel opens it
+        // before close-on-exec descriptors close), named by its path.
+        Some(image) => {
+            let mut c = Command::new(format!("/proc/self/fd/{}", image.as_raw_fd()));
+            c.arg0(&cmd.program);
+            c
+        }
+        None => Command::new(&cmd.program),
+    };
     command
         .args(&cmd.args)
         .env(WORKER_ENV, std::process::id().to_string())
