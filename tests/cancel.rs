@@ -19,17 +19,8 @@ fn cancelled() -> Outcome<String> {
 
 /// Waits until a worker printed `started <id>`, and returns its pid.
 fn started(lines: &common::Lines, id: &str) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(pid) = pids_printing(lines, &format!("started {id}"))
-            .into_iter()
-            .next()
-        {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "{id} did not start");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let pids = common::wait_for_printers(lines, &format!("started {id}"), 1);
+    pids.into_iter().next().unwrap_or_default()
 }
 
 #[test]

@@ -34,6 +34,16 @@ fn slow_replacements(dir: &Path, slow: f64) -> WorkerCommand {
         .output(Output::Silent)
 }
 
+/// Waits until the facade's first worker crashed (its replacement then
+/// starts as soon as work waits).
+fn wait_for_crash(w: &WorkingProcessFacade<SimpleTask>) {
+    let t0 = Instant::now();
+    while w.stats().crashed == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no crash");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn dir(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("wf-respawn-{name}-{}", std::process::id()))
 }
@@ -50,11 +60,7 @@ fn a_collect_deadline_is_honoured_while_a_replacement_is_in_its_handshake() {
         w.process_task(SimpleTask::new("behind", 0.0))
             .expect("accepted");
         // Wait until the crash is in and the replacement is starting.
-        let t0 = Instant::now();
-        while w.stats().crashed == 0 {
-            assert!(t0.elapsed() < Duration::from_secs(20), "no crash");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_for_crash(&w);
         let asked = Instant::now();
         let records = w
             .collect_tasks_timeout(Duration::from_millis(100))
@@ -82,11 +88,7 @@ fn terminate_is_honoured_while_a_replacement_is_in_its_handshake() {
         w.process_task(SimpleTask::new("crash", 0.0))
             .expect("accepted");
         let behind = w.submit(SimpleTask::new("behind", 0.0)).expect("accepted");
-        let t0 = Instant::now();
-        while w.stats().crashed == 0 {
-            assert!(t0.elapsed() < Duration::from_secs(20), "no crash");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_for_crash(&w);
         let asked = Instant::now();
         w.terminate("enough");
         let outcome = behind
@@ -125,11 +127,7 @@ fn other_workers_serve_while_one_replacement_starts() {
         .expect("make later starts slow");
         w.process_task(SimpleTask::new("crash", 0.0))
             .expect("accepted");
-        let t0 = Instant::now();
-        while w.stats().crashed == 0 {
-            assert!(t0.elapsed() < Duration::from_secs(20), "no crash");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_for_crash(&w);
         let asked = Instant::now();
         let handles: Vec<_> = (0..20)
             .map(|i| {

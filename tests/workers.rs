@@ -108,18 +108,7 @@ fn kill_9_of_two_workers_at_once_loses_nothing_else() {
             })
             .collect();
         // Wait until all four long tasks run, then kill two of their workers.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let running = loop {
-            let running = pids_printing(&lines, "started announce-long-");
-            if running.len() == 4 {
-                break running;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "long tasks did not start"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let running = common::wait_for_printers(&lines, "started announce-long-", 4);
         let victims: Vec<u32> = running.iter().copied().take(2).collect();
         for pid in &victims {
             signal(*pid, Signal::SIGKILL);

@@ -148,12 +148,7 @@ impl<T: Task> Lease<T> {
         task: T,
         timeout: Option<Duration>,
     ) -> Result<TaskHandle<T::Output>, LeaseError<T>> {
-        match self.revocation() {
-            Some(Revoked::Stopped) => return Err(LeaseError::Stopped(task)),
-            Some(Revoked::Expired) => return Err(self.expired(task, true)),
-            None if Instant::now() >= self.soft => return Err(self.expired(task, false)),
-            None => {}
-        }
+        let task = self.still_open(task)?;
         // A revocation racing with this call kills the worker after the task
         // is queued: the task then gets a NotRun outcome that says the lease
         // expired, so it is answered either way.
@@ -170,15 +165,20 @@ impl<T: Task> Lease<T> {
         task: T,
         timeout: Option<Duration>,
     ) -> Result<oneshot::Receiver<crate::engine::Reclaimed<T>>, LeaseError<T>> {
-        match self.revocation() {
-            Some(Revoked::Stopped) => return Err(LeaseError::Stopped(task)),
-            Some(Revoked::Expired) => return Err(self.expired(task, true)),
-            None if Instant::now() >= self.soft => return Err(self.expired(task, false)),
-            None => {}
-        }
+        let task = self.still_open(task)?;
         self.facade
             .submit_reclaim(task, timeout)
             .map_err(|err| self.refused(err))
+    }
+
+    /// The task back if the lease takes work now; the refusal otherwise.
+    fn still_open(&self, task: T) -> Result<T, LeaseError<T>> {
+        match self.revocation() {
+            Some(Revoked::Stopped) => Err(LeaseError::Stopped(task)),
+            Some(Revoked::Expired) => Err(self.expired(task, true)),
+            None if Instant::now() >= self.soft => Err(self.expired(task, false)),
+            None => Ok(task),
+        }
     }
 
     /// Why the facade refused a task, as the lease says it.

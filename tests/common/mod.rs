@@ -141,6 +141,24 @@ pub fn pids_printing(lines: &Lines, marker: &str) -> BTreeSet<u32> {
         .collect()
 }
 
+/// Waits (at most 20 s) until `n` workers printed a line containing
+/// `marker`, and returns their pids.
+pub fn wait_for_printers(lines: &Lines, marker: &str, n: usize) -> BTreeSet<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = pids_printing(lines, marker);
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} workers printed {marker:?}",
+            pids.len()
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Waits for a line equal to `want`, skipping others.
 pub fn wait_for_line(rx: &mpsc::Receiver<String>, want: &str) {
     loop {
