@@ -174,6 +174,18 @@ impl<T: Task> FacadeBuilder<T> {
         self
     }
 
+    /// Recycle a worker whose resident memory is above `bytes` after a
+    /// task: it finishes what it was sent, exits, and a fresh one takes its
+    /// place (no task lost, none run twice). Read from `/proc/<pid>/statm`
+    /// after each answer. Unlike
+    /// [`WorkerCommand::memory_limit`](crate::WorkerCommand::memory_limit),
+    /// which crashes a worker that goes past it, this is for workers that
+    /// leak slowly.
+    pub fn max_worker_rss(mut self, bytes: u64) -> Self {
+        self.cfg.max_worker_rss = Some(bytes);
+        self
+    }
+
     /// Replace the worker with a fresh one after it has run `n` tasks.
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
         self.cfg.max_tasks_per_worker = Some(n.max(1));

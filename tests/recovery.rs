@@ -308,3 +308,53 @@ fn the_default_policy_gives_up_on_workers_that_crash_on_everything() {
         assert!(w.stats().gave_up, "{:?}", w.stats());
     });
 }
+
+#[test]
+fn a_worker_past_its_rss_limit_is_recycled_losing_and_rerunning_nothing() {
+    within(Duration::from_secs(60), || {
+        let (cmd, lines) = common::capture_lines(test_worker());
+        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
+            .max_worker_rss(150 << 20)
+            .spawn()
+            .expect("spawn");
+        // Each task leaks 40 MiB on purpose; each is announced by the worker
+        // that runs it, so a task run twice would show.
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                w.submit(SimpleTask::new(format!("leak-{i}"), 40.0))
+                    .expect("accepted")
+            })
+            .collect();
+        for h in handles {
+            let outcome = h.wait_timeout(Duration::from_secs(30)).expect("answered");
+            assert_eq!(outcome, Outcome::Completed(format!("leaked {}", 40 << 20)));
+        }
+        w.collect_tasks().expect("collect");
+        let stats = w.stats();
+        // Under 150 MiB fit 3 leaks of 40 MiB; the 4th is the one that
+        // goes past, and one more may have started before the worker saw
+        // it was to stop: at most 5 per worker.
+        let per_worker = |pid: u32| {
+            lines
+                .lock()
+                .expect("lines")
+                .iter()
+                .filter(|l| l.pid == pid && l.text.starts_with("ran leak-"))
+                .count()
+        };
+        let workers = common::pids_printing(&lines, "ran leak-");
+        assert!(workers.len() >= 2, "{workers:?} {stats:?}");
+        for &pid in &workers {
+            assert!(per_worker(pid) <= 5, "worker {pid} ran {}", per_worker(pid));
+        }
+        assert!(stats.recycles >= 1, "{stats:?}");
+        assert_eq!((stats.restarts, stats.crashed), (0, 0), "{stats:?}");
+        let ran = lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| l.text.starts_with("ran leak-"))
+            .count();
+        assert_eq!(ran, 10, "each task ran once");
+    });
+}

@@ -44,6 +44,9 @@ pub(super) enum StopWhy {
     Collect,
     /// The facade was dropped: CANCEL, nothing more starts.
     Drop,
+    /// It grew past `max_worker_rss`: CANCEL (it starts nothing more of
+    /// what it was sent, which goes to its replacement), then replaced.
+    Outgrown,
 }
 
 /// Why the handshake failed.
@@ -424,7 +427,11 @@ impl Link {
                     kill_at: now.checked_add(EOF_LIMIT),
                 };
             }
-            Phase::Stopping { .. } if !self.inflight.is_empty() => {
+            // After CANCEL, hanging up with unstarted tasks is as asked.
+            Phase::Stopping { why, .. }
+                if !self.inflight.is_empty()
+                    && !matches!(why, StopWhy::Drop | StopWhy::Outgrown) =>
+            {
                 self.phase = Phase::Hungup {
                     kill_at: now.checked_add(EOF_LIMIT),
                 };
@@ -489,7 +496,7 @@ impl Link {
             Phase::Starting { .. } => self.end(Cause::Unneeded),
             Phase::Running => {
                 let (kind, kill_at) = match why {
-                    StopWhy::Drop => (KIND_CANCEL, now.checked_add(grace)),
+                    StopWhy::Drop | StopWhy::Outgrown => (KIND_CANCEL, now.checked_add(grace)),
                     _ if self.inflight.is_empty() => (KIND_STOP, now.checked_add(grace)),
                     _ => (KIND_STOP, None),
                 };
@@ -614,8 +621,9 @@ impl Link {
             Phase::Stopping { why, .. } if self.inflight.is_empty() => Cause::Stopped(why),
             // After CANCEL it leaves the tasks it held unstarted: as asked.
             Phase::Stopping {
-                why: StopWhy::Drop, ..
-            } if self.running.is_none() => Cause::Stopped(StopWhy::Drop),
+                why: why @ (StopWhy::Drop | StopWhy::Outgrown),
+                ..
+            } if self.running.is_none() => Cause::Stopped(why),
             _ => Cause::ByItself,
         };
         self.phase = Phase::Exited {

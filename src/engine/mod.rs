@@ -635,6 +635,13 @@ impl<T: Task> Engine<T> {
                     link.on_answered(now, cfg.grace);
                     if !settled.is_empty() {
                         budget.progress();
+                        // Recycled when it grew too large: it answers what
+                        // it holds, exits, and is replaced.
+                        if let Some(max) = cfg.max_worker_rss {
+                            if policy::resident_bytes(link.pid()).is_some_and(|rss| rss > max) {
+                                link.stop(StopWhy::Outgrown, now, cfg.grace);
+                            }
+                        }
                     }
                     for (id, outcome) in settled {
                         let counted = stats.counter(&outcome);
@@ -790,7 +797,10 @@ impl<T: Task> Engine<T> {
             }
         }
         if clean {
-            if matches!(end.cause, Cause::Stopped(StopWhy::Recycle)) {
+            if matches!(
+                end.cause,
+                Cause::Stopped(StopWhy::Recycle | StopWhy::Outgrown)
+            ) {
                 self.slots[slot].replace = Some(Replace::Recycle);
             }
             return;

@@ -92,6 +92,18 @@ pub(crate) fn recycle_due(sent: u64, max_tasks_per_worker: Option<u64>) -> bool 
     max_tasks_per_worker.is_some_and(|max| sent >= max)
 }
 
+/// The resident set size of process `pid`, in bytes, from
+/// `/proc/<pid>/statm` (its second field, in pages).
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096);
+    Some(pages.saturating_mul(page.max(1) as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +155,12 @@ mod tests {
         });
         assert!(budget.charge(Instant::now()).is_ok());
         assert!(budget.charge(Instant::now()).is_err());
+    }
+
+    #[test]
+    fn this_process_has_a_resident_size() {
+        let rss = resident_bytes(std::process::id()).expect("statm");
+        assert!(rss > 1 << 20, "{rss}");
     }
 
     #[test]

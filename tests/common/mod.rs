@@ -46,7 +46,8 @@ pub fn test_worker() -> WorkerCommand {
 /// The test worker's behaviour, chosen by the task's id:
 /// `crash` aborts, `exit0` exits with code 0, `panic` panics in the handler,
 /// `fail` returns an error, `hang` sleeps for an hour, `alloc` allocates
-/// `estimated_processing_time` MiB, `print:<text>` prints
+/// `estimated_processing_time` MiB, `leak...` allocates that much and keeps
+/// it (printing `ran <id>`), `print:<text>` prints
 /// the text on stdout and stderr, `announce...` prints `started <id>` on
 /// stderr and then works like the stock worker; anything else behaves like
 /// the stock worker.
@@ -58,6 +59,13 @@ pub fn test_handler(t: SimpleTask) -> Result<String, String> {
         "hang" => {
             thread::sleep(Duration::from_secs(3600));
             Ok("woke".into())
+        }
+        id if id.starts_with("leak") => {
+            // Allocate, touch and keep estimated_processing_time MiB.
+            eprintln!("ran {id}");
+            let bytes = (t.estimated_processing_time * 1024.0 * 1024.0) as usize;
+            let kept: &'static mut [u8] = Box::leak(vec![1u8; bytes].into_boxed_slice());
+            Ok(format!("leaked {}", kept.len()))
         }
         "alloc" => {
             // Allocate (and touch) estimated_processing_time MiB.
