@@ -526,22 +526,11 @@ fn a_failed_replacement_does_not_fail_a_caller_waiting_for_a_lease() {
     std::fs::create_dir_all(&dir).expect("dir");
     // The 2nd start (the replacement) fails after a moment; the others run
     // the stock worker.
-    let script = dir.join("flaky-worker");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\n\
-         n=$(($(cat \"$WF_DIR/count\" 2>/dev/null || echo 0) + 1))\n\
-         echo $n > \"$WF_DIR/count\"\n\
-         if [ \"$n\" = 2 ]; then sleep 0.3; echo 'start 2 fails' >&2; exit 3; fi\n\
-         exec \"$WF_WORKER\"\n",
-    )
-    .expect("script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let cmd = WorkerCommand::new(&script)
-        .env("WF_DIR", &dir)
-        .env("WF_WORKER", env!("CARGO_BIN_EXE_facade-worker"))
-        .output(worker_facade::Output::Silent);
+    let cmd = common::counted_starts_worker(
+        &dir,
+        "flaky-worker",
+        "if [ \"$n\" = 2 ]; then sleep 0.3; echo 'start 2 fails' >&2; exit 3; fi",
+    );
     let pool = Arc::new(
         LeasedExecutorManager::<SimpleTask>::builder(cmd)
             .min_executors(1)

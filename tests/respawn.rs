@@ -8,30 +8,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use worker_facade::simple::SimpleTask;
-use worker_facade::{NotRunReason, Outcome, Output, WorkerCommand, WorkingProcessFacade};
+use worker_facade::{NotRunReason, Outcome, WorkerCommand, WorkingProcessFacade};
 
 /// A worker whose starts after the first take `slow` seconds before they
 /// run the stock worker: a replacement with a slow handshake.
 fn slow_replacements(dir: &Path, slow: f64) -> WorkerCommand {
-    std::fs::create_dir_all(dir).expect("dir");
-    let script = dir.join("slow-worker");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             n=$(($(cat \"$WF_DIR/count\" 2>/dev/null || echo 0) + 1))\n\
-             echo $n > \"$WF_DIR/count\"\n\
-             if [ \"$n\" -gt 1 ]; then sleep {slow}; fi\n\
-             exec \"$WF_WORKER\"\n"
-        ),
+    common::counted_starts_worker(
+        dir,
+        "slow-worker",
+        &format!("if [ \"$n\" -gt 1 ]; then sleep {slow}; fi"),
     )
-    .expect("script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    WorkerCommand::new(&script)
-        .env("WF_DIR", dir)
-        .env("WF_WORKER", env!("CARGO_BIN_EXE_facade-worker"))
-        .output(Output::Silent)
 }
 
 /// Waits until the facade's first worker crashed (its replacement then

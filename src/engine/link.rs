@@ -49,6 +49,15 @@ pub(super) enum StopWhy {
     Outgrown,
 }
 
+impl StopWhy {
+    /// Whether the worker is told CANCEL (start nothing more, exit) rather
+    /// than STOP (finish everything sent, exit): leaving tasks unstarted is
+    /// then as asked.
+    fn cancels(self) -> bool {
+        matches!(self, StopWhy::Drop | StopWhy::Outgrown)
+    }
+}
+
 /// Why the handshake failed.
 #[derive(Debug, Clone)]
 pub(super) enum HandshakeFailure {
@@ -428,10 +437,7 @@ impl Link {
                 };
             }
             // After CANCEL, hanging up with unstarted tasks is as asked.
-            Phase::Stopping { why, .. }
-                if !self.inflight.is_empty()
-                    && !matches!(why, StopWhy::Drop | StopWhy::Outgrown) =>
-            {
+            Phase::Stopping { why, .. } if !self.inflight.is_empty() && !why.cancels() => {
                 self.phase = Phase::Hungup {
                     kill_at: now.checked_add(EOF_LIMIT),
                 };
@@ -496,7 +502,7 @@ impl Link {
             Phase::Starting { .. } => self.end(Cause::Unneeded),
             Phase::Running => {
                 let (kind, kill_at) = match why {
-                    StopWhy::Drop | StopWhy::Outgrown => (KIND_CANCEL, now.checked_add(grace)),
+                    _ if why.cancels() => (KIND_CANCEL, now.checked_add(grace)),
                     _ if self.inflight.is_empty() => (KIND_STOP, now.checked_add(grace)),
                     _ => (KIND_STOP, None),
                 };
@@ -620,10 +626,9 @@ impl Link {
             Phase::Ending { cause, .. } => cause,
             Phase::Stopping { why, .. } if self.inflight.is_empty() => Cause::Stopped(why),
             // After CANCEL it leaves the tasks it held unstarted: as asked.
-            Phase::Stopping {
-                why: why @ (StopWhy::Drop | StopWhy::Outgrown),
-                ..
-            } if self.running.is_none() => Cause::Stopped(why),
+            Phase::Stopping { why, .. } if why.cancels() && self.running.is_none() => {
+                Cause::Stopped(why)
+            }
             _ => Cause::ByItself,
         };
         self.phase = Phase::Exited {

@@ -186,6 +186,8 @@ pub(crate) struct Engine<T: Task> {
     inbox: Inbox<T>,
     epoll: Epoll,
     events: Vec<EpollEvent>,
+    /// What the last wait returned, as (token, flags).
+    ready: Vec<(u64, EpollFlags)>,
     ledger: Ledger<T>,
     /// Accepted tasks not yet sent to a worker, in order.
     queue: VecDeque<u64>,
@@ -236,6 +238,7 @@ impl<T: Task> Engine<T> {
             inbox,
             epoll,
             events: vec![EpollEvent::empty(); 64],
+            ready: Vec::with_capacity(64),
             ledger: Ledger::new(),
             queue: VecDeque::new(),
             received: 0,
@@ -422,10 +425,7 @@ impl<T: Task> Engine<T> {
 
     /// Records a task's one outcome (a second one is ignored).
     fn finish(&mut self, id: u64, outcome: Outcome<T::Output>) {
-        let counted = self.stats.counter(&outcome);
-        if self.ledger.settle(id, outcome).is_some() {
-            counted.fetch_add(1, Relaxed);
-        }
+        settle(&mut self.ledger, &self.stats, id, outcome);
     }
 
     fn on_deadlines(&mut self, now: Instant) {
@@ -568,11 +568,12 @@ impl<T: Task> Engine<T> {
         };
         let mut woken = false;
         let now = Instant::now();
-        let ready: Vec<(u64, EpollFlags)> = self.events[..n]
-            .iter()
-            .map(|e| (e.data(), e.events()))
-            .collect();
-        for (data, flags) in ready {
+        // Copied out (the handlers need `self`), into a buffer kept across
+        // turns: no allocation per wait.
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events[..n].iter().map(|e| (e.data(), e.events())));
+        for &(data, flags) in &ready {
             let (slot, generation, source) = untoken(data);
             match source {
                 Source::Waker => woken = true,
@@ -581,6 +582,7 @@ impl<T: Task> Engine<T> {
                 _ => self.on_ready(slot, generation, source, flags, now),
             }
         }
+        self.ready = ready;
         self.inbox.unpark(woken);
     }
 
@@ -644,10 +646,7 @@ impl<T: Task> Engine<T> {
                         }
                     }
                     for (id, outcome) in settled {
-                        let counted = stats.counter(&outcome);
-                        if ledger.settle(id, outcome).is_some() {
-                            counted.fetch_add(1, Relaxed);
-                        }
+                        settle(ledger, stats, id, outcome);
                     }
                     // A task cancelled while its request was on the way,
                     // started anyway (and not finished by now): stop it.
@@ -658,10 +657,7 @@ impl<T: Task> Engine<T> {
                             link.end_gently(Cause::Cancelled, now.checked_add(cfg.term_grace));
                             let outcome =
                                 Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested));
-                            let counted = stats.counter(&outcome);
-                            if ledger.settle(id, outcome).is_some() {
-                                counted.fetch_add(1, Relaxed);
-                            }
+                            settle(ledger, stats, id, outcome);
                         }
                     }
                 }
@@ -1091,6 +1087,20 @@ impl<T: Task> Drop for Engine<T> {
         for slot in &mut self.slots {
             slot.link = None;
         }
+    }
+}
+
+/// Records a task's one outcome in the ledger and counts it (a second one
+/// is ignored, and not counted).
+fn settle<T: Task>(
+    ledger: &mut Ledger<T>,
+    stats: &StatsCells,
+    id: u64,
+    outcome: Outcome<T::Output>,
+) {
+    let counted = stats.counter(&outcome);
+    if ledger.settle(id, outcome).is_some() {
+        counted.fetch_add(1, Relaxed);
     }
 }
 

@@ -149,6 +149,31 @@ pub fn pids_printing(lines: &Lines, marker: &str) -> BTreeSet<u32> {
         .collect()
 }
 
+/// The stock worker behind a shell script `dir/name` that counts its starts
+/// (in `dir/count`) and runs `on_start` first, with the start's number in
+/// `$n`: a worker command whose later starts fail or are slow.
+pub fn counted_starts_worker(dir: &std::path::Path, name: &str, on_start: &str) -> WorkerCommand {
+    std::fs::create_dir_all(dir).expect("dir");
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             n=$(($(cat \"$WF_DIR/count\" 2>/dev/null || echo 0) + 1))\n\
+             echo $n > \"$WF_DIR/count\"\n\
+             {on_start}\n\
+             exec \"$WF_WORKER\"\n"
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    WorkerCommand::new(&script)
+        .env("WF_DIR", dir)
+        .env("WF_WORKER", env!("CARGO_BIN_EXE_facade-worker"))
+        .output(Output::Silent)
+}
+
 /// Waits (at most 20 s) until `n` workers printed a line containing
 /// `marker`, and returns their pids.
 pub fn wait_for_printers(lines: &Lines, marker: &str, n: usize) -> BTreeSet<u32> {
