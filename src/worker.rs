@@ -94,8 +94,13 @@ pub enum WorkerError {
 /// worker binary.
 ///
 /// The handler's `Err` becomes [`Outcome::Failed`](crate::Outcome::Failed)
-/// with the error's `Display` text; a panic in the handler becomes `Failed`
-/// with the panic message, and the worker goes on with the next task.
+/// with the error's `Display` text. A panic in the handler becomes `Failed`
+/// with the panic's message, file, line and column (`the handler panicked at
+/// src/main.rs:10:5: boom`, and a backtrace when `RUST_BACKTRACE` is set in
+/// the worker), and the worker goes on with the next task. A panic the worker
+/// catches is not printed: it is the task's outcome. Panics it cannot catch
+/// (on a thread the handler started) still go to the panic hook that was
+/// installed before serving.
 ///
 /// If the worker cannot talk to its parent (it was run by hand, or the parent
 /// broke the protocol), the error is printed to stderr and the process exits
@@ -204,28 +209,24 @@ where
                 wire::push_bare(&mut out, KIND_STARTED, Some(id));
                 writer.write_all(&out).map_err(WireError::Io)?;
                 out.clear();
-                let task = match catch_unwind(AssertUnwindSafe(|| codec::decode::<T>(payload))) {
+                let task = match caught(|| codec::decode::<T>(payload)) {
                     Ok(Ok(task)) => task,
                     Ok(Err(e)) => {
                         push_message(&mut out, KIND_UNDECODABLE, id, &error_chain(&e), max);
                         continue;
                     }
                     Err(panic) => {
-                        let why = format!("its Deserialize panicked: {}", panic_message(&*panic));
+                        let why = format!("its Deserialize {panic}");
                         push_message(&mut out, KIND_UNDECODABLE, id, &why, max);
                         continue;
                     }
                 };
-                match catch_unwind(AssertUnwindSafe(|| handler(task))) {
+                match caught(|| handler(task)) {
                     Ok(Ok(output)) => push_output::<T>(&mut out, id, &output, max),
                     Ok(Err(e)) => push_message(&mut out, KIND_ERR, id, &e.to_string(), max),
-                    Err(panic) => push_message(
-                        &mut out,
-                        KIND_ERR,
-                        id,
-                        &format!("the handler panicked: {}", panic_message(&*panic)),
-                        max,
-                    ),
+                    Err(panic) => {
+                        push_message(&mut out, KIND_ERR, id, &format!("the handler {panic}"), max)
+                    }
                 }
             }
             // Seen by the scan above already; the task may have run.
@@ -480,11 +481,11 @@ fn watch_parent(parent_pid: u32) -> Option<ParentWatch> {
 
 fn push_output<T: Task>(out: &mut Vec<u8>, id: u64, output: &T::Output, max: u32) {
     let start = out.len();
-    let pushed = catch_unwind(AssertUnwindSafe(|| {
+    let pushed = caught(|| {
         wire::push_frame(out, KIND_OK, Some(id), max, |o| {
             codec::encode_into(output, o)
         })
-    }));
+    });
     if pushed.is_err() {
         // The panic left a frame half written: take it out whole.
         out.truncate(start);
@@ -512,13 +513,94 @@ fn push_output<T: Task>(out: &mut Vec<u8>, id: u64, output: &T::Output, max: u32
             out,
             KIND_ERR,
             id,
-            &format!(
-                "the result's Serialize panicked: {}",
-                panic_message(&*panic)
-            ),
+            &format!("the result's Serialize {panic}"),
             max,
         ),
     }
+}
+
+/// A panic caught in the worker: its message and where it happened.
+struct Caught {
+    message: String,
+    site: Option<PanicSite>,
+}
+
+/// Where a caught panic happened, recorded by the worker's panic hook.
+struct PanicSite {
+    file: String,
+    line: u32,
+    column: u32,
+    /// Captured when `RUST_BACKTRACE` asks for it (`Backtrace::capture`).
+    backtrace: Option<String>,
+}
+
+/// Reads like Rust's own report: `panicked at src/main.rs:10:5: boom`,
+/// then the backtrace if one was captured.
+impl Display for Caught {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.site {
+            Some(site) => {
+                write!(
+                    f,
+                    "panicked at {}:{}:{}: {}",
+                    site.file, site.line, site.column, self.message
+                )?;
+                if let Some(trace) = &site.backtrace {
+                    write!(f, "\nstack backtrace:\n{trace}")?;
+                }
+                Ok(())
+            }
+            None => write!(f, "panicked: {}", self.message),
+        }
+    }
+}
+
+std::thread_local! {
+    /// Set while this thread runs user code under [`caught`].
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The site of the last panic [`caught`] is about to catch.
+    static SITE: std::cell::RefCell<Option<PanicSite>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs user code (the handler, a `Deserialize`, a `Serialize`), catching a
+/// panic with its message and site. The panic is not printed: it is the
+/// task's outcome, and a worker printing every caught panic would flood the
+/// parent's stderr. Panics elsewhere (another thread of the handler's, or
+/// outside [`caught`]) go to the hook that was installed before.
+fn caught<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
+    install_panic_hook();
+    CATCHING.with(|c| c.set(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(false));
+    result.map_err(|panic| Caught {
+        message: panic_message(&*panic),
+        site: SITE.with(|s| s.borrow_mut().take()),
+    })
+}
+
+/// Wraps the panic hook once per process: a panic under [`caught`] records
+/// its site for the outcome; any other goes to the previous hook.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CATCHING.with(|c| c.get()) {
+                return previous(info);
+            }
+            let site = info.location().map(|at| {
+                let trace = std::backtrace::Backtrace::capture();
+                PanicSite {
+                    file: at.file().to_string(),
+                    line: at.line(),
+                    column: at.column(),
+                    backtrace: (trace.status() == std::backtrace::BacktraceStatus::Captured)
+                        .then(|| trace.to_string()),
+                }
+            });
+            SITE.with(|s| *s.borrow_mut() = site);
+        }));
+    });
 }
 
 /// Appends an ERR or UNDECODABLE frame. The text is the handler's or ours;
