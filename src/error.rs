@@ -120,6 +120,31 @@ pub enum SpawnError {
         /// The worker's path.
         path: PathBuf,
     },
+    /// The worker was built with other task or output types than this
+    /// program: a stale binary, or another version of the type. Both would
+    /// agree on the bytes and disagree on their meaning (fields in another
+    /// order decode into each other), so the worker is refused.
+    ///
+    /// The shapes are serde's view of the types (field names and order,
+    /// variants, primitive types), as `serde-reflection` traces them.
+    #[error(
+        "worker {} was built with another {role} type than this program: here `{parent_type}` is          `{parent_shape}`, in the worker `{worker_type}` is `{worker_shape}`; rebuild the worker          from the same source as the parent",
+        path.display()
+    )]
+    TypeMismatch {
+        /// The worker's path.
+        path: PathBuf,
+        /// `"task"` or `"output"`: which of the two types differs.
+        role: &'static str,
+        /// This program's name for the type.
+        parent_type: String,
+        /// Its shape here.
+        parent_shape: String,
+        /// The worker's name for the type.
+        worker_type: String,
+        /// Its shape in the worker.
+        worker_shape: String,
+    },
     /// The worker connected but its handshake was not valid.
     #[error("worker {} sent a bad handshake: {detail}", path.display())]
     BadHandshake {

@@ -128,6 +128,7 @@ mod process;
 mod stats;
 mod sys;
 mod task;
+mod types;
 mod wire;
 
 pub mod simple;

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MAGIC: u32 = 0x5746_4143;
 /// The version of the wire format and codec; bumped on every incompatible
 /// change. A worker must speak the same version as its parent.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The default maximum frame size: 64 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;
 /// Length of the one-time token that authenticates the worker's connection.
@@ -530,10 +530,18 @@ pub(crate) struct Hello {
     pub(crate) pid: u32,
     pub(crate) token: [u8; TOKEN_LEN],
     pub(crate) crate_version: String,
+    /// The worker's task and output types, after the version and a NUL
+    /// (since protocol 3; a hand-made HELLO may leave them out).
+    pub(crate) types: Option<crate::types::Signature>,
 }
 
 pub(crate) fn push_hello(out: &mut Vec<u8>, hello: &Hello) {
-    let body = 1 + 4 + 4 + 4 + TOKEN_LEN + hello.crate_version.len();
+    let mut types = Vec::new();
+    if let Some(sig) = &hello.types {
+        types.push(0);
+        sig.encode_into(&mut types);
+    }
+    let body = 1 + 4 + 4 + 4 + TOKEN_LEN + hello.crate_version.len() + types.len();
     out.extend_from_slice(&(body as u32).to_le_bytes());
     out.push(KIND_HELLO);
     out.extend_from_slice(&MAGIC.to_le_bytes());
@@ -541,6 +549,7 @@ pub(crate) fn push_hello(out: &mut Vec<u8>, hello: &Hello) {
     out.extend_from_slice(&hello.pid.to_le_bytes());
     out.extend_from_slice(&hello.token);
     out.extend_from_slice(hello.crate_version.as_bytes());
+    out.extend_from_slice(&types);
 }
 
 pub(crate) fn decode_hello(frame: &Frame<'_>) -> Result<Hello, WireError> {
@@ -562,11 +571,21 @@ pub(crate) fn decode_hello(frame: &Frame<'_>) -> Result<Hello, WireError> {
     }
     let mut token = [0; TOKEN_LEN];
     token.copy_from_slice(&r[12..12 + TOKEN_LEN]);
+    let tail = &r[12 + TOKEN_LEN..];
+    let (version, types) = match tail.iter().position(|&b| b == 0) {
+        Some(nul) => {
+            let types = crate::types::Signature::decode(&tail[nul + 1..])
+                .ok_or_else(|| WireError::Malformed("HELLO with malformed type shapes".into()))?;
+            (&tail[..nul], Some(types))
+        }
+        None => (tail, None),
+    };
     Ok(Hello {
         protocol: word(4)?,
         pid: word(8)?,
         token,
-        crate_version: String::from_utf8_lossy(&r[12 + TOKEN_LEN..]).into_owned(),
+        crate_version: String::from_utf8_lossy(version).into_owned(),
+        types,
     })
 }
 
@@ -666,12 +685,19 @@ mod tests {
             pid: 77,
             token: [5; TOKEN_LEN],
             crate_version: "0.1.0".into(),
+            types: None,
         };
-        let mut out = Vec::new();
-        push_hello(&mut out, &hello);
-        let mut r = FrameReader::new(&out[..], 1024);
-        let frame = r.next_frame().expect("reads").expect("one frame");
-        assert_eq!(decode_hello(&frame).expect("decodes"), hello);
+        let typed = Hello {
+            types: Some((*crate::types::Signature::of::<crate::simple::SimpleTask>()).clone()),
+            ..hello.clone()
+        };
+        for hello in [hello, typed] {
+            let mut out = Vec::new();
+            push_hello(&mut out, &hello);
+            let mut r = FrameReader::new(&out[..], 1024);
+            let frame = r.next_frame().expect("reads").expect("one frame");
+            assert_eq!(decode_hello(&frame).expect("decodes"), hello);
+        }
     }
 
     // Decoder fuzzing (issue 3, item 9): arbitrary bytes, cut into arbitrary

@@ -147,7 +147,7 @@ where
     E: Display,
 {
     SERVING.store(true, SeqCst);
-    let (stream, options) = connect()?;
+    let (stream, options) = connect::<T>()?;
     let _watch = watch_parent(options.parent_pid);
     let max = options.max_frame;
     let mut reader = FrameReader::new(&stream, max);
@@ -306,7 +306,7 @@ fn inherited_fd() -> Option<i32> {
 
 /// Takes the inherited socket, reads the BOOT frame, applies its limits and
 /// says hello.
-fn connect() -> Result<(UnixStream, WorkerOptions), WorkerError> {
+fn connect<T: Task>() -> Result<(UnixStream, WorkerOptions), WorkerError> {
     let no_socket = |detail: String| {
         WorkerError::NoBootstrap(WireError::Malformed(format!(
             "{detail} (the variable {WORKER_FD_ENV} names the socket a parent hands its worker)"
@@ -353,6 +353,7 @@ fn connect() -> Result<(UnixStream, WorkerOptions), WorkerError> {
             pid: std::process::id(),
             token: boot.token,
             crate_version: env!("CARGO_PKG_VERSION").to_string(),
+            types: Some((*crate::types::Signature::of::<T>()).clone()),
         },
     );
     (&stream).write_all(&hello).map_err(WorkerError::Connect)?;

@@ -70,6 +70,8 @@ pub(super) enum HandshakeFailure {
     /// The program was started as a worker but made a facade instead of
     /// serving.
     NotServing,
+    /// The worker's task or output type has another shape than ours.
+    Types(Box<crate::types::Mismatch>),
 }
 
 /// What ended a worker, as far as the parent knows.
@@ -177,6 +179,8 @@ pub(super) struct Link {
     pub(super) out_armed: bool,
     pub(super) console: Console,
     token: [u8; TOKEN_LEN],
+    /// This program's task and output types, which the worker's must match.
+    types: std::sync::Arc<crate::types::Signature>,
     pub(super) phase: Phase,
     /// Tasks sent and not yet answered, oldest first.
     pub(super) inflight: VecDeque<u64>,
@@ -204,6 +208,7 @@ impl Link {
         max_frame: u32,
         output: crate::console::Output,
         handshake: Option<Instant>,
+        types: std::sync::Arc<crate::types::Signature>,
     ) -> Link {
         let pid = spawned.child.pid();
         Link {
@@ -216,6 +221,7 @@ impl Link {
             out_armed: false,
             console: Console::new(pid, spawned.stdout, spawned.stderr, output),
             token: spawned.token,
+            types,
             phase: Phase::Starting {
                 deadline: handshake,
             },
@@ -366,7 +372,7 @@ impl Link {
                     break;
                 }
             };
-            let said = match parse(&frame, &self.token) {
+            let said = match parse(&frame, &self.token, &self.types) {
                 Ok(said) => said,
                 Err(Parsed::Violation(v)) => {
                     stop = Some(ReadEnd::Violation(v));
@@ -768,7 +774,11 @@ enum Parsed {
     Handshake(HandshakeFailure),
 }
 
-fn parse<'a>(frame: &wire::Frame<'a>, token: &[u8; TOKEN_LEN]) -> Result<Said<'a>, Parsed> {
+fn parse<'a>(
+    frame: &wire::Frame<'a>,
+    token: &[u8; TOKEN_LEN],
+    types: &crate::types::Signature,
+) -> Result<Said<'a>, Parsed> {
     let with_id = |frame: &wire::Frame<'a>| {
         frame
             .id_and_payload()
@@ -788,6 +798,9 @@ fn parse<'a>(frame: &wire::Frame<'a>, token: &[u8; TOKEN_LEN]) -> Result<Said<'a
                 return Err(Parsed::Handshake(HandshakeFailure::Bad(
                     "wrong handshake token".into(),
                 )));
+            }
+            if let Some(m) = hello.types.as_ref().and_then(|w| types.mismatch(w)) {
+                return Err(Parsed::Handshake(HandshakeFailure::Types(Box::new(m))));
             }
             Ok(Said::Hello)
         }

@@ -207,6 +207,8 @@ pub(crate) struct Engine<T: Task> {
     /// Workers' lines waiting for this process's stderr.
     stderr: StderrQueue,
     stderr_watch: StderrWatch,
+    /// This program's task and output types, checked at each handshake.
+    types: Arc<crate::types::Signature>,
 }
 
 impl<T: Task> Engine<T> {
@@ -249,6 +251,7 @@ impl<T: Task> Engine<T> {
             startup_failed: None,
             stderr: StderrQueue::default(),
             stderr_watch: StderrWatch::Idle,
+            types: crate::types::Signature::of::<T>(),
         })
     }
 
@@ -914,6 +917,7 @@ impl<T: Task> Engine<T> {
             self.cfg.command.max_frame,
             self.cfg.command.output.clone(),
             now.checked_add(self.cfg.command.handshake_timeout),
+            self.types.clone(),
         );
         let resource = |source: nix::errno::Errno| SpawnError::Resource {
             what: "event registration",
@@ -1248,6 +1252,14 @@ fn spawn_error(cfg: &Config, end: &End, crash: CrashInfo) -> SpawnError {
             detail: detail.clone(),
         },
         Cause::Handshake(HandshakeFailure::NotServing) => SpawnError::RunIfWorkerMissing { path },
+        Cause::Handshake(HandshakeFailure::Types(m)) => SpawnError::TypeMismatch {
+            path,
+            role: m.role,
+            parent_type: m.parent.name.clone(),
+            parent_shape: m.parent.shape.clone().unwrap_or_default(),
+            worker_type: m.worker.name.clone(),
+            worker_shape: m.worker.shape.clone().unwrap_or_default(),
+        },
         _ => SpawnError::ExitedEarly {
             path,
             status: crash.exit,
