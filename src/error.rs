@@ -128,22 +128,23 @@ pub enum SpawnError {
     /// The shapes are serde's view of the types (field names and order,
     /// variants, primitive types), as `serde-reflection` traces them.
     #[error(
-        "worker {} was built with another {role} type than this program: here `{parent_type}` is          `{parent_shape}`, in the worker `{worker_type}` is `{worker_shape}`; rebuild the worker          from the same source as the parent",
-        path.display()
+        "worker {} was built with another {role} type than this program: here `{}` is `{}`, in \
+         the worker `{}` is `{}`; rebuild the worker from the same source as the parent",
+        path.display(),
+        parent.name,
+        parent.shape,
+        worker.name,
+        worker.shape
     )]
     TypeMismatch {
         /// The worker's path.
         path: PathBuf,
         /// `"task"` or `"output"`: which of the two types differs.
         role: &'static str,
-        /// This program's name for the type.
-        parent_type: String,
-        /// Its shape here.
-        parent_shape: String,
-        /// The worker's name for the type.
-        worker_type: String,
-        /// Its shape in the worker.
-        worker_shape: String,
+        /// The type in this program.
+        parent: Box<TypeDescription>,
+        /// The type in the worker.
+        worker: Box<TypeDescription>,
     },
     /// The worker connected but its handshake was not valid.
     #[error("worker {} sent a bad handshake: {detail}", path.display())]
@@ -153,6 +154,33 @@ pub enum SpawnError {
         /// What was wrong.
         detail: String,
     },
+}
+
+/// One side's task or output type, as [`SpawnError::TypeMismatch`] shows it.
+///
+/// ```
+/// use worker_facade::TypeDescription;
+/// let t = TypeDescription::new("app::Frame", "Frame; Frame { width: U32, height: U32 }");
+/// assert_eq!(t.name, "app::Frame");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TypeDescription {
+    /// The type's Rust name (`std::any::type_name`).
+    pub name: String,
+    /// Its serde shape: the root format, then each named container with its
+    /// fields in order (`Frame; Frame { width: U32, height: U32 }`).
+    pub shape: String,
+}
+
+impl TypeDescription {
+    /// A description from a name and a shape.
+    pub fn new(name: impl Into<String>, shape: impl Into<String>) -> Self {
+        TypeDescription {
+            name: name.into(),
+            shape: shape.into(),
+        }
+    }
 }
 
 fn tail_suffix(tail: &[String]) -> String {

@@ -138,7 +138,7 @@ pub use codec::CodecError;
 pub use command::{WORKER_ENV, WorkerCommand};
 pub use config::RestartPolicy;
 pub use console::{Output, OutputLine, OutputStream};
-pub use error::{CollectError, SpawnError, SubmitError, WaitError};
+pub use error::{CollectError, SpawnError, SubmitError, TypeDescription, WaitError};
 pub use facade::{FacadeBuilder, WorkingProcessFacade};
 pub use grinder::{
     AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError, GrinderError,

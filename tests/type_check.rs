@@ -52,21 +52,19 @@ fn a_worker_whose_task_fields_are_in_another_order_is_refused_naming_both_shapes
     match &err {
         SpawnError::TypeMismatch {
             role,
-            parent_type,
-            parent_shape,
-            worker_type,
-            worker_shape,
+            parent,
+            worker,
             ..
         } => {
             assert_eq!(*role, "task");
-            assert!(parent_type.ends_with("Swapped"), "{parent_type}");
-            assert_eq!(worker_type, "worker_facade::simple::SimpleTask");
+            assert!(parent.name.ends_with("Swapped"), "{parent:?}");
+            assert_eq!(worker.name, "worker_facade::simple::SimpleTask");
             assert_eq!(
-                parent_shape,
+                parent.shape,
                 "SimpleTask; SimpleTask { estimated_processing_time: F64, id: Str }"
             );
             assert_eq!(
-                worker_shape,
+                worker.shape,
                 "SimpleTask; SimpleTask { id: Str, estimated_processing_time: F64 }"
             );
         }
@@ -84,13 +82,13 @@ fn a_worker_with_another_output_type_is_refused() {
     match err {
         SpawnError::TypeMismatch {
             role,
-            parent_shape,
-            worker_shape,
+            parent,
+            worker,
             ..
         } => {
             assert_eq!(role, "output");
             assert_eq!(
-                (parent_shape.as_str(), worker_shape.as_str()),
+                (parent.shape.as_str(), worker.shape.as_str()),
                 ("U64", "Str")
             );
         }

@@ -1232,6 +1232,7 @@ fn running_over_limit<T: Task>(
 
 /// The constructor's error for a worker that never completed its handshake.
 fn spawn_error(cfg: &Config, end: &End, crash: CrashInfo) -> SpawnError {
+    use crate::error::TypeDescription;
     let path = cfg.command.program.clone();
     match &end.cause {
         Cause::Handshake(HandshakeFailure::Timeout) => SpawnError::HandshakeTimeout {
@@ -1255,10 +1256,14 @@ fn spawn_error(cfg: &Config, end: &End, crash: CrashInfo) -> SpawnError {
         Cause::Handshake(HandshakeFailure::Types(m)) => SpawnError::TypeMismatch {
             path,
             role: m.role,
-            parent_type: m.parent.name.clone(),
-            parent_shape: m.parent.shape.clone().unwrap_or_default(),
-            worker_type: m.worker.name.clone(),
-            worker_shape: m.worker.shape.clone().unwrap_or_default(),
+            parent: Box::new(TypeDescription::new(
+                m.parent.name.clone(),
+                m.parent.shape.clone().unwrap_or_default(),
+            )),
+            worker: Box::new(TypeDescription::new(
+                m.worker.name.clone(),
+                m.worker.shape.clone().unwrap_or_default(),
+            )),
         },
         _ => SpawnError::ExitedEarly {
             path,
