@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::command::WorkerCommand;
+use crate::completed::Completed;
 use crate::config::{Config, RestartPolicy};
 use crate::engine::{Command, Engine, Notify, Outbox, Reclaimed, Submission};
 use crate::error::{CollectError, SpawnError, SubmitError};
 use crate::guard::CollectOnDrop;
 use crate::handle::TaskHandle;
+use crate::map::{Map, MapUnordered};
 use crate::stats::{FacadeStats, StatsCells};
 use crate::task::{CancelReason, CrashReason, Task, TaskId, TaskRecord};
 use crate::wire::{self, KIND_TASK, PushError};
@@ -80,6 +82,9 @@ pub struct WorkingProcessFacade<T: Task> {
     bound: Option<u64>,
     stats: Arc<StatsCells>,
     engine: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the first `completed()`: the facade's own receiver, drained
+    /// by `collect_tasks` so that a record nobody took is not lost.
+    completed: std::sync::OnceLock<Completed<T>>,
 }
 
 impl<T: Task> fmt::Debug for WorkingProcessFacade<T> {
@@ -265,6 +270,7 @@ impl<T: Task> WorkingProcessFacade<T> {
                 bound,
                 stats,
                 engine: Mutex::new(Some(thread)),
+                completed: std::sync::OnceLock::new(),
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -430,7 +436,10 @@ impl<T: Task> WorkingProcessFacade<T> {
 
     /// Closes submission, sends the terminator behind every queued task,
     /// waits for the worker to finish them and exit, reaps it, and returns
-    /// one record per accepted task in submission order.
+    /// one record per accepted task in submission order, except the tasks
+    /// whose outcome went elsewhere: to a live [`TaskHandle`] (from
+    /// [`submit`](Self::submit) or [`map`](Self::map)), or to a
+    /// [`completed`](Self::completed) receiver that took it.
     ///
     /// Waits as long as the tasks take (bound them with
     /// [`task_timeout`](FacadeBuilder::task_timeout), or use
@@ -481,7 +490,56 @@ impl<T: Task> WorkingProcessFacade<T> {
             Err(_) => Err(CollectError::SupervisorGone),
         };
         self.join_engine();
-        records
+        let mut records = records?;
+        // The engine put every record in the `completed()` channel before it
+        // replied: what no receiver took is there.
+        if let Some(completed) = self.completed.get() {
+            let before = records.len();
+            records.extend(completed.drain());
+            if records.len() > before {
+                records.sort_unstable_by_key(|r| r.id);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Runs every task of `tasks` and yields their outcomes in input order,
+    /// streaming: at most [`DEFAULT_AHEAD`](crate::map::DEFAULT_AHEAD) tasks
+    /// (or [`Map::ahead`]) are in flight, so the input may be endless. See
+    /// [`Map`]; [`map_unordered`](Self::map_unordered) yields them as they
+    /// finish. Outcomes go to the map, not to `collect_tasks`.
+    pub fn map<I>(&self, tasks: I) -> Map<'_, T, I::IntoIter>
+    where
+        I: IntoIterator<Item = T>,
+    {
+        Map::new(self, tasks.into_iter())
+    }
+
+    /// Like [`map`](Self::map), yielding each outcome as soon as its task
+    /// finishes, with the task's index in the input.
+    pub fn map_unordered<I>(&self, tasks: I) -> MapUnordered<'_, T, I::IntoIter>
+    where
+        I: IntoIterator<Item = T>,
+    {
+        MapUnordered::new(self, tasks.into_iter())
+    }
+
+    /// A receiver of records as their tasks finish, while work continues:
+    /// see [`Completed`]. Every record no [`TaskHandle`] takes goes there
+    /// from now on (with those that finished already), and
+    /// [`collect_tasks`](Self::collect_tasks) then returns only the records
+    /// no receiver took. Each call returns a receiver of the same records;
+    /// each record reaches one of them.
+    pub fn completed(&self) -> Completed<T> {
+        self.completed
+            .get_or_init(|| {
+                let (sink, rx) = flume::unbounded();
+                // A facade already collected has no engine: the receiver
+                // then ends at once, and collect_tasks had every record.
+                let _ = self.tx.send(Command::Completed(sink));
+                Completed::new(rx)
+            })
+            .clone()
     }
 
     /// Returns a guard that derefs to this facade and collects on drop,

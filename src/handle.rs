@@ -53,6 +53,12 @@ impl<O> TaskHandle<O> {
         TaskHandle { id, rx, cancel }
     }
 
+    /// The future of its outcome, and what cancels the task (for `map`).
+    pub(crate) fn into_parts(self) -> (TaskFuture<O>, Box<dyn Fn() + Send + Sync>) {
+        let (cancel, id) = (self.cancel.clone(), self.id.0);
+        (self.into_future(), Box::new(move || cancel(id)))
+    }
+
     /// The task's ID.
     pub fn id(&self) -> TaskId {
         self.id

@@ -115,6 +115,7 @@
 
 mod codec;
 mod command;
+mod completed;
 mod config;
 mod console;
 mod engine;
@@ -123,6 +124,7 @@ mod facade;
 mod grinder;
 mod guard;
 mod handle;
+pub mod map;
 mod pool;
 mod process;
 mod stats;
@@ -136,6 +138,7 @@ pub mod worker;
 
 pub use codec::CodecError;
 pub use command::{WORKER_ENV, WorkerCommand};
+pub use completed::{Completed, CompletedStream};
 pub use config::RestartPolicy;
 pub use console::{Output, OutputLine, OutputStream};
 pub use error::{CollectError, SpawnError, SubmitError, TypeDescription, WaitError};
@@ -146,6 +149,7 @@ pub use grinder::{
 };
 pub use guard::CollectOnDrop;
 pub use handle::{TaskFuture, TaskHandle};
+pub use map::{GrindMap, GrindMapUnordered, Map, MapUnordered};
 pub use pool::{
     AcquireError, Lease, LeaseError, LeaseInfo, LeasedExecutorManager, PoolBuilder,
     PoolConfigError, PoolStartError, PoolStats,

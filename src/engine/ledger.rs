@@ -53,12 +53,17 @@ pub(crate) enum Delivered {
     ToHandle,
     /// Kept for `collect_tasks` (no handle, or its handle was dropped).
     ForCollect,
+    /// Handed to the `completed()` receiver: the ledger no longer knows it.
+    ToSink,
 }
 
 pub(crate) struct Ledger<T: Task> {
     pending: HashMap<u64, Entry<T>>,
     /// Settled tasks whose outcome no handle took, for `collect_tasks`.
     records: Vec<TaskRecord<T>>,
+    /// Once `completed()` was called: where those records go instead, as
+    /// they finish. A record it refuses (every receiver gone) is kept.
+    sink: Option<flume::Sender<TaskRecord<T>>>,
 }
 
 impl<T: Task> Ledger<T> {
@@ -66,7 +71,32 @@ impl<T: Task> Ledger<T> {
         Ledger {
             pending: HashMap::new(),
             records: Vec::new(),
+            sink: None,
         }
+    }
+
+    /// From now on, records no handle takes go to `sink` as they settle;
+    /// the records kept so far go there first, in submission order.
+    pub(crate) fn set_sink(&mut self, sink: flume::Sender<TaskRecord<T>>) {
+        let mut kept = std::mem::take(&mut self.records);
+        kept.sort_unstable_by_key(|r| r.id);
+        self.sink = Some(sink);
+        for record in kept {
+            self.keep(record);
+        }
+    }
+
+    /// A record no handle took: to the sink, or kept for `collect_tasks`.
+    fn keep(&mut self, record: TaskRecord<T>) -> Delivered {
+        let record = match &self.sink {
+            Some(sink) => match sink.send(record) {
+                Ok(()) => return Delivered::ToSink,
+                Err(flume::SendError(back)) => back,
+            },
+            None => record,
+        };
+        self.records.push(record);
+        Delivered::ForCollect
     }
 
     /// Accepts task `id`. `false` (and nothing recorded) if the ID is taken.
@@ -124,12 +154,11 @@ impl<T: Task> Ledger<T> {
             }
             None => (entry.task, outcome),
         };
-        self.records.push(TaskRecord {
+        Some(self.keep(TaskRecord {
             id: TaskId(id),
             task,
             outcome,
-        });
-        Some(Delivered::ForCollect)
+        }))
     }
 
     /// Tasks still waiting for an outcome.

@@ -84,6 +84,8 @@ pub(crate) enum Command<T: Task> {
     Cancel {
         id: u64,
     },
+    /// Hand every record no handle takes to this channel, as it settles.
+    Completed(flume::Sender<TaskRecord<T>>),
 }
 
 /// A task, encoded already on its submitter's thread.
@@ -348,6 +350,7 @@ impl<T: Task> Engine<T> {
             }
             Command::Shutdown => self.on_drop(now),
             Command::Cancel { id } => self.cancel(id, now),
+            Command::Completed(sink) => self.ledger.set_sink(sink),
             Command::Terminate { crash, cancel } => {
                 self.set_dead(NotRunReason::Cancelled(cancel));
                 for slot in &mut self.slots {
@@ -993,11 +996,17 @@ impl<T: Task> Engine<T> {
             _ if shared => 1,
             _ => self.window,
         };
-        let mut progress = true;
-        while progress && !self.queue.is_empty() {
-            progress = false;
-            for slot in &mut self.slots {
-                let Some(link) = slot.link.as_mut() else {
+        // Each task goes to the least loaded worker that may take it, so an
+        // idle worker is always served before work is sent ahead to a busy
+        // one (a slow task does not gather a queue while others wait).
+        while let Some(&id) = self.queue.front() {
+            let Some(entry) = self.ledger.get(id) else {
+                self.queue.pop_front();
+                continue;
+            };
+            let mut best: Option<(usize, usize)> = None;
+            for (i, slot) in self.slots.iter().enumerate() {
+                let Some(link) = slot.link.as_ref() else {
                     continue;
                 };
                 let window = match link.running {
@@ -1008,31 +1017,31 @@ impl<T: Task> Engine<T> {
                     }
                     _ => ahead,
                 };
+                let load = link.inflight.len();
                 if !link.takes_tasks()
-                    || link.inflight.len() >= window
+                    || load >= window
                     || (link.unsent() >= OUT_LIMIT && link.unsent() > 0)
+                    // Little enough sent ahead that a CANCEL behind it is
+                    // seen by the worker before any of it starts.
+                    || (link.ahead_bytes > 0
+                        && link.ahead_bytes + entry.frame.len() > link::AHEAD_BYTES)
                 {
                     continue;
                 }
-                let Some(&id) = self.queue.front() else {
-                    break;
-                };
-                let Some(entry) = self.ledger.get(id) else {
-                    self.queue.pop_front();
-                    continue;
-                };
-                // Little enough sent ahead that a CANCEL behind it is seen
-                // by the worker before any of it starts.
-                if link.ahead_bytes > 0 && link.ahead_bytes + entry.frame.len() > link::AHEAD_BYTES
-                {
-                    continue;
+                if best.is_none_or(|(_, least)| load < least) {
+                    best = Some((i, load));
                 }
-                self.queue.pop_front();
-                link.send_task(id, &entry.frame);
-                progress = true;
-                if policy::recycle_due(link.sent, per_worker) {
-                    link.stop(StopWhy::Recycle, now, grace);
-                }
+            }
+            let Some((i, _)) = best else {
+                break;
+            };
+            let Some(link) = self.slots[i].link.as_mut() else {
+                break;
+            };
+            self.queue.pop_front();
+            link.send_task(id, &entry.frame);
+            if policy::recycle_due(link.sent, per_worker) {
+                link.stop(StopWhy::Recycle, now, grace);
             }
         }
         let collecting = match &self.lifecycle {

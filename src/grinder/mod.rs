@@ -23,6 +23,7 @@ mod runner;
 mod scheduler;
 mod stats;
 
+use crate::map::{GrindMap, GrindMapUnordered};
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -350,6 +351,27 @@ impl<T: Task> WorkGrinder<T> {
     /// [`enqueue`](Self::enqueue), which already works from any thread.
     pub fn submit_from_thread(&self, task: T) -> Result<GrindHandle<T::Output>, GrinderError<T>> {
         self.enqueue(task)
+    }
+
+    /// Runs every item of `tasks` and yields their results in input order,
+    /// streaming: at most [`DEFAULT_AHEAD`](crate::map::DEFAULT_AHEAD) items
+    /// (or [`GrindMap::ahead`]) are queued or running at once, so the input
+    /// may be endless. Each result is what [`submit`](Self::submit) would
+    /// return. See [`GrindMap`].
+    pub fn map<I>(&self, tasks: I) -> GrindMap<'_, T, I::IntoIter>
+    where
+        I: IntoIterator<Item = T>,
+    {
+        GrindMap::new(self, tasks.into_iter())
+    }
+
+    /// Like [`map`](Self::map), yielding each result as soon as its item
+    /// finishes, with the item's index in the input.
+    pub fn map_unordered<I>(&self, tasks: I) -> GrindMapUnordered<'_, T, I::IntoIter>
+    where
+        I: IntoIterator<Item = T>,
+    {
+        GrindMapUnordered::new(self, tasks.into_iter())
     }
 
     /// Queues `task` and blocks until its result is in. In async code,
