@@ -30,6 +30,18 @@ use serde::de::DeserializeOwned;
 pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// What the worker's handler returns for this task.
     type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Whether the handshake checks that the worker's task and output types
+    /// have the same serde shape as the parent's (field names and order,
+    /// variants), refusing a stale worker with
+    /// [`SpawnError::TypeMismatch`](crate::SpawnError::TypeMismatch).
+    ///
+    /// The check traces both types once per process, in the parent and in
+    /// each worker, by running their `Deserialize` against
+    /// `serde-reflection`'s tracer (never against a task's bytes). Set it to
+    /// `false` for a hand-written `Deserialize` with side effects, or one
+    /// that must not run in the parent at all.
+    const SHAPE_CHECK: bool = true;
 }
 
 /// The ID the parent assigns to an accepted task; unique within one facade.

@@ -61,10 +61,12 @@ impl Signature {
             .get_or_insert_with(HashMap::new)
             .entry(TypeId::of::<T>())
             .or_insert_with(|| {
-                Arc::new(Signature {
-                    task: shape_of::<T>(),
-                    output: shape_of::<T::Output>(),
-                })
+                let (task, output) = if T::SHAPE_CHECK {
+                    (shape_of::<T>(), shape_of::<T::Output>())
+                } else {
+                    (unchecked::<T>(), unchecked::<T::Output>())
+                };
+                Arc::new(Signature { task, output })
             })
             .clone()
     }
@@ -154,6 +156,14 @@ fn shape_of<T: DeserializeOwned>() -> TypeShape {
     TypeShape {
         name: std::any::type_name::<T>().to_string(),
         shape: traced.ok().flatten(),
+    }
+}
+
+/// A type whose shape is not traced (`Task::SHAPE_CHECK` is off).
+fn unchecked<T>() -> TypeShape {
+    TypeShape {
+        name: std::any::type_name::<T>().to_string(),
+        shape: None,
     }
 }
 
