@@ -17,6 +17,7 @@ use crate::error::{CollectError, SpawnError, SubmitError};
 use crate::guard::CollectOnDrop;
 use crate::handle::TaskHandle;
 use crate::map::{Map, MapUnordered};
+use crate::progress::ProgressCell;
 use crate::stats::{FacadeStats, StatsCells};
 use crate::task::{CancelReason, CrashReason, Task, TaskId, TaskRecord};
 use crate::wire::{self, KIND_TASK, PushError};
@@ -292,7 +293,7 @@ impl<T: Task> WorkingProcessFacade<T> {
     ///
     /// Fails only once the facade is collected, handing the task back.
     pub fn process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
-        self.send(task, None, None)
+        self.send(task, None, None, None)
     }
 
     /// Like [`process_task`](Self::process_task), but refuses with
@@ -304,7 +305,7 @@ impl<T: Task> WorkingProcessFacade<T> {
                 return Err(SubmitError::Full(task));
             }
         }
-        self.send(task, None, None)
+        self.send(task, None, None, None)
     }
 
     /// Queues `task` and returns a [`TaskHandle`] that receives its outcome
@@ -322,13 +323,65 @@ impl<T: Task> WorkingProcessFacade<T> {
         task: T,
         timeout: Option<Duration>,
     ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
+        self.submit_observed(task, timeout, None)
+    }
+
+    /// Like [`submit`](Self::submit), calling `on_progress` with each
+    /// progress value the running task reports through
+    /// [`worker::Progress`](crate::worker::Progress) (decoded as `P`; one
+    /// that does not decode is skipped). The callback runs on the facade's
+    /// `wf-progress` thread, never on its engine; while it runs, newer values
+    /// replace each other, so a slow callback sees the latest, not a
+    /// backlog. The latest value is also on the handle
+    /// ([`TaskHandle::progress`]).
+    ///
+    /// ```
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    /// use worker_facade::worker::{Progress, run_if_worker_with_progress};
+    ///
+    /// run_if_worker_with_progress(|t: SimpleTask, progress: &Progress| {
+    ///     for percent in [25u8, 50, 75, 100] {
+    ///         progress.report(&percent);
+    ///     }
+    ///     Ok::<_, String>(t.solve())
+    /// });
+    ///
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+    /// let handle = w.submit_with_progress(SimpleTask::new("job", 0.0), |p: u8| println!("{p}%"))?;
+    /// handle.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_with_progress<P, F>(
+        &self,
+        task: T,
+        on_progress: F,
+    ) -> Result<TaskHandle<T::Output>, SubmitError<T>>
+    where
+        P: serde::de::DeserializeOwned,
+        F: Fn(P) + Send + Sync + 'static,
+    {
+        self.submit_observed(task, None, Some(crate::progress::typed(on_progress)))
+    }
+
+    fn submit_observed(
+        &self,
+        task: T,
+        timeout: Option<Duration>,
+        callback: Option<crate::progress::Callback>,
+    ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
         let (notify, rx) = oneshot::channel();
-        let id = self.send(task, Some(Notify::Handle(notify)), timeout)?;
+        let cell = Arc::new(ProgressCell::new(callback));
+        let id = self.send(
+            task,
+            Some(Notify::Handle(notify)),
+            timeout,
+            Some(cell.clone()),
+        )?;
         let tx = self.tx.clone();
         let cancel = Arc::new(move |id| {
             let _ = tx.send(Command::Cancel { id });
         });
-        Ok(TaskHandle::new(id, rx, cancel))
+        Ok(TaskHandle::new(id, rx, cancel, cell))
     }
 
     /// Cancels task `id` (see [`TaskHandle::cancel`] for what happens).
@@ -359,7 +412,7 @@ impl<T: Task> WorkingProcessFacade<T> {
         timeout: Option<Duration>,
     ) -> Result<oneshot::Receiver<Reclaimed<T>>, SubmitError<T>> {
         let (notify, rx) = oneshot::channel();
-        self.send(task, Some(Notify::Reclaim(notify)), timeout)?;
+        self.send(task, Some(Notify::Reclaim(notify)), timeout, None)?;
         Ok(rx)
     }
 
@@ -368,6 +421,7 @@ impl<T: Task> WorkingProcessFacade<T> {
         task: T,
         notify: Option<Notify<T>>,
         timeout: Option<Duration>,
+        progress: Option<Arc<ProgressCell>>,
     ) -> Result<TaskId, SubmitError<T>> {
         if std::process::id() != self.owner {
             return Err(SubmitError::Forked {
@@ -420,6 +474,7 @@ impl<T: Task> WorkingProcessFacade<T> {
             frame,
             notify,
             timeout,
+            progress,
         };
         match self.tx.send(Command::Task(sub)) {
             Ok(()) => Ok(TaskId(id)),

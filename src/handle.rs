@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::WaitError;
+use crate::progress::ProgressCell;
 use crate::task::{Outcome, TaskId};
 
 /// The outcome of one task submitted with
@@ -35,6 +36,7 @@ pub struct TaskHandle<O> {
     id: TaskId,
     rx: oneshot::Receiver<Outcome<O>>,
     cancel: Canceller,
+    progress: Arc<ProgressCell>,
 }
 
 /// Asks the facade's engine to cancel a task by its raw ID.
@@ -49,8 +51,48 @@ impl<O> std::fmt::Debug for TaskHandle<O> {
 }
 
 impl<O> TaskHandle<O> {
-    pub(crate) fn new(id: TaskId, rx: oneshot::Receiver<Outcome<O>>, cancel: Canceller) -> Self {
-        TaskHandle { id, rx, cancel }
+    pub(crate) fn new(
+        id: TaskId,
+        rx: oneshot::Receiver<Outcome<O>>,
+        cancel: Canceller,
+        progress: Arc<ProgressCell>,
+    ) -> Self {
+        TaskHandle {
+            id,
+            rx,
+            cancel,
+            progress,
+        }
+    }
+
+    /// The latest progress value the task reported (through
+    /// [`worker::Progress`](crate::worker::Progress)), decoded as `P`;
+    /// `None` before the first, or if it does not decode as `P`. Only the
+    /// latest is kept. Cheap: no waiting, no system call.
+    ///
+    /// ```
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    /// use worker_facade::worker::{Progress, run_if_worker_with_progress};
+    ///
+    /// run_if_worker_with_progress(|t: SimpleTask, progress: &Progress| {
+    ///     progress.report(&(1u32, 2u32));
+    ///     Ok::<_, String>(t.solve())
+    /// });
+    ///
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+    /// let handle = w.submit(SimpleTask::new("job", 0.0))?;
+    /// let _ = handle.wait_timeout(std::time::Duration::from_secs(10));
+    /// assert_eq!(handle.progress::<(u32, u32)>(), Some((1, 2)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn progress<P: serde::de::DeserializeOwned>(&self) -> Option<P> {
+        self.progress.latest()
+    }
+
+    /// How many progress values the task reported so far that reached the
+    /// parent (the worker sends at most one a millisecond).
+    pub fn progress_count(&self) -> u64 {
+        self.progress.count()
     }
 
     /// The future of its outcome, and what cancels the task (for `map`).

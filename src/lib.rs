@@ -127,6 +127,7 @@ mod handle;
 pub mod map;
 mod pool;
 mod process;
+mod progress;
 mod stats;
 mod sys;
 mod task;

@@ -58,6 +58,7 @@ pub(crate) const KIND_ERR: u8 = 0x13;
 pub(crate) const KIND_UNDECODABLE: u8 = 0x14;
 pub(crate) const KIND_NOT_SERVING: u8 = 0x15;
 pub(crate) const KIND_SKIPPED: u8 = 0x16;
+pub(crate) const KIND_PROGRESS: u8 = 0x17;
 pub(crate) const KIND_BOOT: u8 = 0x20;
 
 /// A frame could not be read. Reported inside the reason of the outcome of

@@ -34,8 +34,8 @@ use crate::error::SpawnError;
 use crate::task::Task;
 use crate::wire::{
     self, FrameReader, Hello, KIND_CANCEL, KIND_CANCEL_TASK, KIND_ERR, KIND_NOT_SERVING, KIND_OK,
-    KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE, PROTOCOL_VERSION,
-    PushError, WireError, WorkerOptions,
+    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE,
+    PROTOCOL_VERSION, PushError, WireError, WorkerOptions,
 };
 
 /// Set once this process serves tasks: from then on it may make facades of
@@ -146,6 +146,90 @@ where
     F: FnMut(T) -> Result<T::Output, E>,
     E: Display,
 {
+    try_serve_with_progress(|task, _: &Progress<'_>| handler(task))
+}
+
+/// Like [`serve`], with a handler that can report progress (or partial
+/// results) of the running task through [`Progress`]; the parent sees them
+/// on the task's handle.
+///
+/// ```no_run
+/// use worker_facade::simple::SimpleTask;
+/// use worker_facade::worker::Progress;
+///
+/// fn main() {
+///     worker_facade::worker::serve_with_progress(|t: SimpleTask, progress: &Progress| {
+///         for step in 0..10u32 {
+///             progress.report(&step);
+///         }
+///         Ok::<_, String>(t.solve())
+///     })
+/// }
+/// ```
+pub fn serve_with_progress<T, F, E>(handler: F)
+where
+    T: Task,
+    F: FnMut(T, &Progress<'_>) -> Result<T::Output, E>,
+    E: Display,
+{
+    if let Err(err) = try_serve_with_progress(handler) {
+        eprintln!(
+            "worker-facade worker {}: {}",
+            std::process::id(),
+            error_chain(&err)
+        );
+        #[allow(clippy::exit)]
+        std::process::exit(EXIT_PROTOCOL_ERROR);
+    }
+}
+
+/// Like [`run_if_worker`], with a handler that can report progress through
+/// [`Progress`] (see [`serve_with_progress`]).
+///
+/// ```no_run
+/// use worker_facade::simple::SimpleTask;
+/// use worker_facade::worker::Progress;
+///
+/// fn main() {
+///     worker_facade::worker::run_if_worker_with_progress(|t: SimpleTask, p: &Progress| {
+///         p.report("half way");
+///         Ok::<_, String>(t.solve())
+///     });
+///     // Only the parent gets here.
+/// }
+/// ```
+pub fn run_if_worker_with_progress<T, F, E>(handler: F)
+where
+    T: Task,
+    F: FnMut(T, &Progress<'_>) -> Result<T::Output, E>,
+    E: Display,
+{
+    if is_worker() {
+        serve_with_progress(handler);
+        #[allow(clippy::exit)]
+        std::process::exit(0);
+    }
+}
+
+/// Like [`try_serve`], with a handler that can report progress.
+///
+/// ```no_run
+/// use worker_facade::simple::SimpleTask;
+/// use worker_facade::worker::{Progress, try_serve_with_progress};
+///
+/// fn main() -> Result<(), worker_facade::worker::WorkerError> {
+///     try_serve_with_progress(|t: SimpleTask, p: &Progress| {
+///         p.report(&0.5f64);
+///         Ok::<_, String>(t.solve())
+///     })
+/// }
+/// ```
+pub fn try_serve_with_progress<T, F, E>(mut handler: F) -> Result<(), WorkerError>
+where
+    T: Task,
+    F: FnMut(T, &Progress<'_>) -> Result<T::Output, E>,
+    E: Display,
+{
     SERVING.store(true, SeqCst);
     let (stream, options) = connect::<T>()?;
     let _watch = watch_parent(options.parent_pid);
@@ -221,7 +305,11 @@ where
                         continue;
                     }
                 };
-                match caught(|| handler(task)) {
+                let progress = Progress::new(&stream, id, max);
+                let result = caught(|| handler(task, &progress));
+                // The last value reported goes before the result.
+                out.extend_from_slice(&progress.into_pending());
+                match result {
                     Ok(Ok(output)) => push_output::<T>(&mut out, id, &output, max),
                     Ok(Err(e)) => push_message(&mut out, KIND_ERR, id, &e.to_string(), max),
                     Err(panic) => {
@@ -520,6 +608,108 @@ fn push_output<T: Task>(out: &mut Vec<u8>, id: u64, output: &T::Output, max: u32
     }
 }
 
+/// How often a task's progress is sent to the parent at most; a value
+/// reported sooner waits for the next report or the task's end.
+const PROGRESS_EVERY: Duration = Duration::from_millis(1);
+
+/// The running task's way to report progress or partial results to the
+/// parent, handed to a handler given to [`serve_with_progress`] or
+/// [`run_if_worker_with_progress`].
+///
+/// A value is any `Serialize` type; the parent reads it as the type it asks
+/// for ([`TaskHandle::progress`](crate::TaskHandle::progress), or the
+/// callback of
+/// [`submit_with_progress`](crate::WorkingProcessFacade::submit_with_progress)).
+/// Cheap enough to call in a loop: at most one value a millisecond is sent
+/// (one `write`); a value reported sooner is kept, replaced by the next,
+/// and sent with the next report after the millisecond or just before the
+/// task's result. Only the latest value counts; none is ever queued.
+///
+/// ```
+/// use worker_facade::worker::Progress;
+///
+/// fn handler(n: u64, progress: &Progress) -> Result<u64, String> {
+///     let mut sum = 0;
+///     for i in 0..n {
+///         sum += i;
+///         progress.report(&(i, n)); // done i of n
+///     }
+///     Ok(sum)
+/// }
+/// # let _ = handler;
+/// ```
+pub struct Progress<'a> {
+    stream: &'a UnixStream,
+    id: u64,
+    max: u32,
+    state: std::cell::RefCell<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    last_sent: Option<Instant>,
+    /// The latest value's frame, not yet sent.
+    pending: Vec<u8>,
+}
+
+impl std::fmt::Debug for Progress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress").field("task", &self.id).finish()
+    }
+}
+
+impl<'a> Progress<'a> {
+    fn new(stream: &'a UnixStream, id: u64, max: u32) -> Self {
+        Progress {
+            stream,
+            id,
+            max,
+            state: Default::default(),
+        }
+    }
+
+    /// The ID the parent gave the running task.
+    pub fn task_id(&self) -> crate::TaskId {
+        crate::TaskId::from_raw(self.id)
+    }
+
+    /// Reports `value` as the task's latest progress. A value that cannot
+    /// be encoded, or is larger than the maximum frame, is dropped.
+    pub fn report<P: serde::Serialize + ?Sized>(&self, value: &P) {
+        let mut state = self.state.borrow_mut();
+        state.pending.clear();
+        let pushed = caught(|| {
+            wire::push_frame(
+                &mut state.pending,
+                KIND_PROGRESS,
+                Some(self.id),
+                self.max,
+                |o| codec::encode_into(value, o),
+            )
+        });
+        if !matches!(pushed, Ok(Ok(()))) {
+            state.pending.clear();
+            return;
+        }
+        let now = Instant::now();
+        if state
+            .last_sent
+            .is_some_and(|at| now.saturating_duration_since(at) < PROGRESS_EVERY)
+        {
+            return; // kept for later
+        }
+        // A failed write means the parent went away: the serving loop sees
+        // it at its next read.
+        let _ = (&*self.stream).write_all(&state.pending);
+        state.pending.clear();
+        state.last_sent = Some(now);
+    }
+
+    fn into_pending(self) -> Vec<u8> {
+        self.state.into_inner().pending
+    }
+}
+
 /// A panic caught in the worker: its message and where it happened.
 struct Caught {
     message: String,
@@ -570,9 +760,11 @@ std::thread_local! {
 /// outside [`caught`]) go to the hook that was installed before.
 fn caught<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
     install_panic_hook();
-    CATCHING.with(|c| c.set(true));
+    // Restored after: `caught` nests (a progress value's Serialize runs
+    // inside the handler's).
+    let was = CATCHING.with(|c| c.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
-    CATCHING.with(|c| c.set(false));
+    CATCHING.with(|c| c.set(was));
     result.map_err(|panic| Caught {
         message: panic_message(&*panic),
         site: SITE.with(|s| s.borrow_mut().take()),

@@ -23,9 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::hand_wire::{
-    KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, MAGIC, close_and_linger, encoded,
-    exit, frame, from_hex, hello, honest_hello, read_boot, read_frame, send, sleep_forever,
-    task_id, to_hex,
+    KIND_CANCEL, KIND_OK, KIND_PROGRESS, KIND_STARTED, KIND_STOP, KIND_TASK, MAGIC,
+    close_and_linger, encoded, exit, frame, from_hex, hello, honest_hello, read_boot, read_frame,
+    send, sleep_forever, task_id, to_hex,
 };
 use common::{Lines, capture_lines, library_panics, pids_printing, vm_peak};
 use nix::errno::Errno;
@@ -201,6 +201,15 @@ fn hostile(mode: &str) -> ! {
         "unknown-id" => {
             send(&mut s, &started);
             send(&mut s, &frame(KIND_OK, Some(id + 1000), &encoded("forged")));
+            sleep_forever()
+        }
+        "progress-other" => {
+            // Progress for a task it is not running.
+            send(&mut s, &started);
+            send(
+                &mut s,
+                &frame(KIND_PROGRESS, Some(id + 1), &encoded("forged")),
+            );
             sleep_forever()
         }
         "started-unknown" => {
@@ -577,6 +586,14 @@ fn result_for_an_unknown_task_id_kills_the_worker() {
     within(|| {
         let records = run_hostile("unknown-id", 3, |c| c);
         assert_first_killed_rest_not_run(&records, "unknown or already answered");
+    });
+}
+
+#[test]
+fn progress_for_a_task_it_is_not_running_kills_the_worker() {
+    within(|| {
+        let records = run_hostile("progress-other", 2, |c| c);
+        assert_first_killed_rest_not_run(&records, "which it is not running");
     });
 }
 

@@ -27,6 +27,8 @@ pub(crate) struct Entry<T: Task> {
     pub(crate) attempts: u32,
     /// The caller cancelled it while a worker held it.
     pub(crate) cancelled: bool,
+    /// Where its progress reports go, for a task sent with a handle.
+    pub(crate) progress: Option<std::sync::Arc<crate::progress::ProgressCell>>,
 }
 
 /// Who waits for a task's outcome.
@@ -213,6 +215,7 @@ mod tests {
             timeout: None,
             attempts: 0,
             cancelled: false,
+            progress: None,
         };
         (e, rx)
     }
@@ -320,6 +323,7 @@ mod tests {
                 timeout: None,
                 attempts: 0,
                 cancelled: false,
+                progress: None,
             };
             assert!(ledger.accept(id, e));
             waiters.push(rx);

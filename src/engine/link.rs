@@ -27,8 +27,8 @@ use crate::console::Console;
 use crate::process::{Reaped, Spawned, WorkerChild};
 use crate::task::CrashReason;
 use crate::wire::{
-    self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK, KIND_SKIPPED,
-    KIND_STARTED, KIND_STOP, KIND_UNDECODABLE, Next, PROTOCOL_VERSION, TOKEN_LEN,
+    self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK, KIND_PROGRESS,
+    KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_UNDECODABLE, Next, PROTOCOL_VERSION, TOKEN_LEN,
 };
 
 /// Frames handled per readiness event, so one flooding worker cannot starve
@@ -161,6 +161,8 @@ pub(super) enum Said<'a> {
     Undecodable(u64, &'a [u8]),
     /// It skipped a task the parent cancelled before it started.
     Skipped(u64),
+    /// The running task reported progress; the value still encoded.
+    Progress(u64, &'a [u8]),
 }
 
 pub(super) struct Link {
@@ -814,6 +816,7 @@ fn parse<'a>(
         KIND_OK => with_id(frame).map(|(id, p)| Said::Ok(id, p)),
         KIND_ERR => with_id(frame).map(|(id, p)| Said::Err(id, p)),
         KIND_UNDECODABLE => with_id(frame).map(|(id, p)| Said::Undecodable(id, p)),
+        KIND_PROGRESS => with_id(frame).map(|(id, p)| Said::Progress(id, p)),
         KIND_SKIPPED => match with_id(frame)? {
             (id, []) => Ok(Said::Skipped(id)),
             (id, _) => Err(Parsed::Violation(format!(

@@ -96,6 +96,7 @@ pub(crate) struct Submission<T: Task> {
     pub(crate) frame: Vec<u8>,
     pub(crate) notify: Option<Notify<T>>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) progress: Option<Arc<crate::progress::ProgressCell>>,
 }
 
 /// Where the facade is in its life.
@@ -211,6 +212,8 @@ pub(crate) struct Engine<T: Task> {
     stderr_watch: StderrWatch,
     /// This program's task and output types, checked at each handshake.
     types: Arc<crate::types::Signature>,
+    /// Runs progress callbacks, off the engine.
+    progress: crate::progress::ProgressThread,
 }
 
 impl<T: Task> Engine<T> {
@@ -254,6 +257,7 @@ impl<T: Task> Engine<T> {
             stderr: StderrQueue::default(),
             stderr_watch: StderrWatch::Idle,
             types: crate::types::Signature::of::<T>(),
+            progress: crate::progress::ProgressThread::default(),
         })
     }
 
@@ -323,6 +327,7 @@ impl<T: Task> Engine<T> {
                     timeout: sub.timeout,
                     attempts: 0,
                     cancelled: false,
+                    progress: sub.progress,
                 };
                 if !self.ledger.accept(id, entry) {
                     return;
@@ -608,6 +613,7 @@ impl<T: Task> Engine<T> {
             epoll,
             stderr,
             service,
+            progress,
             ..
         } = self;
         let Some((link, budget)) = slots
@@ -629,8 +635,23 @@ impl<T: Task> Engine<T> {
                     let mut ran = Vec::new();
                     let mut started = Vec::new();
                     link.read(now, |tasks, said| {
-                        if let Said::Started(id) = said {
-                            started.push(id);
+                        match said {
+                            Said::Started(id) => started.push(id),
+                            Said::Progress(id, bytes) => {
+                                if tasks.running.is_none_or(|(r, _)| r != id) {
+                                    return Err(format!(
+                                        "progress for task #{id}, which it is not running"
+                                    ));
+                                }
+                                let cell = ledger.get(id).and_then(|e| e.progress.as_ref());
+                                if let Some(cell) = cell {
+                                    if cell.store(bytes) {
+                                        progress.notify(cell.clone());
+                                    }
+                                }
+                                return Ok(());
+                            }
+                            _ => {}
                         }
                         on_said::<T>(tasks, said, &mut settled, &mut ran)
                     });
@@ -1162,7 +1183,7 @@ fn on_said<T: Task>(
         Ok(())
     };
     match said {
-        Said::Hello => Ok(()),
+        Said::Hello | Said::Progress(..) => Ok(()),
         Said::Started(id) => tasks.start(id),
         Said::Ok(id, payload) => {
             answer(tasks, id)?;
