@@ -70,6 +70,7 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
             parent_pid: std::process::id(),
             core_dumps: cmd.core_dumps,
             memory_limit: cmd.memory_limit,
+            mark_output: cmd.output.attributes_lines(),
         },
     })
     .map_err(|e| SpawnError::Resource {

@@ -138,6 +138,17 @@ pub(crate) fn block_sigpipe_in_this_thread() {
     );
 }
 
+/// Flushes every C stdio output stream (`fflush(NULL)`): what C code of the
+/// handler's printed with `printf` and the like is in its pipe afterwards.
+/// Costs no system call when nothing is buffered.
+pub(crate) fn flush_c_stdio() {
+    // SAFETY: fflush(NULL) flushes all open output streams; it takes no
+    // pointer from us and is safe to call from any thread at any time.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+    }
+}
+
 /// Whether this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`), in
 /// which case the kernel reaps children itself and their status is lost.
 pub(crate) fn sigchld_ignored() -> bool {

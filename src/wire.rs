@@ -42,6 +42,9 @@ pub(crate) const MAGIC: u32 = 0x5746_4143;
 /// The version of the wire format and codec; bumped on every incompatible
 /// change. A worker must speak the same version as its parent.
 pub const PROTOCOL_VERSION: u32 = 3;
+/// The largest handshake frame (a HELLO with its type shapes) a parent
+/// reads, whatever the maximum frame size.
+pub(crate) const HANDSHAKE_MAX: u32 = 64 * 1024;
 /// The default maximum frame size: 64 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;
 /// Length of the one-time token that authenticates the worker's connection.
@@ -236,6 +239,12 @@ const READ_CHUNK: usize = 64 * 1024;
 const SHRINK_AFTER: u32 = 64;
 
 impl<R: Read> FrameReader<R> {
+    /// Changes the maximum frame size for the frames still to come (the
+    /// handshake's frames may be larger than a tiny user limit).
+    pub(crate) fn set_max(&mut self, max: u32) {
+        self.max = max;
+    }
+
     pub(crate) fn new(inner: R, max: u32) -> Self {
         FrameReader {
             inner,
@@ -471,7 +480,16 @@ pub(crate) struct WorkerOptions {
     pub(crate) core_dumps: bool,
     /// An address-space limit (`RLIMIT_AS`) for the worker, in bytes.
     pub(crate) memory_limit: Option<u64>,
+    /// Whether the worker marks in its stdout and stderr where each task
+    /// starts ([`OUTPUT_MARK`]), so that each line is attributed to the task
+    /// that printed it.
+    pub(crate) mark_output: bool,
 }
+
+/// Starts the line a worker writes to its stdout and stderr when a task
+/// starts (with `mark_output`): `\x1fWF:<task id>\x1f\n`. Everything
+/// before it in the pipe was written before the task started.
+pub(crate) const OUTPUT_MARK: &[u8] = b"\x1fWF:";
 
 /// Encodes the bootstrap frame: `BOOT magic protocol token[16] options`.
 pub(crate) fn encode_bootstrap(boot: &Bootstrap) -> Result<Vec<u8>, crate::codec::CodecError> {
@@ -668,6 +686,7 @@ mod tests {
                 parent_pid: 1,
                 core_dumps: false,
                 memory_limit: Some(1 << 30),
+                mark_output: true,
             },
         };
         let bytes = encode_bootstrap(&boot).expect("encodes");

@@ -19,7 +19,7 @@ use std::any::Any;
 use std::collections::HashSet;
 use std::fmt::Display;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -293,6 +293,9 @@ where
                 wire::push_bare(&mut out, KIND_STARTED, Some(id));
                 writer.write_all(&out).map_err(WireError::Io)?;
                 out.clear();
+                if options.mark_output {
+                    mark_output(id);
+                }
                 let task = match caught(|| codec::decode::<T>(payload)) {
                     Ok(Ok(task)) => task,
                     Ok(Err(e)) => {
@@ -433,17 +436,22 @@ fn connect<T: Task>() -> Result<(UnixStream, WorkerOptions), WorkerError> {
     if let Some(options) = &boot.options {
         apply_limits(options);
     }
+    let mut said = Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        token: boot.token,
+        crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        types: Some((*crate::types::Signature::of::<T>()).clone()),
+    };
     let mut hello = Vec::new();
-    wire::push_hello(
-        &mut hello,
-        &Hello {
-            protocol: PROTOCOL_VERSION,
-            pid: std::process::id(),
-            token: boot.token,
-            crate_version: env!("CARGO_PKG_VERSION").to_string(),
-            types: Some((*crate::types::Signature::of::<T>()).clone()),
-        },
-    );
+    wire::push_hello(&mut hello, &said);
+    if hello.len() > wire::HANDSHAKE_MAX as usize {
+        // Shapes too large to send (a type with thousands of fields): the
+        // parent then checks nothing rather than refusing the worker.
+        said.types = None;
+        hello.clear();
+        wire::push_hello(&mut hello, &said);
+    }
     (&stream).write_all(&hello).map_err(WorkerError::Connect)?;
     match boot.options {
         Some(options) => Ok((stream, options)),
@@ -605,6 +613,24 @@ fn push_output<T: Task>(out: &mut Vec<u8>, id: u64, output: &T::Output, max: u32
             &format!("the result's Serialize {panic}"),
             max,
         ),
+    }
+}
+
+/// Marks the start of task `id` in this process's stdout and stderr: what
+/// the previous task left in Rust's or C's buffers goes out first, then a
+/// marker line the parent strips. Pipes are FIFO for every writer, so each
+/// line the parent reads after the marker was written after this point.
+fn mark_output(id: u64) {
+    let _ = io::stdout().flush();
+    crate::sys::flush_c_stdio();
+    let mut mark = Vec::with_capacity(32);
+    mark.extend_from_slice(wire::OUTPUT_MARK);
+    mark.extend_from_slice(id.to_string().as_bytes());
+    mark.extend_from_slice(b"\x1f\n");
+    for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
+        // A pipe the parent closed: the line is lost, as any would be.
+        // Rust programs ignore SIGPIPE, so this is EPIPE, not a signal.
+        let _ = nix::unistd::write(fd, &mark);
     }
 }
 

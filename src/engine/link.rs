@@ -181,6 +181,8 @@ pub(super) struct Link {
     pub(super) out_armed: bool,
     pub(super) console: Console,
     token: [u8; TOKEN_LEN],
+    /// The maximum frame size after the handshake.
+    max_frame: u32,
     /// This program's task and output types, which the worker's must match.
     types: std::sync::Arc<crate::types::Signature>,
     pub(super) phase: Phase,
@@ -216,7 +218,13 @@ impl Link {
         Link {
             generation,
             child: spawned.child,
-            reader: Some(FrameReader::new(spawned.socket, max_frame)),
+            // The HELLO (with the type shapes) may be larger than a tiny
+            // maximum frame; the limit applies once it is read.
+            reader: Some(FrameReader::new(
+                spawned.socket,
+                max_frame.max(wire::HANDSHAKE_MAX),
+            )),
+            max_frame,
             out: Vec::new(),
             out_at: 0,
             write_failed: false,
@@ -388,6 +396,7 @@ impl Link {
             match (&said, starting && !hello_now) {
                 (Said::Hello, true) => {
                     hello_now = true;
+                    reader.set_max(self.max_frame);
                     continue;
                 }
                 (_, true) => {
