@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .spawn()?;
 
     println!("map, 2 in flight (the input could be endless):");
-    let inputs = (0u64..4).map(|i| SimpleTask::new(&format!("m{i}"), 0.0));
+    let inputs = (0u64..4).map(|i| SimpleTask::new(format!("m{i}"), 0.0));
     for outcome in w.map(inputs).ahead(2) {
         println!("{}", outcome?);
     }
