@@ -123,6 +123,7 @@ mod facade;
 mod grinder;
 mod guard;
 mod handle;
+mod joinable;
 mod pool;
 mod process;
 mod stats;

@@ -888,6 +888,11 @@ impl<T: Task> Engine<T> {
             }
             return false;
         }
+        if self.startup.as_ref().is_some_and(|r| r.is_closed()) {
+            // Nobody waits for the start (a dropped `spawn_async`).
+            self.abandon_startup();
+            return true;
+        }
         let all_ready = self
             .slots
             .iter()
@@ -895,12 +900,26 @@ impl<T: Task> Engine<T> {
         if all_ready {
             if let Some(ready) = self.startup.take() {
                 if ready.send(Ok(())).is_err() {
-                    // The constructor is gone (it panicked): stop.
-                    self.lifecycle = Lifecycle::Dropped;
+                    // The constructor is gone (it panicked, or its future
+                    // was dropped): stop.
+                    self.abandon_startup();
                 }
             }
         }
         true
+    }
+
+    /// The constructor gave up: the workers are ended, unneeded, and the
+    /// engine ends once they are reaped.
+    fn abandon_startup(&mut self) {
+        self.startup = None;
+        self.lifecycle = Lifecycle::Dropped;
+        self.set_dead(NotRunReason::Cancelled(CancelReason::FacadeDropped));
+        for slot in &mut self.slots {
+            if let Some(link) = slot.link.as_mut() {
+                link.end(Cause::Unneeded);
+            }
+        }
     }
 
     fn spawn_into(&mut self, slot: usize, now: Instant) -> Result<(), SpawnError> {
