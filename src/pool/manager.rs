@@ -29,7 +29,7 @@ pub(super) enum Msg<T: Task> {
         duration: Duration,
         wait: bool,
         deadline: Option<Instant>,
-        reply: Sender<Result<Lease<T>, AcquireError>>,
+        reply: LeaseReply<T>,
     },
     Release {
         id: u64,
@@ -83,7 +83,41 @@ struct Waiter<T: Task> {
     duration: Duration,
     wait: bool,
     deadline: Option<Instant>,
-    reply: Sender<Result<Lease<T>, AcquireError>>,
+    reply: LeaseReply<T>,
+}
+
+/// Where a lease request is answered.
+pub(crate) enum LeaseReply<T: Task> {
+    /// A caller blocked in `acquire`, or a grinder runner selecting on it.
+    Channel(Sender<Result<Lease<T>, AcquireError>>),
+    /// An `acquire_async` future (`None` once answered).
+    Future(Option<oneshot::Sender<Result<Lease<T>, AcquireError>>>),
+}
+
+impl<T: Task> LeaseReply<T> {
+    /// Answers. A lease nobody takes any more is dropped here, which
+    /// releases it back to the pool.
+    fn send(&mut self, answer: Result<Lease<T>, AcquireError>) {
+        match self {
+            LeaseReply::Channel(tx) => {
+                let _ = tx.send(answer);
+            }
+            LeaseReply::Future(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(answer);
+                }
+            }
+        }
+    }
+
+    /// Whether the caller gave up (its future was dropped).
+    fn is_abandoned(&self) -> bool {
+        match self {
+            // A blocked caller's timeout races with ours; it is answered.
+            LeaseReply::Channel(_) => false,
+            LeaseReply::Future(tx) => tx.as_ref().is_none_or(|tx| tx.is_closed()),
+        }
+    }
 }
 
 /// The manager thread's state. Nothing here is shared.
@@ -257,8 +291,8 @@ impl<T: Task> Manager<T> {
                         // replacement or top-up was for nobody waiting, who
                         // then keeps waiting (and gets a spawn of its own).
                         if purpose == SpawnFor::Waiter {
-                            if let Some(waiter) = self.waiters.pop_front() {
-                                let _ = waiter.reply.send(Err(AcquireError::Spawn(Arc::new(err))));
+                            if let Some(mut waiter) = self.waiters.pop_front() {
+                                waiter.reply.send(Err(AcquireError::Spawn(Arc::new(err))));
                             }
                         }
                     }
@@ -374,14 +408,14 @@ impl<T: Task> Manager<T> {
     fn serve(&mut self, now: Instant) {
         // A caller whose deadline passed is told so (it may be waiting on
         // its answer still: its own timeout and ours race).
-        self.waiters.retain(|w| {
+        self.waiters.retain_mut(|w| {
             let expired = w.deadline.is_some_and(|d| d <= now);
             if expired {
-                let _ = w.reply.send(Err(AcquireError::TimedOut {
+                w.reply.send(Err(AcquireError::TimedOut {
                     waited: now.saturating_duration_since(w.asked),
                 }));
             }
-            !expired
+            !expired && !w.reply.is_abandoned()
         });
         while !self.waiters.is_empty() {
             let Some(idle) = self.available.pop_back() else {
@@ -406,17 +440,17 @@ impl<T: Task> Manager<T> {
         let covered = self.spawning;
         let max = self.max;
         let mut position = 0;
-        self.waiters.retain(|w| {
+        self.waiters.retain_mut(|w| {
             let keep = w.wait || position < covered;
             position += 1;
             if !keep {
-                let _ = w.reply.send(Err(AcquireError::NoneAvailable { max }));
+                w.reply.send(Err(AcquireError::NoneAvailable { max }));
             }
             keep
         });
     }
 
-    fn grant(&mut self, waiter: Waiter<T>, facade: Arc<WorkingProcessFacade<T>>, now: Instant) {
+    fn grant(&mut self, mut waiter: Waiter<T>, facade: Arc<WorkingProcessFacade<T>>, now: Instant) {
         let id = self.next_lease;
         self.next_lease += 1;
         let soft = later(now, waiter.duration);
@@ -445,7 +479,7 @@ impl<T: Task> Manager<T> {
         );
         // If the caller gave up meanwhile, the lease is dropped here and its
         // release comes back through the channel.
-        let _ = waiter.reply.send(Ok(lease));
+        waiter.reply.send(Ok(lease));
     }
 
     fn spawn(&mut self, purpose: SpawnFor) {
@@ -515,8 +549,8 @@ impl<T: Task> Manager<T> {
 
     fn shutdown(mut self) -> PoolStats {
         self.stopping = true;
-        for waiter in self.waiters.drain(..) {
-            let _ = waiter.reply.send(Err(AcquireError::Stopped));
+        for mut waiter in self.waiters.drain(..) {
+            waiter.reply.send(Err(AcquireError::Stopped));
         }
         let leased: Vec<Leased<T>> = self.leased.drain().map(|(_, l)| l).collect();
         for lease in leased {
@@ -543,8 +577,8 @@ impl<T: Task> Manager<T> {
         let now = Instant::now();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                Msg::Acquire { reply, .. } => {
-                    let _ = reply.send(Err(AcquireError::Stopped));
+                Msg::Acquire { mut reply, .. } => {
+                    reply.send(Err(AcquireError::Stopped));
                 }
                 Msg::Spawned { .. } => self.spawning = self.spawning.saturating_sub(1),
                 Msg::Stats(reply) => {
