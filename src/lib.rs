@@ -73,9 +73,11 @@
 //!     pool.start()?;
 //!     let grinder = WorkGrinder::builder(pool.clone()).max_wait_seconds(0.05).build()?;
 //!     grinder.start()?;
-//!     println!("{}", grinder.submit(SimpleTask::new("one", 0.1))?); // blocking
-//!     let handle = grinder.enqueue(SimpleTask::new("two", 0.1))?; // a Future too
-//!     println!("{}", handle.wait()?);
+//!     // From a plain thread: a handle to wait on.
+//!     println!("{}", grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()?);
+//!     // In async code (any runtime): grinder.submit(task).await
+//!     let handle = grinder.enqueue(SimpleTask::new("two", 0.1))?; // a Future
+//!     println!("{}", futures_executor::block_on(handle)?);
 //!     grinder.stop(false);
 //!     pool.stop();
 //!     Ok(())
