@@ -89,6 +89,20 @@ pub enum Output {
     /// The worker writes straight to the parent's stdout and stderr, without
     /// prefixes; crash reports carry no stderr tail.
     Inherit,
+    /// Each line becomes a `tracing` event — name `worker_output`, target
+    /// `worker_facade::output`, level INFO — with the fields `pid`, `task`
+    /// (the ID of the task the worker was running when the line was read,
+    /// if any), `stream` (`"stdout"` or `"stderr"`) and `line`. Without
+    /// the crate's `tracing` feature, lines go to the prefixed console as
+    /// with [`Prefixed`](Self::Prefixed).
+    ///
+    /// ```
+    /// use worker_facade::{Output, WorkerCommand};
+    /// // With a subscriber installed, e.g. tracing_subscriber::fmt().init():
+    /// let cmd = WorkerCommand::new("facade-worker").output(Output::Tracing);
+    /// # let _ = cmd;
+    /// ```
+    Tracing,
 }
 
 impl Output {
@@ -109,6 +123,7 @@ impl fmt::Debug for Output {
             Output::Silent => "Silent",
             Output::Capture(_) => "Capture(..)",
             Output::Inherit => "Inherit",
+            Output::Tracing => "Tracing",
         })
     }
 }
@@ -124,6 +139,9 @@ impl fmt::Debug for Output {
 #[derive(Debug)]
 pub(crate) struct Console {
     pid: u32,
+    /// The task the worker runs as far as the engine knows, for
+    /// [`Output::Tracing`] (set by its link before lines are read).
+    pub(crate) running: Option<u64>,
     output: Output,
     pipes: [Option<OwnedFd>; 2],
     partial: [Vec<u8>; 2],
@@ -145,6 +163,7 @@ impl Console {
     ) -> Console {
         Console {
             pid,
+            running: None,
             output,
             pipes: [stdout, stderr],
             partial: [Vec::new(), Vec::new()],
@@ -261,6 +280,20 @@ impl Console {
             self.tail.push_back(text.clone());
         }
         match &self.output {
+            #[cfg(feature = "tracing")]
+            Output::Tracing => {
+                let stream = if stream == 0 {
+                    OutputStream::Stdout
+                } else {
+                    OutputStream::Stderr
+                };
+                crate::trace::output_line(self.pid, self.running, stream, &text);
+            }
+            #[cfg(not(feature = "tracing"))]
+            Output::Tracing => {
+                let whole = format!("[worker {}] {}\n", self.pid, text);
+                sink.stderr.push(whole.into_bytes(), sink.dropped);
+            }
             Output::Prefixed => {
                 let whole = format!("[worker {}] {}\n", self.pid, text);
                 sink.stderr.push(whole.into_bytes(), sink.dropped);

@@ -92,6 +92,8 @@ pub struct WorkingProcessFacade<T: Task> {
     bound: Option<u64>,
     stats: Arc<StatsCells>,
     engine: Mutex<Option<Joinable<()>>>,
+    /// The `id` of its `facade` span.
+    trace_id: u64,
 }
 
 /// A facade whose engine runs and whose first workers are in their
@@ -321,14 +323,16 @@ impl<T: Task> WorkingProcessFacade<T> {
         let stats = Arc::new(StatsCells::new(cfg.workers));
         let bound = cfg.queue_bound.map(|b| b as u64);
         let max_frame = cfg.command.max_frame;
+        let trace_id = crate::trace::next_id();
+        let span = crate::trace::facade_span(trace_id, &path, cfg.workers);
         let engine =
             Engine::new(cfg, inbox, stats.clone()).map_err(|e| resource("event loop", e))?;
         let (ready_tx, ready) = oneshot::channel();
         // Workers are spawned from this long-lived thread: PR_SET_PDEATHSIG
         // fires when the *thread* that forked the worker ends, so spawning
         // from the caller's (maybe short-lived) thread would kill the worker
-        // with it.
-        let thread = joinable::spawn("wf-engine", move || engine.run(ready_tx))
+        // with it. Its whole life runs in the facade's span.
+        let thread = joinable::spawn("wf-engine", move || span.run(|| engine.run(ready_tx)))
             .map_err(|e| resource("engine thread", e))?;
         let facade = WorkingProcessFacade {
             tx,
@@ -339,6 +343,7 @@ impl<T: Task> WorkingProcessFacade<T> {
             bound,
             stats,
             engine: Mutex::new(Some(thread)),
+            trace_id,
         };
         Ok(Launched {
             ready,
@@ -770,6 +775,11 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// The process IDs of the running workers.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.stats.pids()
+    }
+
+    /// The `id` field of this facade's `facade` span.
+    pub(crate) fn trace_id(&self) -> u64 {
+        self.trace_id
     }
 
     /// How many workers ended without being asked to (crashed, killed,

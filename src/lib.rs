@@ -131,6 +131,7 @@ mod process;
 mod stats;
 mod sys;
 mod task;
+mod trace;
 mod wire;
 
 pub mod simple;

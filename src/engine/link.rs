@@ -645,6 +645,7 @@ impl Link {
     }
 
     pub(super) fn into_end(mut self, sink: &mut crate::console::Sink<'_>) -> End {
+        self.console.running = self.running.map(|(id, _)| id);
         let (tail, alloc_failed) = self.console.finish(sink);
         let phase = std::mem::replace(&mut self.phase, Phase::Running);
         let (cause, reaped) = match phase {

@@ -37,6 +37,7 @@ use crate::task::{
     CancelReason, CrashInfo, CrashReason, NotRunReason, Outcome, Task, TaskRecord,
     UnavailableReason,
 };
+use crate::trace;
 
 /// Tasks sent ahead to one worker and not yet answered, at most, with one
 /// worker: keeps the socket busy without moving the whole queue into kernel
@@ -458,6 +459,7 @@ impl<T: Task> Engine<T> {
             self.finish(id, Outcome::TimedOut(limit));
             let kill_at = now.checked_add(self.cfg.term_grace);
             if let Some(link) = self.slots[i].link.as_mut() {
+                trace::task_timed_out(i, link.pid(), id, limit);
                 link.end_gently(
                     Cause::Parent(CrashReason::TaskTimedOut {
                         task: crate::task::TaskId(id),
@@ -675,6 +677,7 @@ impl<T: Task> Engine<T> {
                     stderr,
                     dropped: &stats.output_dropped,
                 };
+                link.console.running = link.running.map(|(id, _)| id);
                 let _ = link.console.on_readable(stream, &mut sink);
             }
             Source::Waker | Source::Stderr => {}
@@ -740,6 +743,9 @@ impl<T: Task> Engine<T> {
         };
         if !end.ready {
             let err = spawn_error(&self.cfg, &end, crash);
+            if !matches!(end.cause, Cause::Unneeded) {
+                trace::handshake_failed(slot, end.reaped.exit.pid, &err);
+            }
             if self.startup.is_some() {
                 self.fail_startup(err, now);
             } else if !matches!(end.cause, Cause::Unneeded) {
@@ -769,6 +775,15 @@ impl<T: Task> Engine<T> {
             } else {
                 self.finish(id, Outcome::Crashed(crash.clone()));
             }
+        }
+        match &end.cause {
+            Cause::ByItself => trace::worker_crashed(slot, &crash, end.running, unstarted.len()),
+            Cause::Parent(r) if r.is_worker_fault() => {
+                trace::worker_crashed(slot, &crash, end.running, unstarted.len())
+            }
+            Cause::Parent(CrashReason::TaskTimedOut { .. }) => {} // said when it timed out
+            Cause::Parent(_) => trace::worker_killed(slot, &crash, end.running),
+            _ => {}
         }
         for id in unstarted.into_iter().rev() {
             match &self.dead {
@@ -821,6 +836,11 @@ impl<T: Task> Engine<T> {
                     return;
                 }
                 Err(Refused::NoProgress { deaths }) => {
+                    trace::restart_budget_exhausted(
+                        slot,
+                        &format_args!("{deaths} deaths in a row with no task answered"),
+                        self.last_place(slot),
+                    );
                     self.retire(
                         slot,
                         NotRunReason::WorkerUnavailable(UnavailableReason::NoProgress {
@@ -834,6 +854,11 @@ impl<T: Task> Engine<T> {
                     max_restarts,
                     window,
                 }) => {
+                    trace::restart_budget_exhausted(
+                        slot,
+                        &format_args!("{max_restarts} restarts within {window:?}"),
+                        self.last_place(slot),
+                    );
                     self.retire(
                         slot,
                         NotRunReason::WorkerUnavailable(
@@ -857,8 +882,17 @@ impl<T: Task> Engine<T> {
         self.slots[slot].retired.get_or_insert(reason.clone());
         if self.slots.iter().all(|s| s.retired.is_some()) {
             self.stats.gave_up.store(true, Relaxed);
+            trace::facade_gave_up(&reason);
             self.set_dead(reason);
         }
+    }
+
+    /// Whether retiring `slot` leaves no place that may run a worker.
+    fn last_place(&self, slot: usize) -> bool {
+        self.slots
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == slot || s.retired.is_some())
     }
 
     fn fail_startup(&mut self, err: SpawnError, _now: Instant) {
@@ -955,12 +989,15 @@ impl<T: Task> Engine<T> {
             }
         }
         self.stats.set_pid(slot, link.pid());
+        trace::worker_spawned(slot, link.pid(), &self.cfg.command.program);
         match self.slots[slot].replace.take() {
             Some(Replace::Restart) => {
-                self.stats.restarts.fetch_add(1, Relaxed);
+                let n = self.stats.restarts.fetch_add(1, Relaxed) + 1;
+                trace::worker_restarted(slot, link.pid(), n);
             }
             Some(Replace::Recycle) => {
-                self.stats.recycles.fetch_add(1, Relaxed);
+                let n = self.stats.recycles.fetch_add(1, Relaxed) + 1;
+                trace::worker_recycled(slot, link.pid(), n);
             }
             None => {}
         }
