@@ -59,6 +59,8 @@ struct Settings {
     owner_prefix: String,
     concurrency: usize,
     after_crash: AfterCrash,
+    /// The `grinder` span its scheduler and runners run in.
+    span: crate::trace::Span,
 }
 
 struct Channels<T: Task> {
@@ -176,6 +178,7 @@ impl<T: Task> WorkGrinder<T> {
             max_wait: Duration::from_secs(10),
             threshold: 20,
             lease: Duration::from_secs(60),
+            span: crate::trace::grinder_span(crate::trace::next_id(), "work-grinder"),
             owner_prefix: "work-grinder".into(),
             // A pool's maximum is at least 1 (its builder checks).
             concurrency: manager.max_executors().max(1),
@@ -226,7 +229,8 @@ impl<T: Task> WorkGrinder<T> {
             cancels,
             finished_tx,
         );
-        let thread = joinable::spawn("wf-grinder", move || scheduler.run(ready_tx))
+        let span = self.settings.span.clone();
+        let thread = joinable::spawn("wf-grinder", move || span.run(|| scheduler.run(ready_tx)))
             .map_err(GrinderStartError::Thread)?;
         match ready.recv() {
             Ok(Ok(())) => {}

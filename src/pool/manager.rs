@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::error::SpawnError;
 use crate::facade::WorkingProcessFacade;
 use crate::task::{CancelReason, CrashReason, Task};
+use crate::trace;
 
 use super::{AcquireError, Lease, LeaseInfo, PoolBuilder, PoolStats, Revoked};
 
@@ -260,7 +261,7 @@ impl<T: Task> Manager<T> {
             Msg::Release { id } => {
                 if let Some(lease) = self.leased.remove(&id) {
                     if is_broken(&lease.facade) {
-                        self.retire(lease.facade);
+                        self.retire(lease.facade, "its worker was lost");
                     } else {
                         self.available.push_back(Idle {
                             facade: lease.facade,
@@ -273,9 +274,15 @@ impl<T: Task> Manager<T> {
                 self.spawning = self.spawning.saturating_sub(1);
                 match result {
                     Ok(facade) => {
-                        if purpose == SpawnFor::Replacement {
+                        let replacement = purpose == SpawnFor::Replacement;
+                        if replacement {
                             self.replaced += 1;
                         }
+                        trace::executor_started(
+                            facade.trace_id(),
+                            facade.worker_pid(),
+                            replacement,
+                        );
                         self.retry_at = None;
                         self.backoff = FIRST_RETRY;
                         self.available.push_back(Idle {
@@ -284,6 +291,7 @@ impl<T: Task> Manager<T> {
                         });
                     }
                     Err(err) => {
+                        trace::executor_spawn_failed(&err);
                         self.spawn_failures += 1;
                         self.retry_at = Some(later(now, self.backoff));
                         self.backoff = (self.backoff * 2).min(MAX_RETRY);
@@ -334,6 +342,7 @@ impl<T: Task> Manager<T> {
             // Marked before the kill, so whoever sees an outcome of the kill
             // also sees why.
             let _ = lease.revoked.set(Revoked::Expired);
+            trace::lease_expired(id, &lease.owner, lease.facade.worker_pid());
             let why = format!(
                 "the lease of {} expired: it passed its hard expiry ({:?} lease + {:?} grace) \
                  and was revoked",
@@ -344,12 +353,13 @@ impl<T: Task> Manager<T> {
                 CancelReason::LeaseExpired(why),
             );
             self.revoked += 1;
-            self.retire(lease.facade);
+            self.retire(lease.facade, "lease expired");
         }
     }
 
     /// Takes an executor out of service for good and asks for a replacement.
-    fn retire(&mut self, facade: Arc<WorkingProcessFacade<T>>) {
+    fn retire(&mut self, facade: Arc<WorkingProcessFacade<T>>, why: &'static str) {
+        trace::executor_retired(facade.trace_id(), why);
         self.retired += 1;
         self.dispose(facade);
         if !self.stopping && self.total() < self.max {
@@ -380,7 +390,7 @@ impl<T: Task> Manager<T> {
         }
         self.available = kept;
         for facade in broken {
-            self.retire(facade);
+            self.retire(facade, "its worker was lost");
         }
     }
 
@@ -422,7 +432,7 @@ impl<T: Task> Manager<T> {
                 break;
             };
             if is_broken(&idle.facade) {
-                self.retire(idle.facade);
+                self.retire(idle.facade, "its worker was lost");
                 continue;
             }
             if let Some(waiter) = self.waiters.pop_front() {
@@ -477,6 +487,7 @@ impl<T: Task> Manager<T> {
                 revoked,
             },
         );
+        trace::lease_granted(id, &lease.owner, lease.facade.worker_pid(), lease.duration);
         // If the caller gave up meanwhile, the lease is dropped here and its
         // release comes back through the channel.
         waiter.reply.send(Ok(lease));
@@ -552,9 +563,10 @@ impl<T: Task> Manager<T> {
         for mut waiter in self.waiters.drain(..) {
             waiter.reply.send(Err(AcquireError::Stopped));
         }
-        let leased: Vec<Leased<T>> = self.leased.drain().map(|(_, l)| l).collect();
-        for lease in leased {
+        let leased: Vec<(u64, Leased<T>)> = self.leased.drain().collect();
+        for (id, lease) in leased {
             let _ = lease.revoked.set(Revoked::Stopped);
+            trace::lease_revoked(id, &lease.owner, lease.facade.worker_pid());
             lease.facade.terminate(format!(
                 "the executor manager was stopped, which revoked the lease of {}",
                 lease.owner

@@ -164,6 +164,8 @@ impl<T: Task> Drop for AbandonStart<'_, T> {
 pub struct LeasedExecutorManager<T: Task> {
     cfg: PoolBuilder<T>,
     phase: Mutex<Phase<T>>,
+    /// The `pool` span its threads (and its executors' facades) run in.
+    span: crate::trace::Span,
 }
 
 impl<T: Task> fmt::Debug for LeasedExecutorManager<T> {
@@ -221,7 +223,8 @@ impl<T: Task> LeasedExecutorManager<T> {
         // Dropping this vector on an early return shuts the executors down.
         let mut executors = Vec::with_capacity(self.cfg.min);
         for _ in 0..self.cfg.min {
-            executors.push(manager::spawn_executor(&self.cfg, &tx).map_err(PoolStartError::Spawn)?);
+            let executor = self.span.run(|| manager::spawn_executor(&self.cfg, &tx));
+            executors.push(executor.map_err(PoolStartError::Spawn)?);
         }
         *phase = self.run_manager(executors, tx, rx)?;
         Ok(())
@@ -271,11 +274,14 @@ impl<T: Task> LeasedExecutorManager<T> {
                     let cfg = self.cfg.clone();
                     let min = cfg.min;
                     let notify = tx.clone();
+                    let span = self.span.clone();
                     let helper = joinable::spawn("wf-pool-start", move || {
                         // An early return drops (shuts down) the ones made.
-                        (0..min)
-                            .map(|_| manager::spawn_executor(&cfg, &notify))
-                            .collect::<Result<Vec<_>, _>>()
+                        span.run(|| {
+                            (0..min)
+                                .map(|_| manager::spawn_executor(&cfg, &notify))
+                                .collect::<Result<Vec<_>, _>>()
+                        })
                     })
                     .map_err(|e| PoolStartError::Thread("start helper", e))?;
                     let ended = helper.ended();
@@ -333,13 +339,15 @@ impl<T: Task> LeasedExecutorManager<T> {
             let cfg = self.cfg.clone();
             let tx = tx.clone();
             let stopping = stopping.clone();
+            let span = self.span.clone();
             joinable::spawn("wf-pool-spawner", move || {
-                spawner::<T>(cfg, spawn_rx, tx, stopping)
+                span.run(|| spawner::<T>(cfg, spawn_rx, tx, stopping))
             })
             .map_err(|e| PoolStartError::Thread("spawner", e))?
         };
         let manager = Manager::new(&self.cfg, executors, rx, tx.clone(), spawn_tx, stopping);
-        let thread = match joinable::spawn("wf-pool-manager", move || manager.run()) {
+        let span = self.span.clone();
+        let thread = match joinable::spawn("wf-pool-manager", move || span.run(|| manager.run())) {
             Ok(thread) => thread,
             Err(e) => {
                 // The closure, and with it the manager, its executors and the
