@@ -125,6 +125,20 @@ pub enum Output {
     /// The worker writes straight to the parent's stdout and stderr, without
     /// prefixes; crash reports carry no stderr tail.
     Inherit,
+    /// Each line becomes a `tracing` event — name `worker_output`, target
+    /// `worker_facade::output`, level INFO — with the fields `pid`, `task`
+    /// (the ID of the task that was running when the line was printed,
+    /// exactly, as for [`Capture`](Self::Capture)), `stream` (`"stdout"` or `"stderr"`) and `line`. Without
+    /// the crate's `tracing` feature, lines go to the prefixed console as
+    /// with [`Prefixed`](Self::Prefixed).
+    ///
+    /// ```
+    /// use worker_facade::{Output, WorkerCommand};
+    /// // With a subscriber installed, e.g. tracing_subscriber::fmt().init():
+    /// let cmd = WorkerCommand::new("facade-worker").output(Output::Tracing);
+    /// # let _ = cmd;
+    /// ```
+    Tracing,
 }
 
 impl Output {
@@ -140,7 +154,11 @@ impl Output {
     /// Whether lines are attributed to tasks (the worker marks task starts
     /// in its output).
     pub(crate) fn attributes_lines(&self) -> bool {
-        matches!(self, Output::Capture(_))
+        match self {
+            Output::Capture(_) => true,
+            Output::Tracing => cfg!(feature = "tracing"),
+            Output::Prefixed | Output::Silent | Output::Inherit => false,
+        }
     }
 }
 
@@ -151,6 +169,7 @@ impl fmt::Debug for Output {
             Output::Silent => "Silent",
             Output::Capture(_) => "Capture(..)",
             Output::Inherit => "Inherit",
+            Output::Tracing => "Tracing",
         })
     }
 }
@@ -339,6 +358,21 @@ impl Console {
             self.tail.push_back(text.clone());
         }
         match &self.output {
+            #[cfg(feature = "tracing")]
+            Output::Tracing => {
+                let task = self.task[stream].map(|t| t.as_u64());
+                let stream = if stream == 0 {
+                    OutputStream::Stdout
+                } else {
+                    OutputStream::Stderr
+                };
+                crate::trace::output_line(self.pid, task, stream, &text);
+            }
+            #[cfg(not(feature = "tracing"))]
+            Output::Tracing => {
+                let whole = format!("[worker {}] {}\n", self.pid, text);
+                sink.stderr.push(whole.into_bytes(), sink.dropped);
+            }
             Output::Prefixed => {
                 let whole = format!("[worker {}] {}\n", self.pid, text);
                 sink.stderr.push(whole.into_bytes(), sink.dropped);

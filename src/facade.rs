@@ -2,9 +2,9 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -16,6 +16,7 @@ use crate::engine::{Command, Engine, Notify, Outbox, Reclaimed, Submission};
 use crate::error::{CollectError, SpawnError, SubmitError};
 use crate::guard::CollectOnDrop;
 use crate::handle::TaskHandle;
+use crate::joinable::{self, Joinable};
 use crate::map::{Map, MapUnordered};
 use crate::progress::ProgressCell;
 use crate::stats::{FacadeStats, StatsCells};
@@ -51,10 +52,21 @@ const CLOSED: u64 = 1 << 63;
 /// [`Cancelled`](crate::NotRunReason::Cancelled)), gives each worker the
 /// grace period (default 5 s; a worker whose task timed out gets
 /// [`kill_grace`](FacadeBuilder::kill_grace)) to finish what it is running,
-/// then kills its process group, reaps it and joins the engine thread. The
-/// drop waits for that: in async code, collect first. The outcomes of tasks without a
+/// then kills its process group, reaps it and joins the engine thread.
+/// **The drop blocks the dropping thread for that** — up to the grace
+/// period when a task is running. The outcomes of tasks without a
 /// [`TaskHandle`] are discarded: use [`collect_on_drop`](Self::collect_on_drop)
 /// to keep them. This also holds while unwinding from a panic.
+///
+/// In async code, end a facade with
+/// [`collect_tasks_async`](Self::collect_tasks_async) (keeps every outcome)
+/// or [`shutdown_async`](Self::shutdown_async) (what the drop does, awaited)
+/// first: once either has resolved, the drop returns at once. Every other
+/// call that waits has an async form too:
+/// [`spawn_async`](FacadeBuilder::spawn_async),
+/// [`collect_tasks_timeout_async`](Self::collect_tasks_timeout_async),
+/// [`collect_tasks_deadline_async`](Self::collect_tasks_deadline_async), and
+/// `.await` on a [`TaskHandle`]. None of them depends on a runtime.
 ///
 /// # Example
 ///
@@ -82,10 +94,30 @@ pub struct WorkingProcessFacade<T: Task> {
     collected: AtomicBool,
     bound: Option<u64>,
     stats: Arc<StatsCells>,
-    engine: Mutex<Option<JoinHandle<()>>>,
+    engine: Mutex<Option<Joinable<()>>>,
+    /// The `id` of its `facade` span.
+    trace_id: u64,
     /// Set by the first `completed()`: the facade's own receiver, drained
     /// by `collect_tasks` so that a record nobody took is not lost.
     completed: std::sync::OnceLock<Completed<T>>,
+}
+
+/// A facade whose engine runs and whose first workers are in their
+/// handshake, with the channel that says how it went. The receiver is
+/// dropped first: the engine sees it closed when the facade's drop wakes it,
+/// and stops the workers instead of finishing their handshake.
+struct Launched<T: Task> {
+    ready: oneshot::Receiver<Result<(), SpawnError>>,
+    facade: WorkingProcessFacade<T>,
+    /// The worker's program, for an error.
+    path: PathBuf,
+}
+
+/// [`Launched`] in `spawn_async`, its receiver a future: fields dropped in
+/// this order.
+struct Handshake<T: Task> {
+    ready: oneshot::AsyncReceiver<Result<(), SpawnError>>,
+    facade: WorkingProcessFacade<T>,
 }
 
 impl<T: Task> fmt::Debug for WorkingProcessFacade<T> {
@@ -214,9 +246,54 @@ impl<T: Task> FacadeBuilder<T> {
         self
     }
 
-    /// Spawns the worker and completes the handshake.
+    /// Spawns the worker and completes the handshake. Blocks until every
+    /// worker has said hello (or failed to); in async code use
+    /// [`spawn_async`](Self::spawn_async).
     pub fn spawn(self) -> Result<WorkingProcessFacade<T>, SpawnError> {
-        WorkingProcessFacade::start(self.cfg)
+        let launched = WorkingProcessFacade::launch(self.cfg)?;
+        let answer = launched.ready.recv();
+        launched
+            .facade
+            .started(answer.map_err(|_| ()), launched.path)
+    }
+
+    /// Like [`spawn`](Self::spawn), as a future that never blocks the
+    /// thread polling it: the engine thread spawns the workers and does the
+    /// handshakes, and the future awaits its answer. Works on any runtime.
+    ///
+    /// Nothing starts until the future is first polled. Dropping it before
+    /// it resolves stops the workers it started (they are killed and
+    /// reaped, which the drop waits for: a few milliseconds).
+    ///
+    /// ```no_run
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let w = WorkingProcessFacade::<SimpleTask>::builder(WorkerCommand::new("facade-worker"))
+    ///     .workers(2)
+    ///     .spawn_async()
+    ///     .await?;
+    /// w.process_task(SimpleTask::new("one", 0.1))?;
+    /// let records = w.collect_tasks_async().await?;
+    /// assert_eq!(records.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn spawn_async(self) -> Result<WorkingProcessFacade<T>, SpawnError> {
+        let launched = WorkingProcessFacade::launch(self.cfg)?;
+        // Kept whole while awaiting, so that a future dropped here drops
+        // the receiver before the facade (see `Launched`).
+        let mut waiting = Handshake {
+            ready: std::future::IntoFuture::into_future(launched.ready),
+            facade: launched.facade,
+        };
+        let answer = (&mut waiting.ready).await;
+        let facade = waiting.facade;
+        if !matches!(answer, Ok(Ok(()))) {
+            // The engine ends by itself after a failed start: wait for
+            // that here rather than in the facade's drop.
+            facade.join_engine_async().await;
+        }
+        facade.started(answer.map_err(|_| ()), launched.path)
     }
 }
 
@@ -238,7 +315,9 @@ impl<T: Task> WorkingProcessFacade<T> {
         }
     }
 
-    fn start(cfg: Config) -> Result<Self, SpawnError> {
+    /// Starts the engine thread, which spawns the workers; does not wait
+    /// for their handshakes.
+    fn launch(cfg: Config) -> Result<Launched<T>, SpawnError> {
         let path = cfg.command.program.clone();
         crate::worker::refuse_unserved_worker(&path)?;
         let resource = |what: &'static str, source: std::io::Error| SpawnError::Resource {
@@ -250,40 +329,52 @@ impl<T: Task> WorkingProcessFacade<T> {
         let stats = Arc::new(StatsCells::new(cfg.workers));
         let bound = cfg.queue_bound.map(|b| b as u64);
         let max_frame = cfg.command.max_frame;
+        let trace_id = crate::trace::next_id();
+        let span = crate::trace::facade_span(trace_id, &path, cfg.workers);
         let engine =
             Engine::new(cfg, inbox, stats.clone()).map_err(|e| resource("event loop", e))?;
-        let (ready_tx, ready_rx) = oneshot::channel();
+        let (ready_tx, ready) = oneshot::channel();
         // Workers are spawned from this long-lived thread: PR_SET_PDEATHSIG
         // fires when the *thread* that forked the worker ends, so spawning
         // from the caller's (maybe short-lived) thread would kill the worker
-        // with it.
-        let thread = thread::Builder::new()
-            .name("wf-engine".into())
-            .spawn(move || engine.run(ready_tx))
+        // with it. Its whole life runs in the facade's span.
+        let thread = joinable::spawn("wf-engine", move || span.run(|| engine.run(ready_tx)))
             .map_err(|e| resource("engine thread", e))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(WorkingProcessFacade {
-                tx,
-                owner: std::process::id(),
-                max_frame,
-                counter: AtomicU64::new(0),
-                collected: AtomicBool::new(false),
-                bound,
-                stats,
-                engine: Mutex::new(Some(thread)),
-                completed: std::sync::OnceLock::new(),
+        let facade = WorkingProcessFacade {
+            tx,
+            owner: std::process::id(),
+            max_frame,
+            counter: AtomicU64::new(0),
+            collected: AtomicBool::new(false),
+            bound,
+            stats,
+            engine: Mutex::new(Some(thread)),
+            trace_id,
+            completed: std::sync::OnceLock::new(),
+        };
+        Ok(Launched {
+            ready,
+            facade,
+            path,
+        })
+    }
+
+    /// The facade once its engine answered the start (`Err(())`: it ended
+    /// without answering, a bug). A failed facade is dropped here: its
+    /// engine has ended, so that only joins it.
+    fn started(
+        self,
+        answer: Result<Result<(), SpawnError>, ()>,
+        path: PathBuf,
+    ) -> Result<Self, SpawnError> {
+        match answer {
+            Ok(Ok(())) => Ok(self),
+            Ok(Err(e)) => Err(e),
+            Err(()) => Err(SpawnError::Resource {
+                what: "engine thread",
+                path,
+                source: std::io::Error::other("the engine thread panicked while starting"),
             }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(resource(
-                    "engine thread",
-                    std::io::Error::other("the engine thread panicked while starting"),
-                ))
-            }
         }
     }
 
@@ -526,7 +617,161 @@ impl<T: Task> WorkingProcessFacade<T> {
         self.collect(Some(deadline))
     }
 
+    /// Like [`collect_tasks`](Self::collect_tasks), as a future that never
+    /// blocks the thread polling it: the engine thread drains and reaps
+    /// the workers, and the future awaits its answer and the engine's end.
+    /// Works on any runtime. Once it has resolved, dropping the facade does
+    /// not block.
+    ///
+    /// Submission closes at the first poll. Dropping the future before it
+    /// resolves does not stop the collect: the workers still finish the
+    /// queued tasks, their records are discarded, and the facade's drop then
+    /// waits for the engine as usual.
+    ///
+    /// ```no_run
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn_async(WorkerCommand::new("facade-worker")).await?;
+    /// w.process_task(SimpleTask::new("one", 0.5))?;
+    /// for record in w.collect_tasks_async().await? {
+    ///     println!("{} - {}", record.task.id, record.outcome);
+    /// }
+    /// drop(w); // returns at once: the engine has ended
+    /// # Ok(()) }
+    /// ```
+    pub async fn collect_tasks_async(&self) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        self.collect_async(None).await
+    }
+
+    /// Like [`collect_tasks_timeout`](Self::collect_tasks_timeout), as a
+    /// future (see [`collect_tasks_async`](Self::collect_tasks_async)): the
+    /// engine kills the workers once `timeout` has passed, so the future
+    /// resolves soon after it.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn_async(WorkerCommand::new("facade-worker")).await?;
+    /// w.process_task(SimpleTask::new("slow", 60.0))?;
+    /// let records = w.collect_tasks_timeout_async(Duration::from_millis(200)).await?;
+    /// assert!(matches!(records[0].outcome, worker_facade::Outcome::Crashed(_)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn collect_tasks_timeout_async(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        self.collect_async(Instant::now().checked_add(timeout))
+            .await
+    }
+
+    /// Like [`collect_tasks_deadline`](Self::collect_tasks_deadline), as a
+    /// future (see [`collect_tasks_async`](Self::collect_tasks_async)).
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, Instant};
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn_async(WorkerCommand::new("facade-worker")).await?;
+    /// w.process_task(SimpleTask::new("one", 0.1))?;
+    /// let records = w
+    ///     .collect_tasks_deadline_async(Instant::now() + Duration::from_secs(5))
+    ///     .await?;
+    /// assert!(records[0].outcome.is_completed());
+    /// # Ok(()) }
+    /// ```
+    pub async fn collect_tasks_deadline_async(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        self.collect_async(Some(deadline)).await
+    }
+
+    /// [`spawn`](Self::spawn) as a future: shorthand for
+    /// `builder(command).spawn_async()` (see
+    /// [`FacadeBuilder::spawn_async`]).
+    ///
+    /// ```no_run
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// # async fn demo() -> Result<(), worker_facade::SpawnError> {
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn_async(WorkerCommand::new("facade-worker")).await?;
+    /// w.shutdown_async().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn spawn_async(
+        command: WorkerCommand,
+    ) -> impl Future<Output = Result<Self, SpawnError>> + Send + 'static {
+        Self::builder(command).spawn_async()
+    }
+
+    /// What dropping the facade does — cancel every task that has not
+    /// started, give the running ones the grace period, then kill, reap and
+    /// join — as a future that never blocks the thread polling it. Use it
+    /// in async code instead of letting the facade drop. The outcomes of
+    /// tasks without a [`TaskHandle`] are discarded, as on drop (collect to
+    /// keep them).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let w = WorkingProcessFacade::<SimpleTask>::builder(WorkerCommand::new("facade-worker"))
+    ///     .grace_period(Duration::from_secs(1))
+    ///     .spawn_async()
+    ///     .await?;
+    /// let running = w.submit(SimpleTask::new("long", 0.5))?;
+    /// let queued = w.submit(SimpleTask::new("queued", 0.5))?;
+    /// w.shutdown_async().await; // about 0.5 s, awaited
+    /// assert!(running.await?.is_completed());
+    /// assert!(matches!(queued.await?, Outcome::NotRun(_)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown_async(self) {
+        if std::process::id() != self.owner {
+            return; // a fork: its drop forgets the engine (see `Drop`)
+        }
+        if !self.collected.load(Ordering::Acquire) {
+            self.counter.fetch_or(CLOSED, Ordering::AcqRel);
+            let _ = self.tx.send(Command::Shutdown);
+        }
+        self.join_engine_async().await;
+        // The drop finds the engine joined: nothing left to wait for.
+    }
+
     fn collect(&self, deadline: Option<Instant>) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        let records = match self.begin_collect(deadline)? {
+            Some(records) => records.recv().map_err(|_| CollectError::SupervisorGone),
+            None => Err(CollectError::SupervisorGone),
+        };
+        self.join_engine();
+        records.map(|r| self.with_untaken(r))
+    }
+
+    async fn collect_async(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        let records = match self.begin_collect(deadline)? {
+            Some(records) => records.await.map_err(|_| CollectError::SupervisorGone),
+            None => Err(CollectError::SupervisorGone),
+        };
+        self.join_engine_async().await;
+        records.map(|r| self.with_untaken(r))
+    }
+
+    /// Closes submission and asks the engine to collect; the records come
+    /// on the receiver (`None`: the engine is gone).
+    #[allow(clippy::type_complexity)]
+    fn begin_collect(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<oneshot::Receiver<Vec<TaskRecord<T>>>>, CollectError> {
         if std::process::id() != self.owner {
             return Err(CollectError::Forked { owner: self.owner });
         }
@@ -540,14 +785,12 @@ impl<T: Task> WorkingProcessFacade<T> {
             deadline,
             reply,
         });
-        let records = match sent {
-            Ok(()) => records.recv().map_err(|_| CollectError::SupervisorGone),
-            Err(_) => Err(CollectError::SupervisorGone),
-        };
-        self.join_engine();
-        let mut records = records?;
-        // The engine put every record in the `completed()` channel before it
-        // replied: what no receiver took is there.
+        Ok(sent.ok().map(|()| records))
+    }
+
+    /// Adds the records the `completed()` channel still holds: the engine
+    /// put each one there before it replied to the collect.
+    fn with_untaken(&self, mut records: Vec<TaskRecord<T>>) -> Vec<TaskRecord<T>> {
         if let Some(completed) = self.completed.get() {
             let before = records.len();
             records.extend(completed.drain());
@@ -555,7 +798,7 @@ impl<T: Task> WorkingProcessFacade<T> {
                 records.sort_unstable_by_key(|r| r.id);
             }
         }
-        Ok(records)
+        records
     }
 
     /// Runs every task of `tasks` and yields their outcomes in input order,
@@ -650,6 +893,11 @@ impl<T: Task> WorkingProcessFacade<T> {
         self.stats.pids()
     }
 
+    /// The `id` field of this facade's `facade` span.
+    pub(crate) fn trace_id(&self) -> u64 {
+        self.trace_id
+    }
+
     /// How many workers ended without being asked to (crashed, killed,
     /// timed out, broke the protocol).
     pub(crate) fn workers_lost(&self) -> u64 {
@@ -665,6 +913,20 @@ impl<T: Task> WorkingProcessFacade<T> {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+    }
+
+    /// Awaits the engine thread's end, then joins it (at once). The handle
+    /// stays in place while waiting, so a dropped future leaves it to the
+    /// facade's drop.
+    async fn join_engine_async(&self) {
+        let ended = {
+            let engine = self.engine.lock().unwrap_or_else(PoisonError::into_inner);
+            engine.as_ref().map(Joinable::ended)
+        };
+        if let Some(ended) = ended {
+            ended.wait().await;
+        }
+        self.join_engine();
     }
 }
 

@@ -30,8 +30,10 @@ type Sink<T> = Box<dyn FnOnce(Result<Vec<TaskRecord<T>>, CollectError>) + Send>;
 ///
 /// # Drop
 ///
-/// Dropping the guard calls `collect_tasks` — waiting, as that does, for the
-/// queued tasks to finish — and passes the result to the sink. This happens
+/// Dropping the guard calls `collect_tasks` — blocking the dropping thread,
+/// as that does, while the queued tasks finish — and passes the result to
+/// the sink; in async code, end it with [`finish_async`](Self::finish_async)
+/// instead. This happens
 /// also while unwinding from a panic, so the outcomes of the work done so far
 /// still reach the sink. [`finish`](Self::finish) collects early and returns
 /// the records instead.
@@ -68,6 +70,32 @@ impl<T: Task> CollectOnDrop<T> {
         self.sink = None;
         match self.facade.take() {
             Some(facade) => facade.collect_tasks(),
+            None => Err(CollectError::AlreadyCollected),
+        }
+    }
+
+    /// Like [`finish`](Self::finish), as a future that never blocks the
+    /// thread polling it (see
+    /// [`collect_tasks_async`](WorkingProcessFacade::collect_tasks_async)).
+    /// The sink is not called. In async code, end a guard with this: its
+    /// drop would block while the queued tasks finish.
+    ///
+    /// ```no_run
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn_async(WorkerCommand::new("facade-worker"))
+    ///     .await?
+    ///     .collect_on_drop(|records| eprintln!("unfinished: {records:?}"));
+    /// w.process_task(SimpleTask::new("one", 0.1))?;
+    /// let records = w.finish_async().await?;
+    /// assert_eq!(records.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn finish_async(mut self) -> Result<Vec<TaskRecord<T>>, CollectError> {
+        self.sink = None;
+        match self.facade.take() {
+            Some(facade) => facade.collect_tasks_async().await,
             None => Err(CollectError::AlreadyCollected),
         }
     }

@@ -73,14 +73,65 @@
 //!     pool.start()?;
 //!     let grinder = WorkGrinder::builder(pool.clone()).max_wait_seconds(0.05).build()?;
 //!     grinder.start()?;
-//!     println!("{}", grinder.submit(SimpleTask::new("one", 0.1))?); // blocking
-//!     let handle = grinder.enqueue(SimpleTask::new("two", 0.1))?; // a Future too
-//!     println!("{}", handle.wait()?);
+//!     // From a plain thread: a handle to wait on.
+//!     println!("{}", grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()?);
+//!     // In async code (any runtime): grinder.submit(task).await
+//!     let handle = grinder.enqueue(SimpleTask::new("two", 0.1))?; // a Future
+//!     println!("{}", futures_executor::block_on(handle)?);
 //!     grinder.stop(false);
 //!     pool.stop();
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # Async
+//!
+//! The library has no runtime of its own and needs none: every call that
+//! waits has an async form that never blocks the thread polling it, on any
+//! runtime — [`FacadeBuilder::spawn_async`],
+//! [`WorkingProcessFacade::collect_tasks_async`] (and its timeout and
+//! deadline forms), [`WorkingProcessFacade::shutdown_async`],
+//! [`LeasedExecutorManager::start_async`],
+//! [`LeasedExecutorManager::acquire_async`] (and its `try_`, timeout and
+//! deadline forms), [`LeasedExecutorManager::stop_async`],
+//! [`WorkGrinder::submit`], [`WorkGrinder::stop_async`] — and task handles
+//! are futures. The library's own threads do the waiting; the futures await
+//! their answers. The `Drop` of a facade, a pool or a grinder waits for its
+//! workers (up to the grace period): in async code, await the matching
+//! `collect_tasks_async`, `shutdown_async` or `stop_async` first, after
+//! which the drop returns at once.
+//!
+//! # Observability
+//!
+//! With the `tracing` feature (on by default) the library reports through
+//! [`tracing`](https://docs.rs/tracing) — structured events with fields, in
+//! spans that tell objects apart:
+//!
+//! - spans `facade{id, program, workers}`, `pool{id, min_executors,
+//!   max_executors}`, `grinder{id, owner_prefix}`, each a child of the span
+//!   current where the object was made (a pool's facades are inside the
+//!   pool's span; wrap `spawn` or `build` in a span of yours to name them);
+//!   the library's threads run inside them;
+//! - target `worker_facade::facade`: `worker_spawned{slot, pid, program}`,
+//!   `worker_restarted{pid, restarts}`, `worker_recycled{pid, recycles}`,
+//!   `handshake_failed{pid, error}`, `worker_crashed{pid, signal,
+//!   signal_name, exit_code, core_dumped, task, requeued, reason,
+//!   stderr_last}`, `worker_killed{pid, task, reason}`,
+//!   `task_timed_out{pid, task, limit_ms}`,
+//!   `restart_budget_exhausted{slot, reason, gave_up}` and
+//!   `facade_gave_up{reason}` (exactly when [`FacadeStats::gave_up`] is set);
+//! - target `worker_facade::pool`: `lease_granted`, `lease_expired`,
+//!   `lease_revoked{lease, owner, pid}`, `executor_retired{facade, why}`,
+//!   `executor_started`, `executor_replaced{facade, pid}`,
+//!   `executor_spawn_failed{error}`;
+//! - target `worker_facade::grinder`: `batch_dispatched{batch, size,
+//!   waited_ms}`;
+//! - target `worker_facade::output`, with [`Output::Tracing`]: each line a
+//!   worker prints, `worker_output{pid, task, stream, line}`.
+//!
+//! Event names are the events' `Metadata::name`. Without a subscriber the
+//! cost is a disabled check per event; `default-features = false` removes
+//! the dependency.
 //!
 //! # Bincode limitations
 //!
@@ -124,6 +175,7 @@ mod facade;
 mod grinder;
 mod guard;
 mod handle;
+mod joinable;
 pub mod map;
 mod pool;
 mod process;
@@ -131,6 +183,7 @@ mod progress;
 mod stats;
 mod sys;
 mod task;
+mod trace;
 mod types;
 mod wire;
 

@@ -396,7 +396,7 @@ fn submitting_before_start_while_stopping_and_after_stop_is_refused() {
     assert!(matches!(refused, GrinderError::NotStarted(_)));
     assert_eq!(refused.into_task().id, "early");
     assert!(matches!(
-        grinder.submit(SimpleTask::new("early", 0.0)),
+        futures_executor::block_on(grinder.submit(SimpleTask::new("early", 0.0))),
         Err(GrindError::Refused(GrinderError::NotStarted(_)))
     ));
     assert!(!grinder.stats().started);
@@ -412,9 +412,7 @@ fn submitting_before_start_while_stopping_and_after_stop_is_refused() {
         Err(GrinderStartError::AlreadyStarted)
     ));
     assert_eq!(
-        grinder
-            .submit(SimpleTask::new("ok", 0.0))
-            .expect("completed"),
+        futures_executor::block_on(grinder.submit(SimpleTask::new("ok", 0.0))).expect("completed"),
         solved("ok")
     );
 

@@ -37,6 +37,7 @@ use crate::task::{
     CancelReason, CrashInfo, CrashReason, NotRunReason, Outcome, Task, TaskRecord,
     UnavailableReason,
 };
+use crate::trace;
 
 /// Tasks sent ahead to one worker and not yet answered, at most, with one
 /// worker: keeps the socket busy without moving the whole queue into kernel
@@ -469,6 +470,7 @@ impl<T: Task> Engine<T> {
             self.finish(id, Outcome::TimedOut(limit));
             let kill_at = now.checked_add(self.cfg.term_grace);
             if let Some(link) = self.slots[i].link.as_mut() {
+                trace::task_timed_out(i, link.pid(), id, limit);
                 link.end_gently(
                     Cause::Parent(CrashReason::TaskTimedOut {
                         task: crate::task::TaskId(id),
@@ -767,6 +769,9 @@ impl<T: Task> Engine<T> {
         };
         if !end.ready {
             let err = spawn_error(&self.cfg, &end, crash);
+            if !matches!(end.cause, Cause::Unneeded) {
+                trace::handshake_failed(slot, end.reaped.exit.pid, &err);
+            }
             if self.startup.is_some() {
                 self.fail_startup(err, now);
             } else if !matches!(end.cause, Cause::Unneeded) {
@@ -796,6 +801,15 @@ impl<T: Task> Engine<T> {
             } else {
                 self.finish(id, Outcome::Crashed(crash.clone()));
             }
+        }
+        match &end.cause {
+            Cause::ByItself => trace::worker_crashed(slot, &crash, end.running, unstarted.len()),
+            Cause::Parent(r) if r.is_worker_fault() => {
+                trace::worker_crashed(slot, &crash, end.running, unstarted.len())
+            }
+            Cause::Parent(CrashReason::TaskTimedOut { .. }) => {} // said when it timed out
+            Cause::Parent(_) => trace::worker_killed(slot, &crash, end.running),
+            _ => {}
         }
         for id in unstarted.into_iter().rev() {
             match &self.dead {
@@ -848,6 +862,11 @@ impl<T: Task> Engine<T> {
                     return;
                 }
                 Err(Refused::NoProgress { deaths }) => {
+                    trace::restart_budget_exhausted(
+                        slot,
+                        &format_args!("{deaths} deaths in a row with no task answered"),
+                        self.last_place(slot),
+                    );
                     self.retire(
                         slot,
                         NotRunReason::WorkerUnavailable(UnavailableReason::NoProgress {
@@ -861,6 +880,11 @@ impl<T: Task> Engine<T> {
                     max_restarts,
                     window,
                 }) => {
+                    trace::restart_budget_exhausted(
+                        slot,
+                        &format_args!("{max_restarts} restarts within {window:?}"),
+                        self.last_place(slot),
+                    );
                     self.retire(
                         slot,
                         NotRunReason::WorkerUnavailable(
@@ -884,8 +908,17 @@ impl<T: Task> Engine<T> {
         self.slots[slot].retired.get_or_insert(reason.clone());
         if self.slots.iter().all(|s| s.retired.is_some()) {
             self.stats.gave_up.store(true, Relaxed);
+            trace::facade_gave_up(&reason);
             self.set_dead(reason);
         }
+    }
+
+    /// Whether retiring `slot` leaves no place that may run a worker.
+    fn last_place(&self, slot: usize) -> bool {
+        self.slots
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == slot || s.retired.is_some())
     }
 
     fn fail_startup(&mut self, err: SpawnError, _now: Instant) {
@@ -915,6 +948,11 @@ impl<T: Task> Engine<T> {
             }
             return false;
         }
+        if self.startup.as_ref().is_some_and(|r| r.is_closed()) {
+            // Nobody waits for the start (a dropped `spawn_async`).
+            self.abandon_startup();
+            return true;
+        }
         let all_ready = self
             .slots
             .iter()
@@ -922,12 +960,26 @@ impl<T: Task> Engine<T> {
         if all_ready {
             if let Some(ready) = self.startup.take() {
                 if ready.send(Ok(())).is_err() {
-                    // The constructor is gone (it panicked): stop.
-                    self.lifecycle = Lifecycle::Dropped;
+                    // The constructor is gone (it panicked, or its future
+                    // was dropped): stop.
+                    self.abandon_startup();
                 }
             }
         }
         true
+    }
+
+    /// The constructor gave up: the workers are ended, unneeded, and the
+    /// engine ends once they are reaped.
+    fn abandon_startup(&mut self) {
+        self.startup = None;
+        self.lifecycle = Lifecycle::Dropped;
+        self.set_dead(NotRunReason::Cancelled(CancelReason::FacadeDropped));
+        for slot in &mut self.slots {
+            if let Some(link) = slot.link.as_mut() {
+                link.end(Cause::Unneeded);
+            }
+        }
     }
 
     fn spawn_into(&mut self, slot: usize, now: Instant) -> Result<(), SpawnError> {
@@ -964,12 +1016,15 @@ impl<T: Task> Engine<T> {
             }
         }
         self.stats.set_pid(slot, link.pid());
+        trace::worker_spawned(slot, link.pid(), &self.cfg.command.program);
         match self.slots[slot].replace.take() {
             Some(Replace::Restart) => {
-                self.stats.restarts.fetch_add(1, Relaxed);
+                let n = self.stats.restarts.fetch_add(1, Relaxed) + 1;
+                trace::worker_restarted(slot, link.pid(), n);
             }
             Some(Replace::Recycle) => {
-                self.stats.recycles.fetch_add(1, Relaxed);
+                let n = self.stats.recycles.fetch_add(1, Relaxed) + 1;
+                trace::worker_recycled(slot, link.pid(), n);
             }
             None => {}
         }

@@ -171,6 +171,7 @@ impl<T: Task> GrinderBuilder<T> {
             max_wait,
             threshold: self.batch_size_threshold,
             lease,
+            span: crate::trace::grinder_span(crate::trace::next_id(), &self.owner_prefix),
             owner_prefix: self.owner_prefix,
             concurrency,
             after_crash: self.after_crash,

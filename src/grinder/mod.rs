@@ -28,11 +28,11 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
+use crate::joinable::{self, Ended, Joinable};
 use crate::pool::LeasedExecutorManager;
 use crate::task::Task;
 
@@ -60,6 +60,8 @@ struct Settings {
     owner_prefix: String,
     concurrency: usize,
     after_crash: AfterCrash,
+    /// The `grinder` span its scheduler and runners run in.
+    span: crate::trace::Span,
 }
 
 struct Channels<T: Task> {
@@ -68,6 +70,8 @@ struct Channels<T: Task> {
     cancels: Sender<u64>,
     /// Disconnected when the scheduler thread ends.
     finished: Receiver<()>,
+    /// Set when the scheduler thread ends, for `stop_async`.
+    ended: Ended,
 }
 
 /// Batches work from many callers onto executors leased from a
@@ -79,11 +83,12 @@ struct Channels<T: Task> {
 /// on several executors. Each caller gets its own result as soon as the
 /// worker answers it, not when the whole batch is done.
 ///
-/// - [`enqueue`](Self::enqueue) returns a [`GrindHandle`] at once: `.await` it
-///   in any async runtime, or [`wait`](GrindHandle::wait) on it.
-/// - [`submit`](Self::submit) waits for the result.
-/// - [`submit_from_thread`](Self::submit_from_thread) and
-///   [`stats_from_thread`](Self::stats_from_thread) keep the seed's names.
+/// - [`submit`](Self::submit) queues and awaits the result (async).
+/// - [`enqueue`](Self::enqueue) queues and returns a [`GrindHandle`] at once:
+///   `.await` it in any async runtime, or [`wait`](GrindHandle::wait) on it.
+/// - [`submit_from_thread`](Self::submit_from_thread) is for plain threads:
+///   the same handle, to [`wait`](GrindHandle::wait) on;
+///   [`stats_from_thread`](Self::stats_from_thread) likewise.
 ///
 /// Unlike the seed, there is no owning event loop: **every method works from
 /// any thread and any runtime**, and the library depends on none.
@@ -96,8 +101,13 @@ struct Channels<T: Task> {
 /// # Drop
 ///
 /// Dropping a running grinder calls [`stop(true)`](Self::stop): pending
-/// items are answered [`WorkError::Cancelled`], and the drop waits for the
-/// batches already on a worker (bounded by their lease).
+/// items are answered [`WorkError::Cancelled`], and **the drop blocks the
+/// dropping thread** while the batches already on a worker finish (bounded
+/// by their lease). In async code, await
+/// [`stop_async`](Self::stop_async) first: the drop then returns at once.
+/// (The grinder holds the pool in an `Arc`: if it holds the last one, the
+/// pool's drop follows, which blocks too — stop the pool with
+/// [`stop_async`](LeasedExecutorManager::stop_async) as well.)
 ///
 /// # Example
 ///
@@ -114,11 +124,11 @@ struct Channels<T: Task> {
 /// let grinder = WorkGrinder::builder(pool.clone()).max_wait_seconds(0.05).build()?;
 /// grinder.start()?;
 ///
-/// // Blocking, from any thread:
-/// println!("{}", grinder.submit(SimpleTask::new("one", 0.1))?);
-/// // Or a handle, awaitable in any runtime:
-/// let handle = grinder.enqueue(SimpleTask::new("two", 0.1))?;
-/// println!("{}", handle.wait()?);
+/// // From a plain thread: a handle to wait on.
+/// println!("{}", grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()?);
+/// // In async code, on any runtime:
+/// let text = futures_executor::block_on(grinder.submit(SimpleTask::new("two", 0.1)))?;
+/// println!("{text}");
 ///
 /// grinder.stop(false); // drains what is pending
 /// pool.stop();
@@ -132,7 +142,7 @@ pub struct WorkGrinder<T: Task> {
     accepted: AtomicU64,
     channels: OnceLock<Channels<T>>,
     /// The scheduler thread; the lock also serialises `start` and `stop`.
-    life: Mutex<Option<JoinHandle<()>>>,
+    life: Mutex<Option<Joinable<()>>>,
     counters: Arc<Counters>,
     /// The last figures, written by the scheduler as it ends.
     last: Arc<Mutex<Option<GrinderStats>>>,
@@ -169,6 +179,7 @@ impl<T: Task> WorkGrinder<T> {
             max_wait: Duration::from_secs(10),
             threshold: 20,
             lease: Duration::from_secs(60),
+            span: crate::trace::grinder_span(crate::trace::next_id(), "work-grinder"),
             owner_prefix: "work-grinder".into(),
             // A pool's maximum is at least 1 (its builder checks).
             concurrency: manager.max_executors().max(1),
@@ -190,7 +201,7 @@ impl<T: Task> WorkGrinder<T> {
         }
     }
 
-    fn lock_life(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
+    fn lock_life(&self) -> MutexGuard<'_, Option<Joinable<()>>> {
         self.life.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -219,9 +230,8 @@ impl<T: Task> WorkGrinder<T> {
             cancels,
             finished_tx,
         );
-        let thread = thread::Builder::new()
-            .name("wf-grinder".into())
-            .spawn(move || scheduler.run(ready_tx))
+        let span = self.settings.span.clone();
+        let thread = joinable::spawn("wf-grinder", move || span.run(|| scheduler.run(ready_tx)))
             .map_err(GrinderStartError::Thread)?;
         match ready.recv() {
             Ok(Ok(())) => {}
@@ -242,6 +252,7 @@ impl<T: Task> WorkGrinder<T> {
             control: control_tx,
             cancels: cancels_tx,
             finished,
+            ended: thread.ended(),
         });
         *life = Some(thread);
         self.phase.store(RUNNING, Ordering::Release);
@@ -253,7 +264,8 @@ impl<T: Task> WorkGrinder<T> {
     /// or answers every item not yet on a worker [`WorkError::Cancelled`]
     /// (`cancel_pending = true`; this also stops batches waiting for a
     /// lease). Waits for the batches already on a worker, then for the
-    /// grinder's threads to end.
+    /// grinder's threads to end: this blocks; in async code use
+    /// [`stop_async`](Self::stop_async).
     ///
     /// Calling it again (say, with `cancel_pending = true` while a drain is
     /// under way) is fine. A grinder that was never started is just marked
@@ -274,6 +286,50 @@ impl<T: Task> WorkGrinder<T> {
                     let _ = channels.finished.recv();
                 }
             }
+        }
+        self.phase.store(STOPPED, Ordering::Release);
+    }
+
+    /// Like [`stop`](Self::stop), as a future that never blocks the thread
+    /// polling it: the grinder's threads drain or cancel and wait for the
+    /// batches on workers, and the future awaits their end, then joins
+    /// them. Once it has resolved, dropping the grinder does not block.
+    ///
+    /// Stopping starts at the first poll; dropping the future then does
+    /// not undo it (the grinder's drop or a later `stop` finishes it).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = Arc::new(LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("facade-worker")).build()?);
+    /// pool.start_async().await?;
+    /// let grinder = WorkGrinder::builder(pool.clone()).max_wait_seconds(0.05).build()?;
+    /// grinder.start()?;
+    /// let handle = grinder.enqueue(SimpleTask::new("one", 0.5))?;
+    /// grinder.stop_async(false).await; // drains: "one" runs
+    /// assert!(handle.await.is_ok());
+    /// drop(grinder); // returns at once
+    /// pool.stop_async().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn stop_async(&self, cancel_pending: bool) {
+        let ended = {
+            let life = self.lock_life();
+            self.begin_stop_locked(cancel_pending);
+            match &*life {
+                Some(thread) => Some(thread.ended()),
+                // Not started, or another `stop` is joining it.
+                None => self.channels.get().map(|c| c.ended.clone()),
+            }
+        };
+        if let Some(ended) = ended {
+            ended.wait().await;
+        }
+        let thread = self.lock_life().take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
         }
         self.phase.store(STOPPED, Ordering::Release);
     }
@@ -347,8 +403,19 @@ impl<T: Task> WorkGrinder<T> {
         }
     }
 
-    /// The seed's thread-safe submission: the same as
+    /// Submission for plain threads: queues `task` and returns its
+    /// [`GrindHandle`], whose [`wait`](GrindHandle::wait) blocks the thread
+    /// until the result is in (the Python original's `submit_from_thread`,
+    /// which returns a `concurrent.futures.Future`). The same as
     /// [`enqueue`](Self::enqueue), which already works from any thread.
+    ///
+    /// ```no_run
+    /// # fn demo(grinder: &worker_facade::WorkGrinder<worker_facade::simple::SimpleTask>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use worker_facade::simple::SimpleTask;
+    /// let text = grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()?;
+    /// println!("{text}");
+    /// # Ok(()) }
+    /// ```
     pub fn submit_from_thread(&self, task: T) -> Result<GrindHandle<T::Output>, GrinderError<T>> {
         self.enqueue(task)
     }
@@ -374,12 +441,24 @@ impl<T: Task> WorkGrinder<T> {
         GrindMapUnordered::new(self, tasks.into_iter())
     }
 
-    /// Queues `task` and blocks until its result is in. In async code,
-    /// `grinder.enqueue(task)?.await` is the non-blocking form.
-    pub fn submit(&self, task: T) -> Result<T::Output, GrindError<T>> {
+    /// Queues `task` and awaits its result — the Python original's
+    /// `await grinder.submit(...)`. Never blocks the thread polling it;
+    /// works on any runtime. The task is queued at the first poll; dropping
+    /// the future before its batch is dispatched removes the item. From a
+    /// plain thread, use [`submit_from_thread`](Self::submit_from_thread)
+    /// and wait on the handle.
+    ///
+    /// ```no_run
+    /// # async fn demo(grinder: &worker_facade::WorkGrinder<worker_facade::simple::SimpleTask>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use worker_facade::simple::SimpleTask;
+    /// let text = grinder.submit(SimpleTask::new("one", 0.1)).await?;
+    /// println!("{text}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn submit(&self, task: T) -> Result<T::Output, GrindError<T>> {
         self.enqueue(task)
             .map_err(GrindError::Refused)?
-            .wait()
+            .await
             .map_err(GrindError::Work)
     }
 

@@ -137,9 +137,10 @@ impl<T: Task> Scheduler<T> {
                 control: self.control_tx.clone(),
                 counters: self.counters.clone(),
             };
+            let span = self.settings.span.clone();
             let handle = thread::Builder::new()
                 .name(format!("wf-grinder-runner-{n}"))
-                .spawn(move || runner.run())?;
+                .spawn(move || span.run(|| runner.run()))?;
             self.runners.push(handle);
         }
         Ok(())
@@ -309,6 +310,12 @@ impl<T: Task> Scheduler<T> {
                 continue;
             }
             self.dispatched += 1;
+            let waited = items
+                .iter()
+                .map(|i| now.saturating_duration_since(i.enqueued))
+                .max()
+                .unwrap_or_default();
+            crate::trace::batch_dispatched(self.dispatched, items.len(), waited);
             let batch = Batch {
                 number: self.dispatched,
                 items,

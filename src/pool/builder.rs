@@ -119,9 +119,11 @@ impl<T: Task> PoolBuilder<T> {
                 max: self.max,
             });
         }
+        let span = crate::trace::pool_span(crate::trace::next_id(), self.min, self.max);
         Ok(LeasedExecutorManager {
             cfg: self,
             phase: Mutex::new(Phase::Idle),
+            span,
         })
     }
 

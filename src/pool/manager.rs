@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::error::SpawnError;
 use crate::facade::WorkingProcessFacade;
 use crate::task::{CancelReason, CrashReason, Task};
+use crate::trace;
 
 use super::{AcquireError, Lease, LeaseInfo, PoolBuilder, PoolStats, Revoked};
 
@@ -29,7 +30,7 @@ pub(super) enum Msg<T: Task> {
         duration: Duration,
         wait: bool,
         deadline: Option<Instant>,
-        reply: Sender<Result<Lease<T>, AcquireError>>,
+        reply: LeaseReply<T>,
     },
     Release {
         id: u64,
@@ -83,7 +84,41 @@ struct Waiter<T: Task> {
     duration: Duration,
     wait: bool,
     deadline: Option<Instant>,
-    reply: Sender<Result<Lease<T>, AcquireError>>,
+    reply: LeaseReply<T>,
+}
+
+/// Where a lease request is answered.
+pub(crate) enum LeaseReply<T: Task> {
+    /// A caller blocked in `acquire`, or a grinder runner selecting on it.
+    Channel(Sender<Result<Lease<T>, AcquireError>>),
+    /// An `acquire_async` future (`None` once answered).
+    Future(Option<oneshot::Sender<Result<Lease<T>, AcquireError>>>),
+}
+
+impl<T: Task> LeaseReply<T> {
+    /// Answers. A lease nobody takes any more is dropped here, which
+    /// releases it back to the pool.
+    fn send(&mut self, answer: Result<Lease<T>, AcquireError>) {
+        match self {
+            LeaseReply::Channel(tx) => {
+                let _ = tx.send(answer);
+            }
+            LeaseReply::Future(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(answer);
+                }
+            }
+        }
+    }
+
+    /// Whether the caller gave up (its future was dropped).
+    fn is_abandoned(&self) -> bool {
+        match self {
+            // A blocked caller's timeout races with ours; it is answered.
+            LeaseReply::Channel(_) => false,
+            LeaseReply::Future(tx) => tx.as_ref().is_none_or(|tx| tx.is_closed()),
+        }
+    }
 }
 
 /// The manager thread's state. Nothing here is shared.
@@ -226,7 +261,7 @@ impl<T: Task> Manager<T> {
             Msg::Release { id } => {
                 if let Some(lease) = self.leased.remove(&id) {
                     if is_broken(&lease.facade) {
-                        self.retire(lease.facade);
+                        self.retire(lease.facade, "its worker was lost");
                     } else {
                         self.available.push_back(Idle {
                             facade: lease.facade,
@@ -239,9 +274,15 @@ impl<T: Task> Manager<T> {
                 self.spawning = self.spawning.saturating_sub(1);
                 match result {
                     Ok(facade) => {
-                        if purpose == SpawnFor::Replacement {
+                        let replacement = purpose == SpawnFor::Replacement;
+                        if replacement {
                             self.replaced += 1;
                         }
+                        trace::executor_started(
+                            facade.trace_id(),
+                            facade.worker_pid(),
+                            replacement,
+                        );
                         self.retry_at = None;
                         self.backoff = FIRST_RETRY;
                         self.available.push_back(Idle {
@@ -250,6 +291,7 @@ impl<T: Task> Manager<T> {
                         });
                     }
                     Err(err) => {
+                        trace::executor_spawn_failed(&err);
                         self.spawn_failures += 1;
                         self.retry_at = Some(later(now, self.backoff));
                         self.backoff = (self.backoff * 2).min(MAX_RETRY);
@@ -257,8 +299,8 @@ impl<T: Task> Manager<T> {
                         // replacement or top-up was for nobody waiting, who
                         // then keeps waiting (and gets a spawn of its own).
                         if purpose == SpawnFor::Waiter {
-                            if let Some(waiter) = self.waiters.pop_front() {
-                                let _ = waiter.reply.send(Err(AcquireError::Spawn(Arc::new(err))));
+                            if let Some(mut waiter) = self.waiters.pop_front() {
+                                waiter.reply.send(Err(AcquireError::Spawn(Arc::new(err))));
                             }
                         }
                     }
@@ -300,6 +342,7 @@ impl<T: Task> Manager<T> {
             // Marked before the kill, so whoever sees an outcome of the kill
             // also sees why.
             let _ = lease.revoked.set(Revoked::Expired);
+            trace::lease_expired(id, &lease.owner, lease.facade.worker_pid());
             let why = format!(
                 "the lease of {} expired: it passed its hard expiry ({:?} lease + {:?} grace) \
                  and was revoked",
@@ -310,12 +353,13 @@ impl<T: Task> Manager<T> {
                 CancelReason::LeaseExpired(why),
             );
             self.revoked += 1;
-            self.retire(lease.facade);
+            self.retire(lease.facade, "lease expired");
         }
     }
 
     /// Takes an executor out of service for good and asks for a replacement.
-    fn retire(&mut self, facade: Arc<WorkingProcessFacade<T>>) {
+    fn retire(&mut self, facade: Arc<WorkingProcessFacade<T>>, why: &'static str) {
+        trace::executor_retired(facade.trace_id(), why);
         self.retired += 1;
         self.dispose(facade);
         if !self.stopping && self.total() < self.max {
@@ -346,7 +390,7 @@ impl<T: Task> Manager<T> {
         }
         self.available = kept;
         for facade in broken {
-            self.retire(facade);
+            self.retire(facade, "its worker was lost");
         }
     }
 
@@ -374,21 +418,21 @@ impl<T: Task> Manager<T> {
     fn serve(&mut self, now: Instant) {
         // A caller whose deadline passed is told so (it may be waiting on
         // its answer still: its own timeout and ours race).
-        self.waiters.retain(|w| {
+        self.waiters.retain_mut(|w| {
             let expired = w.deadline.is_some_and(|d| d <= now);
             if expired {
-                let _ = w.reply.send(Err(AcquireError::TimedOut {
+                w.reply.send(Err(AcquireError::TimedOut {
                     waited: now.saturating_duration_since(w.asked),
                 }));
             }
-            !expired
+            !expired && !w.reply.is_abandoned()
         });
         while !self.waiters.is_empty() {
             let Some(idle) = self.available.pop_back() else {
                 break;
             };
             if is_broken(&idle.facade) {
-                self.retire(idle.facade);
+                self.retire(idle.facade, "its worker was lost");
                 continue;
             }
             if let Some(waiter) = self.waiters.pop_front() {
@@ -406,17 +450,17 @@ impl<T: Task> Manager<T> {
         let covered = self.spawning;
         let max = self.max;
         let mut position = 0;
-        self.waiters.retain(|w| {
+        self.waiters.retain_mut(|w| {
             let keep = w.wait || position < covered;
             position += 1;
             if !keep {
-                let _ = w.reply.send(Err(AcquireError::NoneAvailable { max }));
+                w.reply.send(Err(AcquireError::NoneAvailable { max }));
             }
             keep
         });
     }
 
-    fn grant(&mut self, waiter: Waiter<T>, facade: Arc<WorkingProcessFacade<T>>, now: Instant) {
+    fn grant(&mut self, mut waiter: Waiter<T>, facade: Arc<WorkingProcessFacade<T>>, now: Instant) {
         let id = self.next_lease;
         self.next_lease += 1;
         let soft = later(now, waiter.duration);
@@ -443,9 +487,10 @@ impl<T: Task> Manager<T> {
                 revoked,
             },
         );
+        trace::lease_granted(id, &lease.owner, lease.facade.worker_pid(), lease.duration);
         // If the caller gave up meanwhile, the lease is dropped here and its
         // release comes back through the channel.
-        let _ = waiter.reply.send(Ok(lease));
+        waiter.reply.send(Ok(lease));
     }
 
     fn spawn(&mut self, purpose: SpawnFor) {
@@ -515,12 +560,13 @@ impl<T: Task> Manager<T> {
 
     fn shutdown(mut self) -> PoolStats {
         self.stopping = true;
-        for waiter in self.waiters.drain(..) {
-            let _ = waiter.reply.send(Err(AcquireError::Stopped));
+        for mut waiter in self.waiters.drain(..) {
+            waiter.reply.send(Err(AcquireError::Stopped));
         }
-        let leased: Vec<Leased<T>> = self.leased.drain().map(|(_, l)| l).collect();
-        for lease in leased {
+        let leased: Vec<(u64, Leased<T>)> = self.leased.drain().collect();
+        for (id, lease) in leased {
             let _ = lease.revoked.set(Revoked::Stopped);
+            trace::lease_revoked(id, &lease.owner, lease.facade.worker_pid());
             lease.facade.terminate(format!(
                 "the executor manager was stopped, which revoked the lease of {}",
                 lease.owner
@@ -543,8 +589,8 @@ impl<T: Task> Manager<T> {
         let now = Instant::now();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                Msg::Acquire { reply, .. } => {
-                    let _ = reply.send(Err(AcquireError::Stopped));
+                Msg::Acquire { mut reply, .. } => {
+                    reply.send(Err(AcquireError::Stopped));
                 }
                 Msg::Spawned { .. } => self.spawning = self.spawning.saturating_sub(1),
                 Msg::Stats(reply) => {

@@ -48,7 +48,8 @@ pub fn test_worker() -> WorkerCommand {
 /// `fail` returns an error, `hang` sleeps for an hour, `alloc` allocates
 /// `estimated_processing_time` MiB, `leak...` allocates that much and keeps
 /// it (printing `ran <id>`), `print:<text>` prints
-/// the text on stdout and stderr, `announce...` prints `started <id>` on
+/// the text on stdout and stderr (`late-print:<text>` does so 200 ms into
+/// the task, and answers 200 ms later), `announce...` prints `started <id>` on
 /// stderr and then works like the stock worker; anything else behaves like
 /// the stock worker.
 pub fn test_handler(t: SimpleTask) -> Result<String, String> {
@@ -79,6 +80,16 @@ pub fn test_handler(t: SimpleTask) -> Result<String, String> {
         id if id.starts_with("announce") => {
             eprintln!("started {id}");
             Ok(t.solve())
+        }
+        id if id.starts_with("late-print:") => {
+            // Prints its text on stdout and stderr mid-task: well after it
+            // said it started, well before it answers.
+            let text = &id["late-print:".len()..];
+            thread::sleep(Duration::from_millis(200));
+            println!("{text}");
+            eprintln!("{text}");
+            thread::sleep(Duration::from_millis(200));
+            Ok(text.to_string())
         }
         id if id.starts_with("print:") => {
             let text = &id["print:".len()..];
