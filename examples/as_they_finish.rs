@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("map, 2 in flight (the input could be endless):");
     let inputs = (0u64..4).map(|i| SimpleTask::new(format!("m{i}"), 0.0));
     for outcome in w.map(inputs).ahead(2) {
-        println!("{}", outcome?);
+        println!("{}", outcome?.display_output());
     }
 
     println!("records as they finish:");
@@ -57,7 +57,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         w.process_task(SimpleTask::new(name, 0.0))?;
     }
     for record in done.iter().take(3) {
-        println!("{} {}: {}", record.id, record.task.id, record.outcome);
+        println!(
+            "{} {}: {}",
+            record.id,
+            record.task.id,
+            record.outcome.display_output()
+        );
     }
 
     println!("progress of a long task:");
@@ -65,13 +70,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  long task at {percent}%");
     })?;
     let outcome = long.wait_timeout(Duration::from_secs(10))?;
-    println!("{outcome}; last progress {:?}", long.progress::<u8>());
+    println!(
+        "{}; last progress {:?}",
+        outcome.display_output(),
+        long.progress::<u8>()
+    );
 
     // The slow task's record, which no one took from `done`, is here.
     for record in w.collect_tasks()? {
         println!(
             "collected {} {}: {}",
-            record.id, record.task.id, record.outcome
+            record.id,
+            record.task.id,
+            record.outcome.display_output()
         );
     }
     Ok(())

@@ -45,6 +45,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Outcome::Crashed(crash) => format!("crashed: {}", crash.exit),
             Outcome::TimedOut(limit) => format!("timed out after {limit:?}"),
             Outcome::NotRun(why) => format!("not run: {why}"),
+            // `Outcome` may gain variants; its Display covers any of them.
+            other => other.to_string(),
         };
         println!("{:>8} -> {what}", record.task.0);
     }

@@ -35,6 +35,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// # let _ = errors_only;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OutputStream {
     /// The worker's stdout.
     Stdout,
@@ -102,6 +103,7 @@ impl fmt::Display for OutputLine {
 /// # let _ = cmd;
 /// ```
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub enum Output {
     /// Each line goes to the parent's stderr, whole, prefixed with
     /// `[worker <pid>] ` (the default).

@@ -635,7 +635,7 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// let w = WorkingProcessFacade::<SimpleTask>::spawn_async(WorkerCommand::new("facade-worker")).await?;
     /// w.process_task(SimpleTask::new("one", 0.5))?;
     /// for record in w.collect_tasks_async().await? {
-    ///     println!("{} - {}", record.task.id, record.outcome);
+    ///     println!("{} - {}", record.task.id, record.outcome.display_output());
     /// }
     /// drop(w); // returns at once: the engine has ended
     /// # Ok(()) }

@@ -78,14 +78,25 @@ impl fmt::Display for TaskId {
 
 /// How a worker process ended, read from its process status when it was reaped.
 ///
+/// Its fields are public to read; it may gain fields, so outside this crate
+/// it is built with [`exited`](Self::exited), [`killed`](Self::killed) or
+/// [`unknown`](Self::unknown) and the `with_` methods (to test code of
+/// yours that handles crash reports, say).
+///
 /// ```
 /// use worker_facade::ExitInfo;
-/// let exit = ExitInfo { pid: 42, code: None, signal: Some(6), core_dumped: false, usage: None };
+/// let exit = ExitInfo::killed(42, 6);
 /// assert_eq!(exit.signal_name(), Some("SIGABRT"));
 /// assert_eq!(exit.to_string(), "worker 42 killed by signal 6 (SIGABRT)");
+/// assert_eq!(ExitInfo::exited(7, 3).code, Some(3));
+/// assert_eq!(
+///     ExitInfo::killed(42, 11).with_core_dumped(true).to_string(),
+///     "worker 42 killed by signal 11 (SIGSEGV), core dumped"
+/// );
 /// ```
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExitInfo {
     /// The worker's process ID.
     pub pid: u32,
@@ -101,18 +112,18 @@ pub struct ExitInfo {
 
 /// A worker's resource use over its life, from `wait4` when it was reaped.
 ///
+/// Its fields are public to read; it may gain fields, so outside this crate
+/// it is built with [`new`](Self::new) (or `Default`).
+///
 /// ```
 /// use std::time::Duration;
 /// use worker_facade::ResourceUsage;
-/// let usage = ResourceUsage {
-///     max_rss_kib: 2048,
-///     user_time: Duration::from_millis(30),
-///     system_time: Duration::from_millis(5),
-/// };
+/// let usage = ResourceUsage::new(2048, Duration::from_millis(30), Duration::from_millis(5));
 /// assert_eq!(usage.to_string(), "max RSS 2048 KiB, CPU 30ms user + 5ms system");
 /// ```
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct ResourceUsage {
     /// Peak resident set size, in KiB.
     pub max_rss_kib: u64,
@@ -120,6 +131,18 @@ pub struct ResourceUsage {
     pub user_time: Duration,
     /// CPU time in the kernel.
     pub system_time: Duration,
+}
+
+impl ResourceUsage {
+    /// Peak resident set size in KiB, and CPU time in user mode and in the
+    /// kernel.
+    pub fn new(max_rss_kib: u64, user_time: Duration, system_time: Duration) -> Self {
+        ResourceUsage {
+            max_rss_kib,
+            user_time,
+            system_time,
+        }
+    }
 }
 
 impl fmt::Display for ResourceUsage {
@@ -133,6 +156,52 @@ impl fmt::Display for ResourceUsage {
 }
 
 impl ExitInfo {
+    /// Worker `pid` exited by itself with `code`.
+    pub fn exited(pid: u32, code: i32) -> Self {
+        ExitInfo {
+            pid,
+            code: Some(code),
+            signal: None,
+            core_dumped: false,
+            usage: None,
+        }
+    }
+
+    /// Worker `pid` was ended by signal number `signal`.
+    pub fn killed(pid: u32, signal: i32) -> Self {
+        ExitInfo {
+            pid,
+            code: None,
+            signal: Some(signal),
+            core_dumped: false,
+            usage: None,
+        }
+    }
+
+    /// Worker `pid` ended with a status nobody could read (see
+    /// [`StatusLost`]).
+    pub fn unknown(pid: u32) -> Self {
+        ExitInfo {
+            pid,
+            code: None,
+            signal: None,
+            core_dumped: false,
+            usage: None,
+        }
+    }
+
+    /// The same status, saying whether the kernel wrote a core dump.
+    pub fn with_core_dumped(mut self, core_dumped: bool) -> Self {
+        self.core_dumped = core_dumped;
+        self
+    }
+
+    /// The same status, with the worker's resource use.
+    pub fn with_usage(mut self, usage: ResourceUsage) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+
     /// The signal's name (`"SIGKILL"`), when a known signal ended the worker.
     pub fn signal_name(&self) -> Option<&'static str> {
         let signal = nix::sys::signal::Signal::try_from(self.signal?).ok()?;
@@ -162,19 +231,25 @@ impl fmt::Display for ExitInfo {
 /// The report attached to a task whose worker died while running it.
 ///
 /// Its `Display` gives the status and reason; the worker's resource use
-/// (peak memory, CPU time) is in `exit.usage`.
+/// (peak memory, CPU time) is in `exit.usage`. Its fields are public to
+/// read; it may gain fields, so outside this crate it is built with
+/// [`new`](Self::new) and the `with_` methods.
 ///
 /// ```
-/// use worker_facade::{CrashInfo, ExitInfo};
-/// let crash = CrashInfo {
-///     exit: ExitInfo { pid: 42, code: None, signal: Some(9), core_dumped: false, usage: None },
-///     reason: None,
-///     stderr_tail: vec!["about to fail".into()],
-/// };
-/// assert!(crash.to_string().contains("SIGKILL"));
+/// use std::time::Duration;
+/// use worker_facade::{CrashInfo, CrashReason, ExitInfo, TaskId};
+/// let crash = CrashInfo::new(ExitInfo::killed(42, 9))
+///     .with_reason(CrashReason::TaskTimedOut { task: TaskId::from_raw(3), limit: Duration::from_secs(2) })
+///     .with_stderr_tail(["about to fail"]);
+/// assert_eq!(
+///     crash.to_string(),
+///     "worker 42 killed by signal 9 (SIGKILL) (task #3 ran longer than 2s); \
+///      last stderr line: \"about to fail\""
+/// );
 /// ```
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CrashInfo {
     /// The worker's process status.
     pub exit: ExitInfo,
@@ -185,6 +260,35 @@ pub struct CrashInfo {
     /// The last lines the worker wrote to its stderr (empty when output is
     /// inherited rather than piped).
     pub stderr_tail: Vec<String>,
+}
+
+impl CrashInfo {
+    /// A report of a worker that ended as `exit` says, by itself (no
+    /// reason), with no stderr lines.
+    pub fn new(exit: ExitInfo) -> Self {
+        CrashInfo {
+            exit,
+            reason: None,
+            stderr_tail: Vec::new(),
+        }
+    }
+
+    /// The same report, saying why the parent ended the worker.
+    pub fn with_reason(mut self, reason: CrashReason) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The same report, with the last lines the worker wrote to stderr
+    /// (oldest first).
+    pub fn with_stderr_tail<I, S>(mut self, lines: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.stderr_tail = lines.into_iter().map(Into::into).collect();
+        self
+    }
 }
 
 impl fmt::Display for CrashInfo {
@@ -481,14 +585,46 @@ impl fmt::Display for UnavailableReason {
 
 /// How a task ended. Every accepted task gets exactly one.
 ///
+/// More variants may come: a `match` outside this crate needs a `_` arm
+/// (or an `other =>` arm, as below).
+///
 /// ```
 /// use worker_facade::Outcome;
 /// let done: Outcome<String> = Outcome::Completed("ok".into());
 /// assert!(done.is_completed());
 /// assert_eq!(done.completed(), Some("ok".to_string()));
 /// ```
+///
+/// # Display
+///
+/// `Display` works for any output type: it gives `completed` for
+/// [`Completed`](Self::Completed) and the whole report for the rest
+/// (`crashed: worker 42 killed by signal 6 (SIGABRT); last stderr line:
+/// ...`), so printing an outcome never needs the output to be printable.
+/// To print the output too, use [`display_output`](Self::display_output)
+/// when it implements `Display`, or [`display_with`](Self::display_with)
+/// to say how.
+///
+/// ```
+/// use worker_facade::{CrashInfo, ExitInfo, Outcome};
+///
+/// #[derive(Debug)]
+/// struct Report { rows: usize }
+///
+/// let crashed: Outcome<Report> = Outcome::Crashed(CrashInfo::new(ExitInfo::killed(42, 6)));
+/// assert_eq!(crashed.to_string(), "crashed: worker 42 killed by signal 6 (SIGABRT)");
+///
+/// let done = Outcome::Completed(Report { rows: 3 });
+/// assert_eq!(done.to_string(), "completed");
+/// let shown = done.display_with(|report, f| write!(f, "{} rows", report.rows));
+/// assert_eq!(shown.to_string(), "3 rows");
+///
+/// let text: Outcome<String> = Outcome::Completed("one solved after 1".into());
+/// assert_eq!(text.display_output().to_string(), "one solved after 1");
+/// ```
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Outcome<O> {
     /// The handler returned this output.
     Completed(O),
@@ -527,17 +663,64 @@ impl<O> Outcome<O> {
             Outcome::TimedOut(_) => "timed out",
         }
     }
-}
 
-impl<O: fmt::Display> fmt::Display for Outcome<O> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// Displays the outcome with the output of a completed task written by
+    /// `write` (the other variants as [`Display`](#display) writes them).
+    pub fn display_with<'a, F>(&'a self, write: F) -> impl fmt::Display + 'a
+    where
+        F: Fn(&O, &mut fmt::Formatter<'_>) -> fmt::Result + 'a,
+    {
+        DisplayWith {
+            outcome: self,
+            write,
+        }
+    }
+
+    /// Displays the outcome with the output of a completed task itself
+    /// (`one solved after 1`) instead of `completed`; the other variants as
+    /// [`Display`](#display) writes them.
+    pub fn display_output(&self) -> impl fmt::Display + '_
+    where
+        O: fmt::Display,
+    {
+        self.display_with(|output, f| output.fmt(f))
+    }
+
+    /// Writes every variant but `Completed`.
+    fn fmt_report(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::Completed(output) => write!(f, "{output}"),
+            Outcome::Completed(_) => f.write_str("completed"),
             Outcome::Failed(why) => write!(f, "failed: {why}"),
             Outcome::Crashed(crash) => write!(f, "crashed: {crash}"),
             Outcome::NotRun(why) => write!(f, "not run: {why}"),
             Outcome::TimedOut(limit) => write!(f, "timed out after {limit:?}"),
         }
+    }
+}
+
+/// What [`Outcome::display_with`] returns.
+struct DisplayWith<'a, O, F> {
+    outcome: &'a Outcome<O>,
+    write: F,
+}
+
+impl<O, F> fmt::Display for DisplayWith<'_, O, F>
+where
+    F: Fn(&O, &mut fmt::Formatter<'_>) -> fmt::Result,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.outcome {
+            Outcome::Completed(output) => (self.write)(output, f),
+            other => other.fmt_report(f),
+        }
+    }
+}
+
+/// `completed` for [`Outcome::Completed`], whatever the output type; the
+/// whole report for the other variants. See [`Outcome`'s docs](Outcome#display).
+impl<O> fmt::Display for Outcome<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_report(f)
     }
 }
 

@@ -77,6 +77,7 @@ pub(crate) const KIND_BOOT: u8 = 0x20;
 /// );
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The underlying read or write failed.
     #[error("socket I/O failed")]

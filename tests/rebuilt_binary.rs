@@ -40,7 +40,7 @@ fn rebuilt_parent_main() {
     let outcome = after
         .wait_timeout(Duration::from_secs(20))
         .expect("answered");
-    println!("RESULT {outcome}");
+    println!("RESULT {}", outcome.display_output());
     let pid = w.worker_pid().unwrap_or(0);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     println!("EXE {}", exe.display());

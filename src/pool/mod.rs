@@ -607,7 +607,7 @@ impl<T: Task> LeasedExecutorManager<T> {
     /// # async fn demo(pool: &LeasedExecutorManager<SimpleTask>) -> Result<(), Box<dyn std::error::Error>> {
     /// let lease = pool.acquire_async(Duration::from_secs(30), "report").await?;
     /// let outcome = lease.submit(SimpleTask::new("one", 0.1))?.await?;
-    /// println!("{outcome}");
+    /// println!("{}", outcome.display_output());
     /// # Ok(()) }
     /// ```
     pub async fn acquire_async(
