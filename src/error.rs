@@ -217,9 +217,14 @@ pub enum SubmitError<T> {
         /// What the encoder said, or the panic message.
         reason: String,
     },
-    /// The task encodes to more bytes than the maximum frame size
-    /// ([`WorkerCommand::max_frame_size`](crate::WorkerCommand::max_frame_size)).
-    #[error("the task encodes to {len} bytes, above the maximum frame size of {max} bytes")]
+    /// The task encodes to more bytes than the maximum frame size, which
+    /// [`WorkerCommand::max_frame_size`](crate::WorkerCommand::max_frame_size)
+    /// raises (the command, not the facade's builder, carries it: both
+    /// sides of the socket enforce it).
+    #[error(
+        "the task encodes to {len} bytes, above the maximum frame size of {max} bytes: raise it \
+         with WorkerCommand::max_frame_size, or send a reference to the data instead"
+    )]
     TooLarge {
         /// The task, handed back.
         task: T,

@@ -129,7 +129,17 @@ impl<T: Task> fmt::Debug for WorkingProcessFacade<T> {
     }
 }
 
-/// Configures a [`WorkingProcessFacade`] before spawning it.
+/// Configures a [`WorkingProcessFacade`] before spawning it: how the facade
+/// treats its workers (time limits, restarts, recycling, how many).
+///
+/// What each worker process is and may do is on the [`WorkerCommand`] the
+/// builder was made from: the program and its environment, where its output
+/// goes ([`output`](WorkerCommand::output)), the
+/// [`handshake_timeout`](WorkerCommand::handshake_timeout), the
+/// [`max_frame_size`](WorkerCommand::max_frame_size) of tasks and results,
+/// the [`memory_limit`](WorkerCommand::memory_limit) and
+/// [`core_dumps`](WorkerCommand::core_dumps). Errors about those name the
+/// `WorkerCommand` setting.
 ///
 /// ```no_run
 /// use std::time::Duration;

@@ -73,7 +73,8 @@ pub(crate) const KIND_BOOT: u8 = 0x20;
 /// let err = WireError::TooLarge { len: 1 << 30, max: 64 << 20 };
 /// assert_eq!(
 ///     err.to_string(),
-///     "frame of 1073741824 bytes exceeds the maximum frame size of 67108864 bytes"
+///     "frame of 1073741824 bytes exceeds the maximum frame size of 67108864 bytes \
+///      (WorkerCommand::max_frame_size)"
 /// );
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +91,12 @@ pub enum WireError {
         /// Bytes the frame needed.
         want: usize,
     },
-    /// A frame claimed more bytes than the maximum frame size.
-    #[error("frame of {len} bytes exceeds the maximum frame size of {max} bytes")]
+    /// A frame claimed more bytes than the maximum frame size
+    /// ([`WorkerCommand::max_frame_size`](crate::WorkerCommand::max_frame_size)).
+    #[error(
+        "frame of {len} bytes exceeds the maximum frame size of {max} bytes \
+         (WorkerCommand::max_frame_size)"
+    )]
     TooLarge {
         /// The length the frame claimed.
         len: u32,

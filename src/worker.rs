@@ -603,7 +603,10 @@ fn push_output<T: Task>(out: &mut Vec<u8>, id: u64, output: &T::Output, max: u32
             out,
             KIND_ERR,
             id,
-            &format!("the result is {len} bytes, above the maximum frame size of {limit} bytes"),
+            &format!(
+                "the result is {len} bytes, above the maximum frame size of {limit} bytes \
+                 (raise it with WorkerCommand::max_frame_size)"
+            ),
             max,
         ),
         Err(panic) => push_message(
