@@ -52,6 +52,18 @@ type Sink<T> = Box<dyn FnOnce(Result<Vec<TaskRecord<T>>, CollectError>) + Send>;
 /// assert_eq!(records.len(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// The guard is `#[must_use]`: made and dropped in one statement, it would
+/// collect at once:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+/// # fn demo(w: WorkingProcessFacade<SimpleTask>) {
+/// w.collect_on_drop(|records| drop(records)); // does not compile here
+/// # }
+/// ```
+#[must_use = "dropping a CollectOnDrop collects at once: keep it while you submit work through it"]
 pub struct CollectOnDrop<T: Task> {
     facade: Option<WorkingProcessFacade<T>>,
     sink: Option<Sink<T>>,

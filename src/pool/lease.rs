@@ -60,6 +60,19 @@ pub(crate) enum Revoked {
 /// drop(lease); // released
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// A lease is `#[must_use]`: `pool.acquire(..)?;` on its own would release
+/// it at once, and is warned about:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # use std::time::Duration;
+/// # use worker_facade::{AcquireError, LeasedExecutorManager, simple::SimpleTask};
+/// # fn demo(pool: &LeasedExecutorManager<SimpleTask>) -> Result<(), AcquireError> {
+/// pool.acquire(Duration::from_secs(10), "job")?; // does not compile here
+/// # Ok(()) }
+/// ```
+#[must_use = "dropping a Lease releases it at once: keep it while you submit work through it"]
 pub struct Lease<T: Task> {
     pub(super) id: u64,
     pub(super) owner: String,
