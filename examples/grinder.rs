@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use worker_facade::simple::SimpleTask;
-use worker_facade::{LeasedExecutorManager, WorkError, WorkGrinder, WorkerCommand};
+use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand};
 
 const CALLERS: usize = 500;
 const ITEMS_PER_CALLER: usize = 4;
@@ -59,14 +59,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         } else {
                             format!("caller{caller}-item{item}")
                         };
-                        let outcome = match grinder.enqueue(SimpleTask::new(id, 0.001)) {
-                            Ok(handle) => handle.await,
-                            Err(refused) => Err(WorkError::NotRun(Box::new(
-                                worker_facade::NotRunReason::Cancelled(
-                                    worker_facade::CancelReason::Terminated(refused.to_string()),
-                                ),
-                            ))),
-                        };
+                        // Queues the item and awaits its result: the
+                        // result, or why there is none (refused, or the
+                        // item's own failure).
+                        let outcome = grinder.submit(SimpleTask::new(id, 0.001)).await;
                         outcomes.push(outcome);
                     }
                     outcomes

@@ -312,19 +312,35 @@ pub enum CollectError {
     },
 }
 
-/// Waiting for a single task's outcome failed.
+/// Waiting on a handle failed: the error of every handle's waiting methods
+/// ([`TaskHandle`](crate::TaskHandle), [`GrindHandle`](crate::GrindHandle)),
+/// about the waiting only — what the task did is in the value waited for.
 ///
 /// ```
 /// use worker_facade::WaitError;
 /// assert_eq!(WaitError::Timeout.to_string(), "the task's outcome did not arrive in time");
+/// assert!(WaitError::AlreadyTaken.to_string().contains("already taken from this handle"));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WaitError {
-    /// The outcome has not arrived before the deadline; the handle can wait again.
+    /// The outcome has not arrived yet (`try_wait`) or before the deadline;
+    /// the handle can wait again.
     #[error("the task's outcome did not arrive in time")]
     Timeout,
-    /// The outcome can never arrive (the facade's supervisor ended; a bug).
-    #[error("the task's outcome can never arrive: the facade's supervisor ended")]
+    /// The outcome was already taken from this handle, by the `try_wait`,
+    /// timed wait or `.await` that returned it: a handle gives its outcome
+    /// once.
+    #[error(
+        "the task's outcome was already taken from this handle: a handle gives its outcome once, \
+         to the try_wait, timed wait or .await that returned it"
+    )]
+    AlreadyTaken,
+    /// The outcome can never arrive: what was to deliver it ended without
+    /// answering (a bug in this library: please report it).
+    #[error(
+        "the task's outcome can never arrive: the engine that was to deliver it ended without \
+         answering"
+    )]
     Disconnected,
 }

@@ -1,5 +1,6 @@
 //! [`TaskHandle`]: one task's outcome, delivered as soon as it is known.
 
+use std::cell::Cell;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,14 +15,22 @@ use crate::task::{Outcome, TaskId};
 /// [`submit`](crate::WorkingProcessFacade::submit), available as soon as the
 /// worker answers — while other work continues.
 ///
-/// Waiting comes in four forms: [`wait`](Self::wait),
-/// [`try_wait`](Self::try_wait), [`wait_timeout`](Self::wait_timeout) and
+/// Waiting comes in four forms, each returning `Result<Outcome, WaitError>`:
+/// [`wait`](Self::wait), [`try_wait`](Self::try_wait) (`Err(Timeout)`: not
+/// yet), [`wait_timeout`](Self::wait_timeout) and
 /// [`wait_deadline`](Self::wait_deadline). It is also a `Future` (through
-/// `IntoFuture`) that works with any async runtime.
+/// `IntoFuture`) that works with any async runtime. A handle gives its
+/// outcome once: asking again is [`WaitError::AlreadyTaken`]. The grinder's
+/// [`GrindHandle`](crate::GrindHandle) has the same methods with the same
+/// shapes.
 ///
-/// Dropping a handle does not cancel the task: its outcome then goes to
+/// # Drop
+///
+/// Dropping a handle does not cancel the task: it runs, and its outcome
+/// goes to [`completed`](crate::WorkingProcessFacade::completed) or
 /// [`collect_tasks`](crate::WorkingProcessFacade::collect_tasks) instead, so
-/// it is never lost.
+/// it is never lost. Say so with [`detach`](Self::detach); stop the task
+/// with [`cancel`](Self::cancel).
 ///
 /// ```no_run
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
@@ -31,10 +40,13 @@ use crate::task::{Outcome, TaskId};
 /// println!("{:?}", handle.wait());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[must_use = "dropping a handle sends the outcome to collect_tasks instead"]
+#[must_use = "dropping a TaskHandle does not cancel its task: the outcome goes to collect_tasks \
+              instead; call .detach() to say so, or .cancel() to stop it"]
 pub struct TaskHandle<O> {
     id: TaskId,
     rx: oneshot::Receiver<Outcome<O>>,
+    /// Set once a wait returned the outcome.
+    taken: Cell<bool>,
     cancel: Canceller,
     progress: Arc<ProgressCell>,
 }
@@ -60,6 +72,7 @@ impl<O> TaskHandle<O> {
         TaskHandle {
             id,
             rx,
+            taken: Cell::new(false),
             cancel,
             progress,
         }
@@ -130,33 +143,80 @@ impl<O> TaskHandle<O> {
         (self.cancel)(self.id.0);
     }
 
+    /// Lets the task run without waiting for it here: its outcome goes to
+    /// [`completed`](crate::WorkingProcessFacade::completed) or
+    /// [`collect_tasks`](crate::WorkingProcessFacade::collect_tasks). The
+    /// same as dropping the handle, said out loud.
+    pub fn detach(self) {}
+
     /// Blocks until the outcome arrives.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::AlreadyTaken`] if an earlier wait returned it;
+    /// [`WaitError::Disconnected`] if it can never arrive.
     pub fn wait(self) -> Result<Outcome<O>, WaitError> {
+        if self.taken.get() {
+            return Err(WaitError::AlreadyTaken);
+        }
         self.rx.recv().map_err(|_| WaitError::Disconnected)
     }
 
-    /// The outcome if it has arrived; [`WaitError::Timeout`] if not yet.
+    /// The outcome if it has arrived, without blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Timeout`] if it has not arrived yet (ask again later);
+    /// [`WaitError::AlreadyTaken`] if an earlier wait returned it;
+    /// [`WaitError::Disconnected`] if it can never arrive.
     pub fn try_wait(&self) -> Result<Outcome<O>, WaitError> {
-        self.rx.try_recv().map_err(|e| match e {
+        self.take(self.rx.try_recv().map_err(|e| match e {
             oneshot::TryRecvError::Empty => WaitError::Timeout,
             oneshot::TryRecvError::Disconnected => WaitError::Disconnected,
-        })
+        }))
     }
 
     /// Waits at most `timeout` for the outcome.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_deadline`](Self::wait_deadline).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Outcome<O>, WaitError> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.wait_deadline(deadline),
-            None => self.rx.recv_ref().map_err(|_| WaitError::Disconnected),
+            None if self.taken.get() => Err(WaitError::AlreadyTaken),
+            None => self.take(self.rx.recv_ref().map_err(|_| WaitError::Disconnected)),
         }
     }
 
     /// Waits until `deadline` for the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Timeout`] if it has not arrived by then (the handle can
+    /// wait again); [`WaitError::AlreadyTaken`] if an earlier wait returned
+    /// it; [`WaitError::Disconnected`] if it can never arrive.
     pub fn wait_deadline(&self, deadline: Instant) -> Result<Outcome<O>, WaitError> {
-        self.rx.recv_deadline(deadline).map_err(|e| match e {
+        if self.taken.get() {
+            return Err(WaitError::AlreadyTaken);
+        }
+        self.take(self.rx.recv_deadline(deadline).map_err(|e| match e {
             oneshot::RecvTimeoutError::Timeout => WaitError::Timeout,
             oneshot::RecvTimeoutError::Disconnected => WaitError::Disconnected,
-        })
+        }))
+    }
+
+    /// What a wait got, remembering that the outcome was taken; once it
+    /// was, the channel reads as disconnected, which is not what happened.
+    fn take(&self, got: Result<Outcome<O>, WaitError>) -> Result<Outcome<O>, WaitError> {
+        match got {
+            Ok(outcome) => {
+                self.taken.set(true);
+                Ok(outcome)
+            }
+            Err(WaitError::Disconnected) if self.taken.get() => Err(WaitError::AlreadyTaken),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -166,7 +226,7 @@ impl<O> IntoFuture for TaskHandle<O> {
 
     fn into_future(self) -> TaskFuture<O> {
         TaskFuture {
-            rx: self.rx.into_future(),
+            rx: (!self.taken.get()).then(|| self.rx.into_future()),
         }
     }
 }
@@ -186,15 +246,74 @@ impl<O> IntoFuture for TaskHandle<O> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct TaskFuture<O> {
-    rx: oneshot::AsyncReceiver<Outcome<O>>,
+    /// `None` once the outcome was taken.
+    rx: Option<oneshot::AsyncReceiver<Outcome<O>>>,
 }
 
 impl<O> Future for TaskFuture<O> {
     type Output = Result<Outcome<O>, WaitError>;
 
+    /// Polling again after the outcome was returned gives
+    /// `Err(WaitError::AlreadyTaken)`.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.map_err(|_| WaitError::Disconnected))
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(Err(WaitError::AlreadyTaken));
+        };
+        let got = std::task::ready!(Pin::new(rx).poll(cx));
+        self.rx = None;
+        Poll::Ready(got.map_err(|_| WaitError::Disconnected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> (oneshot::Sender<Outcome<String>>, TaskHandle<String>) {
+        let (tx, rx) = oneshot::channel();
+        let cancel: Canceller = Arc::new(|_| {});
+        let cell = Arc::new(ProgressCell::new(None));
+        (tx, TaskHandle::new(TaskId(3), rx, cancel, cell))
+    }
+
+    #[test]
+    fn an_outcome_taken_once_is_already_taken_for_every_later_wait() {
+        let (tx, h) = handle();
+        assert_eq!(h.try_wait(), Err(WaitError::Timeout));
+        assert!(tx.send(Outcome::Completed("done".into())).is_ok());
+        assert_eq!(h.try_wait(), Ok(Outcome::Completed("done".into())));
+        assert_eq!(h.try_wait(), Err(WaitError::AlreadyTaken));
+        assert_eq!(
+            h.wait_timeout(Duration::from_millis(1)),
+            Err(WaitError::AlreadyTaken)
+        );
+        assert_eq!(h.wait_timeout(Duration::MAX), Err(WaitError::AlreadyTaken));
+        assert_eq!(
+            futures_executor::block_on(h.into_future()),
+            Err(WaitError::AlreadyTaken)
+        );
+    }
+
+    #[test]
+    fn a_future_polled_after_its_outcome_says_already_taken() {
+        let (tx, h) = handle();
+        assert!(tx.send(Outcome::Failed("no".into())).is_ok());
+        let mut future = h.into_future();
+        assert_eq!(
+            futures_executor::block_on(&mut future),
+            Ok(Outcome::Failed("no".into()))
+        );
+        assert_eq!(
+            futures_executor::block_on(&mut future),
+            Err(WaitError::AlreadyTaken)
+        );
+    }
+
+    #[test]
+    fn a_sender_gone_without_answering_is_disconnected_not_taken() {
+        let (tx, h) = handle();
+        drop(tx);
+        assert_eq!(h.try_wait(), Err(WaitError::Disconnected));
+        assert_eq!(h.wait(), Err(WaitError::Disconnected));
     }
 }

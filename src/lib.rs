@@ -73,11 +73,12 @@
 //!     pool.start()?;
 //!     let grinder = WorkGrinder::builder(pool.clone()).max_wait_seconds(0.05).build()?;
 //!     grinder.start()?;
-//!     // From a plain thread: a handle to wait on.
-//!     println!("{}", grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()?);
-//!     // In async code (any runtime): grinder.submit(task).await
+//!     // From a plain thread: a handle to wait on. The outer `?` is the
+//!     // waiting's error, the inner one the item's (a crash, say).
+//!     println!("{}", grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()??);
+//!     // In async code (any runtime): grinder.submit(task).await?
 //!     let handle = grinder.enqueue(SimpleTask::new("two", 0.1))?; // a Future
-//!     println!("{}", futures_executor::block_on(handle)?);
+//!     println!("{}", futures_executor::block_on(handle)??);
 //!     grinder.stop(false);
 //!     pool.stop();
 //!     Ok(())

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use crate::error::{SubmitError, WaitError};
 use crate::facade::WorkingProcessFacade;
-use crate::grinder::{GrindError, GrindHandle, WorkGrinder};
+use crate::grinder::{GrindError, GrindHandle, WorkError, WorkGrinder};
 use crate::handle::TaskFuture;
 use crate::task::{CancelReason, NotRunReason, Outcome, Task};
 
@@ -99,15 +99,20 @@ impl<T: Task> Source<T> for WorkGrinder<T> {
     type Item = Result<T::Output, GrindError<T>>;
 
     fn submit(&self, task: T) -> Result<(Self::Future, Option<Cancel>), Self::Item> {
-        // A dropped GrindHandle removes its item if not yet dispatched.
         let handle = self
             .enqueue(task)
             .map_err(|e| Err(GrindError::Refused(e)))?;
-        Ok((handle, None))
+        // Dropping a handle lets its item run: the map cancels explicitly.
+        let cancel = handle.canceller();
+        Ok((handle, Some(cancel)))
     }
 
-    fn finish(output: Result<T::Output, crate::grinder::WorkError>) -> Self::Item {
-        output.map_err(GrindError::Work)
+    fn finish(output: Result<Result<T::Output, WorkError>, WaitError>) -> Self::Item {
+        // Each handle is polled until it is ready, once: the only waiting
+        // error left would be a reply lost, which answers `Lost` itself.
+        output
+            .unwrap_or(Err(WorkError::Lost))
+            .map_err(GrindError::Work)
     }
 }
 
@@ -365,8 +370,10 @@ map_type!(
     ///
     /// # Drop
     ///
-    /// Items not yet dispatched are removed (their handles are dropped);
-    /// items already running finish and their results are discarded.
+    /// Items not yet on a worker are removed
+    /// ([`GrindHandle::cancel`](crate::GrindHandle::cancel)); items already
+    /// running finish and their results are discarded. Input not yet taken
+    /// is never submitted.
     ///
     /// ```
     /// # fn demo(grinder: &worker_facade::WorkGrinder<worker_facade::simple::SimpleTask>) {

@@ -253,6 +253,40 @@ fn grinder() -> (
 }
 
 #[test]
+fn dropping_a_grinder_map_removes_the_items_not_yet_on_a_worker() {
+    let _dog = common::watchdog("dropping_a_grinder_map");
+    let pool = LeasedExecutorManager::<SimpleTask>::builder(common::stock_worker())
+        .max_executors(1)
+        .build()
+        .expect("pool settings");
+    pool.start().expect("pool starts");
+    let pool = Arc::new(pool);
+    // Batches of three, never by age: items 0 to 2 go to a worker together,
+    // item 3 waits for two more that never come.
+    let g = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(3600.0)
+        .batch_size_threshold(3)
+        .build()
+        .expect("grinder settings");
+    g.start().expect("grinder starts");
+    let mut map = g.map((0..100).map(|i| task(&i.to_string(), 0.0))).ahead(4);
+    assert_eq!(
+        map.next().expect("one").expect("completed"),
+        "0 solved after 0"
+    );
+    drop(map);
+    // Dropping a handle lets its item run; the map cancels explicitly, so
+    // item 3 is removed, and the drain below finds nothing pending.
+    g.stop(false);
+    let stats = g.stats();
+    assert_eq!(
+        (stats.completed, stats.removed, stats.pending),
+        (3, 1, 0),
+        "{stats:?}"
+    );
+}
+
+#[test]
 fn grinder_map_yields_in_order_and_unordered_yields_every_index() {
     let _dog = common::watchdog("grinder_map");
     let (_pool, g) = grinder();

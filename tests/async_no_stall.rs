@@ -549,7 +549,10 @@ fn grinder_forms_never_stall() {
             send(grinder.stop_async(false)),
         )
         .await;
-        assert_eq!(handle.await.expect("drained"), "queued solved after 0.5");
+        assert_eq!(
+            handle.await.expect("waited once").expect("drained"),
+            "queued solved after 0.5"
+        );
         assert!(grinder.stats().stopped);
         assert!(matches!(
             grinder.submit(SimpleTask::new("late", 0.0)).await,
@@ -573,7 +576,7 @@ fn grinder_forms_never_stall() {
             grinder.stop_async(true),
         )
         .await;
-        assert!(matches!(pending.await, Err(WorkError::Cancelled)));
+        assert!(matches!(pending.await, Ok(Err(WorkError::Cancelled))));
         drop(grinder);
         t.form("pool stop_async after the grinders", pool.stop_async())
             .await;

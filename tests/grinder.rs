@@ -20,8 +20,8 @@ use std::time::Duration;
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
     AcquireError, AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError,
-    GrinderError, GrinderStartError, LeasedExecutorManager, NotRunReason, WorkError, WorkGrinder,
-    WorkerCommand,
+    GrinderError, GrinderStartError, LeasedExecutorManager, NotRunReason, WaitError, WorkError,
+    WorkGrinder, WorkerCommand,
 };
 
 const HANG_GUARD: Duration = Duration::from_secs(20);
@@ -71,7 +71,7 @@ fn pool_with_grace(max: usize, grace: Duration) -> Arc<LeasedExecutorManager<Sim
     Arc::new(pool)
 }
 
-fn result(handle: &mut GrindHandle<String>) -> Result<String, WorkError> {
+fn result(handle: &GrindHandle<String>) -> Result<String, WorkError> {
     handle
         .wait_timeout(HANG_GUARD)
         .expect("answered within the hang guard")
@@ -120,7 +120,7 @@ fn a_full_batch_is_dispatched_at_once() {
             .expect("accepted"),
     );
     // max_wait is an hour: only the size can have dispatched them.
-    for (i, h) in handles.iter_mut().enumerate() {
+    for (i, h) in handles.iter().enumerate() {
         assert_eq!(result(h).expect("completed"), solved(&format!("s{i}")));
     }
     let stats = grinder.stats();
@@ -143,7 +143,7 @@ fn the_oldest_item_waiting_max_wait_dispatches_a_batch() {
         .build()
         .expect("valid settings");
     grinder.start().expect("starts");
-    let mut handles: Vec<_> = (0..3)
+    let handles: Vec<_> = (0..3)
         .map(|i| {
             grinder
                 .enqueue(SimpleTask::new(format!("t{i}"), 0.0))
@@ -151,7 +151,7 @@ fn the_oldest_item_waiting_max_wait_dispatches_a_batch() {
         })
         .collect();
     // 3 items never reach a threshold of 1000: only time dispatches them.
-    for (i, h) in handles.iter_mut().enumerate() {
+    for (i, h) in handles.iter().enumerate() {
         assert_eq!(result(h).expect("completed"), solved(&format!("t{i}")));
     }
     let stats = grinder.stats();
@@ -167,20 +167,20 @@ fn each_result_is_forwarded_before_its_batch_ends() {
     let _watchdog = watchdog("each_result_is_forwarded_before_its_batch_ends");
     let pool = pool(1);
     let grinder = by_size(&pool, 2);
-    let mut quick = grinder
+    let quick = grinder
         .enqueue(SimpleTask::new("quick", 0.0))
         .expect("accepted");
-    let mut hung = grinder
+    let hung = grinder
         .enqueue(SimpleTask::new("hung", FOREVER))
         .expect("accepted");
     // One batch, one executor: the hung item never finishes, yet the quick
     // one is answered.
-    assert_eq!(result(&mut quick).expect("completed"), solved("quick"));
-    assert!(hung.try_wait().is_none());
+    assert_eq!(result(&quick).expect("completed"), solved("quick"));
+    assert_eq!(hung.try_wait().err(), Some(WaitError::Timeout));
     assert_eq!(grinder.stats().batches_in_flight, 1);
     // Stopping the pool revokes the batch's lease and kills the worker.
     pool.stop();
-    assert_stopped_by_the_pool(result(&mut hung));
+    assert_stopped_by_the_pool(result(&hung));
     grinder.stop(false);
 }
 
@@ -189,14 +189,14 @@ fn batches_run_concurrently_on_several_executors() {
     let _watchdog = watchdog("batches_run_concurrently_on_several_executors");
     let pool = pool(2);
     let grinder = by_size(&pool, 1);
-    let mut hung = grinder
+    let hung = grinder
         .enqueue(SimpleTask::new("hung", FOREVER))
         .expect("accepted");
-    let mut quick = grinder
+    let quick = grinder
         .enqueue(SimpleTask::new("quick", 0.0))
         .expect("accepted");
     // The first batch holds one executor forever; the second runs beside it.
-    assert_eq!(result(&mut quick).expect("completed"), solved("quick"));
+    assert_eq!(result(&quick).expect("completed"), solved("quick"));
     // With one executor the quick item would wait forever behind the hung
     // one; it completed, so it ran on a second executor.
     let stats = pool.stats();
@@ -205,7 +205,7 @@ fn batches_run_concurrently_on_several_executors() {
         "the hung batch still holds its lease: {stats:?}"
     );
     pool.stop();
-    assert_stopped_by_the_pool(result(&mut hung));
+    assert_stopped_by_the_pool(result(&hung));
     grinder.stop(false);
 }
 
@@ -222,17 +222,17 @@ fn a_hung_item_whose_lease_expires_is_killed_and_answered_lease_expired() {
         .build()
         .expect("valid settings");
     grinder.start().expect("starts");
-    let mut hung = grinder
+    let hung = grinder
         .enqueue(SimpleTask::new("hung", FOREVER))
         .expect("accepted");
-    let mut after: Vec<_> = (0..2)
+    let after: Vec<_> = (0..2)
         .map(|i| {
             grinder
                 .enqueue(SimpleTask::new(format!("after-{i}"), 0.0))
                 .expect("accepted")
         })
         .collect();
-    match result(&mut hung) {
+    match result(&hung) {
         Err(WorkError::LeaseExpired { owner, crash }) => {
             assert_eq!(owner, "sleepy-1");
             let crash = crash.expect("it was running when the worker was killed");
@@ -248,7 +248,7 @@ fn a_hung_item_whose_lease_expires_is_killed_and_answered_lease_expired() {
         other => panic!("expected lease-expired, got {other:?}"),
     }
     // The items behind it never started; they ran again on a fresh executor.
-    for (i, h) in after.iter_mut().enumerate() {
+    for (i, h) in after.iter().enumerate() {
         assert_eq!(result(h).expect("re-run"), solved(&format!("after-{i}")));
     }
     let stats = grinder.stats();
@@ -266,7 +266,7 @@ fn a_crash_fails_only_the_crashing_item_and_the_rest_run_again() {
     let pool = pool(1);
     let grinder = by_size(&pool, 4);
     let ids = ["a", "crash", "b", "c"];
-    let mut handles: Vec<_> = ids
+    let handles: Vec<_> = ids
         .iter()
         .map(|id| {
             grinder
@@ -275,15 +275,15 @@ fn a_crash_fails_only_the_crashing_item_and_the_rest_run_again() {
         })
         .collect();
     assert_eq!(
-        result(&mut handles[0]).expect("ran before the crash"),
+        result(&handles[0]).expect("ran before the crash"),
         solved("a")
     );
-    match result(&mut handles[1]) {
+    match result(&handles[1]) {
         Err(WorkError::Crashed(crash)) => assert_eq!(crash.exit.signal, Some(6), "{crash}"),
         other => panic!("expected a crash, got {other:?}"),
     }
-    assert_eq!(result(&mut handles[2]).expect("re-run"), solved("b"));
-    assert_eq!(result(&mut handles[3]).expect("re-run"), solved("c"));
+    assert_eq!(result(&handles[2]).expect("re-run"), solved("b"));
+    assert_eq!(result(&handles[3]).expect("re-run"), solved("c"));
     let stats = grinder.stats();
     assert_eq!((stats.completed, stats.failed, stats.rerun), (3, 1, 2));
     // The crashed executor was retired and replaced.
@@ -305,7 +305,7 @@ fn after_a_crash_the_rest_can_be_reported_not_run() {
         .build()
         .expect("valid settings");
     grinder.start().expect("starts");
-    let mut crash = grinder
+    let crash = grinder
         .enqueue(SimpleTask::new("crash", 0.0))
         .expect("accepted");
     let mut rest: Vec<_> = (0..2)
@@ -315,7 +315,7 @@ fn after_a_crash_the_rest_can_be_reported_not_run() {
                 .expect("accepted")
         })
         .collect();
-    assert!(matches!(result(&mut crash), Err(WorkError::Crashed(_))));
+    assert!(matches!(result(&crash), Err(WorkError::Crashed(_))));
     for h in &mut rest {
         match result(h) {
             Err(WorkError::NotRun(reason)) if matches!(*reason, NotRunReason::WorkerDied(_)) => {}
@@ -355,7 +355,10 @@ fn stop_drains_pending_items_by_default() {
     assert_eq!(grinder.stats().pending, 5);
     grinder.stop(false);
     for (i, h) in handles.into_iter().enumerate() {
-        assert_eq!(h.wait().expect("drained"), solved(&format!("d{i}")));
+        assert_eq!(
+            h.wait().expect("waited once").expect("drained"),
+            solved(&format!("d{i}"))
+        );
     }
     let stats = grinder.stats();
     assert!(stats.stopped && !stats.started && !stats.stopping);
@@ -372,7 +375,7 @@ fn stop_with_cancel_cancels_pending_items() {
     let (pool, grinder, handles) = five_pending("c");
     grinder.stop(true);
     for h in handles {
-        assert!(matches!(h.wait(), Err(WorkError::Cancelled)));
+        assert!(matches!(h.wait(), Ok(Err(WorkError::Cancelled))));
     }
     let stats = grinder.stats();
     assert_eq!(
@@ -487,24 +490,31 @@ fn zero_negative_and_non_finite_settings_are_rejected() {
 }
 
 #[test]
-fn dropping_a_handle_before_dispatch_removes_its_item() {
-    let _watchdog = watchdog("dropping_a_handle_before_dispatch_removes_its_item");
+fn cancelling_a_handle_before_dispatch_removes_its_item() {
+    let _watchdog = watchdog("cancelling_a_handle_before_dispatch_removes_its_item");
     let pool = pool(1);
     let grinder = by_size(&pool, 1000);
-    let dropped = grinder
-        .enqueue(SimpleTask::new("dropped", 0.0))
+    let cancelled = grinder
+        .enqueue(SimpleTask::new("cancelled", 0.0))
         .expect("accepted");
     let kept = grinder
         .enqueue(SimpleTask::new("kept", 0.0))
         .expect("accepted");
-    drop(dropped);
+    cancelled.cancel();
     let stats = grinder.stats();
     assert_eq!((stats.pending, stats.removed), (1, 1), "{stats:?}");
+    assert!(matches!(
+        cancelled.try_wait(),
+        Ok(Err(WorkError::Cancelled))
+    ));
     grinder.stop(false);
-    assert_eq!(kept.wait().expect("drained"), solved("kept"));
+    assert_eq!(
+        kept.wait().expect("waited once").expect("drained"),
+        solved("kept")
+    );
     let stats = grinder.stats();
     assert_eq!((stats.completed, stats.removed), (1, 1));
-    // The dropped item never reached a worker.
+    // The cancelled item never reached a worker.
     assert_eq!(pool.stats().retired, 0);
     pool.stop();
 }
@@ -587,7 +597,7 @@ fn ten_thousand_items_from_sixteen_threads_each_answered_once() {
                         .collect();
                     handles
                         .into_iter()
-                        .map(|(id, mut h)| (id, result(&mut h)))
+                        .map(|(id, h)| (id, result(&h)))
                         .collect::<Vec<_>>()
                 })
                 .expect("thread")
@@ -624,7 +634,7 @@ fn ten_thousand_items_from_a_thousand_tokio_tasks_each_answered_once() {
                         let handle = grinder
                             .enqueue(SimpleTask::new(id.clone(), 0.0))
                             .expect("accepted");
-                        out.push((id, handle.await));
+                        out.push((id, handle.await.expect("awaited once")));
                     }
                     out
                 })
@@ -696,7 +706,7 @@ fn ten_thousand_items_from_a_thousand_futures_executor_tasks_each_answered_once(
                 let handle = grinder
                     .enqueue(SimpleTask::new(id.clone(), 0.0))
                     .expect("accepted");
-                out.push((id, handle.await));
+                out.push((id, handle.await.expect("awaited once")));
             }
             out
         }

@@ -349,7 +349,7 @@ fn through_the_grinder_each_fault_costs_only_its_own_item_and_nothing_is_decoded
             .map(|t| grinder.submit_from_thread(t.clone()).expect("taken"))
             .collect();
         for (t, h) in all.iter().zip(handles) {
-            let result = h.wait();
+            let result = h.wait().expect("waited once");
             match (t.stage, t.how) {
                 (Stage::Nowhere, _) => assert_eq!(result.as_ref().ok(), Some(&good(t)), "#{}", t.n),
                 (Stage::EncodeInParent, _) => assert!(

@@ -568,7 +568,7 @@ fn leases_expiring_executors_replaced_and_batches_are_events_in_their_pools_span
             .map(|id| grinder.enqueue(SimpleTask::new(id, 0.0)).expect("accepted"))
             .collect();
         for handle in handles {
-            handle.wait().expect("completed");
+            handle.wait().expect("waited once").expect("completed");
         }
         grinder.stop(false);
         pool.stop();

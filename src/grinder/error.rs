@@ -122,15 +122,22 @@ pub enum WorkError {
     /// it is larger than the maximum frame size.
     #[error("the item was refused: {0}")]
     Refused(String),
-    /// The grinder was stopped with `cancel_pending` before the item went to
-    /// a worker.
-    #[error("the task was cancelled: the grinder was stopped with cancel_pending")]
+    /// The item was cancelled before it went to a worker: through its
+    /// handle ([`GrindHandle::cancel`](super::GrindHandle::cancel), or by
+    /// dropping the future of [`WorkGrinder::submit`]), or by
+    /// [`stop`](WorkGrinder::stop) with `cancel_pending`.
+    #[error(
+        "the task was cancelled before it went to a worker (by its handle, or by stopping the \
+         grinder with cancel_pending)"
+    )]
     Cancelled,
     /// No executor could be leased for the item's batch.
     #[error("no executor could be leased for the task")]
     NoExecutor(#[source] AcquireError),
     /// The grinder ended without answering. A bug in worker-facade: please
-    /// report it.
+    /// report it. (A result already taken from its handle is
+    /// [`WaitError::AlreadyTaken`](crate::WaitError::AlreadyTaken), not
+    /// this.)
     #[error("the grinder ended without answering (a bug in worker-facade: please report it)")]
     Lost,
 }

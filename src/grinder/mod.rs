@@ -95,8 +95,10 @@ struct Channels<T: Task> {
 ///
 /// A crash inside a batch fails only the item that was running; the items
 /// behind it run again on a fresh executor (or are reported not run, see
-/// [`AfterCrash`]). Dropping a [`GrindHandle`] before its batch is dispatched
-/// removes the item.
+/// [`AfterCrash`]). Dropping a [`GrindHandle`] does not cancel its item (it
+/// runs, its result discarded), as for a facade's
+/// [`TaskHandle`](crate::TaskHandle); [`GrindHandle::cancel`] removes an
+/// item that has not gone to a worker yet.
 ///
 /// # Drop
 ///
@@ -125,7 +127,7 @@ struct Channels<T: Task> {
 /// grinder.start()?;
 ///
 /// // From a plain thread: a handle to wait on.
-/// println!("{}", grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()?);
+/// println!("{}", grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()??);
 /// // In async code, on any runtime:
 /// let text = futures_executor::block_on(grinder.submit(SimpleTask::new("two", 0.1)))?;
 /// println!("{text}");
@@ -309,7 +311,7 @@ impl<T: Task> WorkGrinder<T> {
     /// grinder.start()?;
     /// let handle = grinder.enqueue(SimpleTask::new("one", 0.5))?;
     /// grinder.stop_async(false).await; // drains: "one" runs
-    /// assert!(handle.await.is_ok());
+    /// assert!(matches!(handle.await, Ok(Ok(_))));
     /// drop(grinder); // returns at once
     /// pool.stop_async().await;
     /// # Ok(()) }
@@ -382,22 +384,18 @@ impl<T: Task> WorkGrinder<T> {
         // From here the item is accepted; the scheduler waits for every
         // accepted item before it ends, so the send below cannot fail unless
         // the scheduler thread panicked.
-        let (reply, rx) = oneshot::async_channel();
+        let (reply, handle) = Reply::new(seq, channels.cancels.clone());
         let item = Item {
             seq,
             task,
-            reply: Reply(Some(reply)),
+            reply,
             enqueued: Instant::now(),
             dispatches: 0,
         };
         match channels.items.send(item) {
-            Ok(()) => Ok(GrindHandle {
-                seq,
-                rx: Some(rx),
-                cancels: channels.cancels.clone(),
-            }),
+            Ok(()) => Ok(handle),
             Err(crossbeam_channel::SendError(mut item)) => {
-                item.reply.0 = None;
+                item.reply.disarm();
                 Err(GrinderError::Stopped(item.task))
             }
         }
@@ -412,7 +410,7 @@ impl<T: Task> WorkGrinder<T> {
     /// ```no_run
     /// # fn demo(grinder: &worker_facade::WorkGrinder<worker_facade::simple::SimpleTask>) -> Result<(), Box<dyn std::error::Error>> {
     /// use worker_facade::simple::SimpleTask;
-    /// let text = grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()?;
+    /// let text = grinder.submit_from_thread(SimpleTask::new("one", 0.1))?.wait()??;
     /// println!("{text}");
     /// # Ok(()) }
     /// ```
@@ -443,10 +441,15 @@ impl<T: Task> WorkGrinder<T> {
 
     /// Queues `task` and awaits its result — the Python original's
     /// `await grinder.submit(...)`. Never blocks the thread polling it;
-    /// works on any runtime. The task is queued at the first poll; dropping
-    /// the future before its batch is dispatched removes the item. From a
-    /// plain thread, use [`submit_from_thread`](Self::submit_from_thread)
-    /// and wait on the handle.
+    /// works on any runtime. The task is queued at the first poll.
+    ///
+    /// Dropping the future before it resolves cancels the item, as dropping
+    /// a future cancels its work in async Rust: an item not yet on a worker
+    /// never runs (see [`GrindHandle::cancel`]). To let it run anyway, use
+    /// [`enqueue`](Self::enqueue) and [`detach`](GrindHandle::detach) or
+    /// await the handle. From a plain thread, use
+    /// [`submit_from_thread`](Self::submit_from_thread) and wait on the
+    /// handle.
     ///
     /// ```no_run
     /// # async fn demo(grinder: &worker_facade::WorkGrinder<worker_facade::simple::SimpleTask>) -> Result<(), Box<dyn std::error::Error>> {
@@ -455,11 +458,20 @@ impl<T: Task> WorkGrinder<T> {
     /// println!("{text}");
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`GrindError::Refused`] with the task handed back, as
+    /// [`enqueue`](Self::enqueue) refuses it; [`GrindError::Work`] when the
+    /// item ran (or was meant to) and has no result.
     pub async fn submit(&self, task: T) -> Result<T::Output, GrindError<T>> {
-        self.enqueue(task)
-            .map_err(GrindError::Refused)?
-            .await
-            .map_err(GrindError::Work)
+        let mut pending = CancelOnDrop(self.enqueue(task).map_err(GrindError::Refused)?);
+        match (&mut pending.0).await {
+            Ok(result) => result.map_err(GrindError::Work),
+            // A fresh handle awaited once: its reply answers `Lost` itself
+            // if it is ever dropped, so this is that case.
+            Err(_) => Err(GrindError::Work(WorkError::Lost)),
+        }
     }
 
     /// A snapshot: started, stopping, pending, oldest wait, the thresholds,
@@ -541,6 +553,18 @@ impl<T: Task> WorkGrinder<T> {
             batch_size_threshold: self.settings.threshold,
             lease: self.settings.lease,
             ..GrinderStats::default()
+        }
+    }
+}
+
+/// The handle `submit` awaits: cancels its item if the future is dropped
+/// before the result was taken.
+struct CancelOnDrop<O>(GrindHandle<O>);
+
+impl<O> Drop for CancelOnDrop<O> {
+    fn drop(&mut self) {
+        if !self.0.is_taken() {
+            self.0.cancel();
         }
     }
 }

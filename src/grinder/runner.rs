@@ -82,10 +82,14 @@ impl<T: Task> Runner<T> {
         let owner = format!("{}-{}", self.settings.owner_prefix, batch.number);
         let mut items = batch.items;
         loop {
-            let before = items.len();
-            items.retain(|item| !item.reply.is_closed());
-            let removed = (before - items.len()) as u64;
-            self.counters.removed.fetch_add(removed, Ordering::Relaxed);
+            // Items cancelled through their handles while waiting here.
+            let (cancelled, kept): (Vec<_>, Vec<_>) = items
+                .into_iter()
+                .partition(|item| item.reply.is_cancelled());
+            for item in cancelled {
+                item.reply.send_cancelled(&self.counters);
+            }
+            items = kept;
             if items.is_empty() {
                 return;
             }
@@ -137,6 +141,12 @@ impl<T: Task> Runner<T> {
         let mut sent: Vec<Sent<T>> = Vec::with_capacity(items.len());
         let mut again = Vec::new();
         for item in items {
+            // Cancelled through its handle while the batch waited for this
+            // lease: it still has not gone to a worker.
+            if item.reply.is_cancelled() {
+                item.reply.send_cancelled(&self.counters);
+                continue;
+            }
             let dispatches = item.dispatches + 1;
             match lease.submit_reclaim(item.task, None) {
                 Ok(answer) => sent.push(Sent {

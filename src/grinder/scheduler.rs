@@ -211,8 +211,8 @@ impl<T: Task> Scheduler<T> {
         match got {
             Got::Item(item) => self.on_item(item),
             Got::Cancel(seq) => {
-                if self.pending.remove(&seq).is_some() {
-                    self.counters.removed.fetch_add(1, Ordering::Relaxed);
+                if let Some(item) = self.pending.remove(&seq) {
+                    item.reply.send_cancelled(&self.counters);
                 }
             }
             Got::Control(Control::Stop { expected, cancel }) => {
@@ -255,8 +255,8 @@ impl<T: Task> Scheduler<T> {
 
     fn on_item(&mut self, item: Item<T>) {
         self.received += 1;
-        if item.reply.is_closed() {
-            self.counters.removed.fetch_add(1, Ordering::Relaxed);
+        if item.reply.is_cancelled() {
+            item.reply.send_cancelled(&self.counters);
         } else if self.cancelling {
             item.reply.send(&self.counters, Err(WorkError::Cancelled));
         } else {
@@ -300,8 +300,8 @@ impl<T: Task> Scheduler<T> {
                 let Some((_, item)) = self.pending.pop_first() else {
                     break;
                 };
-                if item.reply.is_closed() {
-                    self.counters.removed.fetch_add(1, Ordering::Relaxed);
+                if item.reply.is_cancelled() {
+                    item.reply.send_cancelled(&self.counters);
                 } else {
                     items.push(item);
                 }

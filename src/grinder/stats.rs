@@ -46,9 +46,12 @@ pub struct GrinderStats {
     pub completed: u64,
     /// Items answered with a [`WorkError`] other than `Cancelled`.
     pub failed: u64,
-    /// Items answered [`WorkError::Cancelled`].
+    /// Items answered [`WorkError::Cancelled`] by
+    /// [`stop`](WorkGrinder::stop)`(true)`.
     pub cancelled: u64,
-    /// Items removed because their handle was dropped before they ran.
+    /// Items removed through their handle's
+    /// [`cancel`](super::GrindHandle::cancel) before they went to a worker
+    /// (answered [`WorkError::Cancelled`], not counted in `cancelled`).
     pub removed: u64,
     /// Item re-runs after a crash or an expired lease.
     pub rerun: u64,

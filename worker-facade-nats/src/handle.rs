@@ -1,5 +1,6 @@
 //! [`RemoteHandle`]: one remote task's outcome, as soon as it is recorded.
 
+use std::cell::Cell;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,10 +16,14 @@ use worker_facade::{Outcome, TaskId, WaitError};
 /// [`wait`](Self::wait), [`try_wait`](Self::try_wait),
 /// [`wait_timeout`](Self::wait_timeout) and
 /// [`wait_deadline`](Self::wait_deadline). It is also a `Future` (through
-/// `IntoFuture`) that any async runtime can drive.
+/// `IntoFuture`) that any async runtime can drive. A handle gives its
+/// outcome once: asking again is [`WaitError::AlreadyTaken`].
+///
+/// # Drop
 ///
 /// Dropping a handle does not cancel the task: its outcome then goes to
-/// [`collect_tasks`](crate::RemoteFacade::collect_tasks) instead.
+/// [`collect_tasks`](crate::RemoteFacade::collect_tasks) instead. Say so
+/// with [`detach`](Self::detach).
 ///
 /// ```no_run
 /// use worker_facade::simple::SimpleTask;
@@ -30,15 +35,22 @@ use worker_facade::{Outcome, TaskId, WaitError};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-#[must_use = "dropping a handle sends the outcome to collect_tasks instead"]
+#[must_use = "dropping a RemoteHandle does not cancel its task: the outcome goes to \
+              collect_tasks instead; call .detach() to say so"]
 pub struct RemoteHandle<O> {
     id: TaskId,
     rx: oneshot::Receiver<Outcome<O>>,
+    /// Set once a wait returned the outcome.
+    taken: Cell<bool>,
 }
 
 impl<O> RemoteHandle<O> {
     pub(crate) fn new(id: TaskId, rx: oneshot::Receiver<Outcome<O>>) -> Self {
-        RemoteHandle { id, rx }
+        RemoteHandle {
+            id,
+            rx,
+            taken: Cell::new(false),
+        }
     }
 
     /// The task's ID within its job.
@@ -46,33 +58,79 @@ impl<O> RemoteHandle<O> {
         self.id
     }
 
+    /// Lets the task run without waiting for it here: its outcome goes to
+    /// [`collect_tasks`](crate::RemoteFacade::collect_tasks). The same as
+    /// dropping the handle, said out loud.
+    pub fn detach(self) {}
+
     /// Blocks until the outcome arrives.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::AlreadyTaken`] if an earlier wait returned it;
+    /// [`WaitError::Disconnected`] if it can never arrive.
     pub fn wait(self) -> Result<Outcome<O>, WaitError> {
+        if self.taken.get() {
+            return Err(WaitError::AlreadyTaken);
+        }
         self.rx.recv().map_err(|_| WaitError::Disconnected)
     }
 
-    /// The outcome if it has arrived; [`WaitError::Timeout`] if not yet.
+    /// The outcome if it has arrived, without blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Timeout`] if not yet; [`WaitError::AlreadyTaken`] if an
+    /// earlier wait returned it; [`WaitError::Disconnected`] if it can
+    /// never arrive.
     pub fn try_wait(&self) -> Result<Outcome<O>, WaitError> {
-        self.rx.try_recv().map_err(|e| match e {
+        self.take(self.rx.try_recv().map_err(|e| match e {
             oneshot::TryRecvError::Empty => WaitError::Timeout,
             oneshot::TryRecvError::Disconnected => WaitError::Disconnected,
-        })
+        }))
     }
 
     /// Waits at most `timeout` for the outcome.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_deadline`](Self::wait_deadline).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Outcome<O>, WaitError> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.wait_deadline(deadline),
-            None => self.rx.recv_ref().map_err(|_| WaitError::Disconnected),
+            None if self.taken.get() => Err(WaitError::AlreadyTaken),
+            None => self.take(self.rx.recv_ref().map_err(|_| WaitError::Disconnected)),
         }
     }
 
     /// Waits until `deadline` for the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Timeout`] if it has not arrived by then (the handle can
+    /// wait again); [`WaitError::AlreadyTaken`] if an earlier wait returned
+    /// it; [`WaitError::Disconnected`] if it can never arrive.
     pub fn wait_deadline(&self, deadline: Instant) -> Result<Outcome<O>, WaitError> {
-        self.rx.recv_deadline(deadline).map_err(|e| match e {
+        if self.taken.get() {
+            return Err(WaitError::AlreadyTaken);
+        }
+        self.take(self.rx.recv_deadline(deadline).map_err(|e| match e {
             oneshot::RecvTimeoutError::Timeout => WaitError::Timeout,
             oneshot::RecvTimeoutError::Disconnected => WaitError::Disconnected,
-        })
+        }))
+    }
+
+    /// What a wait got, remembering that the outcome was taken (the channel
+    /// then reads as disconnected, which is not what happened).
+    fn take(&self, got: Result<Outcome<O>, WaitError>) -> Result<Outcome<O>, WaitError> {
+        match got {
+            Ok(outcome) => {
+                self.taken.set(true);
+                Ok(outcome)
+            }
+            Err(WaitError::Disconnected) if self.taken.get() => Err(WaitError::AlreadyTaken),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -82,7 +140,7 @@ impl<O> IntoFuture for RemoteHandle<O> {
 
     fn into_future(self) -> RemoteFuture<O> {
         RemoteFuture {
-            rx: self.rx.into_future(),
+            rx: (!self.taken.get()).then(|| self.rx.into_future()),
         }
     }
 }
@@ -102,15 +160,40 @@ impl<O> IntoFuture for RemoteHandle<O> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct RemoteFuture<O> {
-    rx: oneshot::AsyncReceiver<Outcome<O>>,
+    /// `None` once the outcome was taken.
+    rx: Option<oneshot::AsyncReceiver<Outcome<O>>>,
 }
 
 impl<O> Future for RemoteFuture<O> {
     type Output = Result<Outcome<O>, WaitError>;
 
+    /// Polling again after the outcome was returned gives
+    /// `Err(WaitError::AlreadyTaken)`.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.map_err(|_| WaitError::Disconnected))
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(Err(WaitError::AlreadyTaken));
+        };
+        let got = std::task::ready!(Pin::new(rx).poll(cx));
+        self.rx = None;
+        Poll::Ready(got.map_err(|_| WaitError::Disconnected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_taken_once_is_already_taken_for_every_later_wait() {
+        let (tx, rx) = oneshot::channel();
+        let h = RemoteHandle::<String>::new(TaskId::from_raw(1), rx);
+        assert_eq!(h.try_wait(), Err(WaitError::Timeout));
+        assert!(tx.send(Outcome::Completed("done".into())).is_ok());
+        assert_eq!(
+            h.wait_timeout(Duration::from_secs(1)),
+            Ok(Outcome::Completed("done".into()))
+        );
+        assert_eq!(h.try_wait(), Err(WaitError::AlreadyTaken));
+        assert_eq!(h.wait(), Err(WaitError::AlreadyTaken));
     }
 }
