@@ -259,6 +259,15 @@ impl<T: Task> FacadeBuilder<T> {
     /// Spawns the worker and completes the handshake. Blocks until every
     /// worker has said hello (or failed to); in async code use
     /// [`spawn_async`](Self::spawn_async).
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`], naming the worker's path, its exit status and the tail of
+    /// its stderr where there is one: the binary is missing (`NotFound`) or not
+    /// executable, the worker exited or stayed silent during the handshake
+    /// (`ExitedEarly`, `HandshakeTimeout`), it speaks another protocol or was
+    /// built with other task types (`ProtocolMismatch`, `TypeMismatch`), or a
+    /// descriptor or thread could not be created (`Resource`).
     pub fn spawn(self) -> Result<WorkingProcessFacade<T>, SpawnError> {
         let launched = WorkingProcessFacade::launch(self.cfg)?;
         let answer = launched.ready.recv();
@@ -288,6 +297,10 @@ impl<T: Task> FacadeBuilder<T> {
     /// assert_eq!(records.len(), 1);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Self::spawn).
     pub async fn spawn_async(self) -> Result<WorkingProcessFacade<T>, SpawnError> {
         let launched = WorkingProcessFacade::launch(self.cfg)?;
         // Kept whole while awaiting, so that a future dropped here drops
@@ -313,6 +326,10 @@ impl<T: Task> WorkingProcessFacade<T> {
     ///
     /// Errors name the path, the worker's exit status and the tail of its
     /// stderr: see [`SpawnError`].
+    ///
+    /// # Errors
+    ///
+    /// As [`FacadeBuilder::spawn`].
     pub fn spawn(command: WorkerCommand) -> Result<Self, SpawnError> {
         Self::builder(command).spawn()
     }
@@ -452,6 +469,10 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// handle.wait()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`process_task`](Self::process_task).
     pub fn submit_with_progress<P, F>(
         &self,
         task: T,
@@ -602,6 +623,13 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// [`collect_tasks_timeout`](Self::collect_tasks_timeout)). A dead worker
     /// does not make it wait. A second call returns
     /// [`CollectError::AlreadyCollected`].
+    ///
+    /// # Errors
+    ///
+    /// [`CollectError::AlreadyCollected`] on a second call (the records went to
+    /// the first); [`CollectError::Forked`] in a forked copy of the process that
+    /// made the facade; [`CollectError::SupervisorGone`] if the engine thread
+    /// ended unexpectedly (a bug).
     pub fn collect_tasks(&self) -> Result<Vec<TaskRecord<T>>, CollectError> {
         self.collect(None)
     }
@@ -611,6 +639,11 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// crashed, and the tasks that had not started
     /// [`NotRun`](crate::Outcome::NotRun) with
     /// [`DeadlineExpired`](crate::NotRunReason::DeadlineExpired).
+    ///
+    /// # Errors
+    ///
+    /// As [`collect_tasks`](Self::collect_tasks); the deadline passing is not
+    /// an error (the records say what it cost).
     pub fn collect_tasks_timeout(
         &self,
         timeout: Duration,
@@ -620,6 +653,10 @@ impl<T: Task> WorkingProcessFacade<T> {
 
     /// Like [`collect_tasks_timeout`](Self::collect_tasks_timeout), with a
     /// deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`collect_tasks_timeout`](Self::collect_tasks_timeout).
     pub fn collect_tasks_deadline(
         &self,
         deadline: Instant,
@@ -650,6 +687,10 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// drop(w); // returns at once: the engine has ended
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`collect_tasks`](Self::collect_tasks).
     pub async fn collect_tasks_async(&self) -> Result<Vec<TaskRecord<T>>, CollectError> {
         self.collect_async(None).await
     }
@@ -670,6 +711,10 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// assert!(matches!(records[0].outcome, worker_facade::Outcome::Crashed(_)));
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`collect_tasks_timeout`](Self::collect_tasks_timeout).
     pub async fn collect_tasks_timeout_async(
         &self,
         timeout: Duration,
@@ -694,6 +739,10 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// assert!(records[0].outcome.is_completed());
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`collect_tasks_timeout`](Self::collect_tasks_timeout).
     pub async fn collect_tasks_deadline_async(
         &self,
         deadline: Instant,

@@ -78,6 +78,10 @@ impl<T: Task> CollectOnDrop<T> {
     }
 
     /// Collects now and returns the records; the sink is not called.
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingProcessFacade::collect_tasks`].
     pub fn finish(mut self) -> Result<Vec<TaskRecord<T>>, CollectError> {
         self.sink = None;
         match self.facade.take() {
@@ -104,6 +108,10 @@ impl<T: Task> CollectOnDrop<T> {
     /// assert_eq!(records.len(), 1);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingProcessFacade::collect_tasks`].
     pub async fn finish_async(mut self) -> Result<Vec<TaskRecord<T>>, CollectError> {
         self.sink = None;
         match self.facade.take() {
@@ -124,6 +132,10 @@ impl<T: Task> CollectOnDrop<T> {
     }
 
     /// [`WorkingProcessFacade::process_task`].
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingProcessFacade::process_task`].
     pub fn process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
         self.facade().process_task(task)
     }
@@ -134,6 +146,10 @@ impl<T: Task> CollectOnDrop<T> {
     }
 
     /// [`WorkingProcessFacade::submit`].
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingProcessFacade::submit`].
     pub fn submit(&self, task: T) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
         self.facade().submit(task)
     }

@@ -140,6 +140,13 @@ where
 ///     worker_facade::worker::try_serve(|t: SimpleTask| Ok::<_, String>(t.solve()))
 /// }
 /// ```
+///
+/// # Errors
+///
+/// [`WorkerError`]: `NoBootstrap` when this process was not started by a
+/// facade; `Connect` when its socket to the parent is missing; `Wire` or
+/// `ProtocolMismatch` when the parent's messages do not follow this
+/// worker's protocol.
 pub fn try_serve<T, F, E>(mut handler: F) -> Result<(), WorkerError>
 where
     T: Task,
@@ -224,6 +231,10 @@ where
 ///     })
 /// }
 /// ```
+///
+/// # Errors
+///
+/// As [`try_serve`].
 pub fn try_serve_with_progress<T, F, E>(mut handler: F) -> Result<(), WorkerError>
 where
     T: Task,

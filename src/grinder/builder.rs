@@ -154,6 +154,12 @@ impl<T: Task> GrinderBuilder<T> {
 
     /// Checks the settings and builds the grinder. Nothing runs until
     /// [`start`](WorkGrinder::start).
+    ///
+    /// # Errors
+    ///
+    /// [`GrinderConfigError`] naming the setting out of range: a `max_wait` or
+    /// `lease` that is not a positive finite duration, a zero
+    /// `batch_size_threshold` or `concurrency`.
     pub fn build(self) -> Result<WorkGrinder<T>, GrinderConfigError> {
         let max_wait =
             positive_seconds(self.max_wait).ok_or(GrinderConfigError::MaxWait(self.max_wait))?;

@@ -209,6 +209,12 @@ impl<T: Task> WorkGrinder<T> {
 
     /// Starts the scheduler and runner threads. The executor manager must be
     /// started already.
+    ///
+    /// # Errors
+    ///
+    /// [`GrinderStartError`]: `AlreadyStarted`; `Stopped` (build a new
+    /// grinder); `ManagerNotStarted` (start the pool first); `Thread` when its
+    /// threads could not be created.
     pub fn start(&self) -> Result<(), GrinderStartError> {
         let mut life = self.lock_life();
         match self.phase.load(Ordering::Acquire) {
@@ -488,6 +494,10 @@ impl<T: Task> WorkGrinder<T> {
     /// The seed's thread-safe stats: the same data as
     /// [`stats`](Self::stats), waiting at most `timeout` for the scheduler's
     /// answer (`None`: as long as it takes).
+    ///
+    /// # Errors
+    ///
+    /// [`StatsTimeout`] when the grinder did not answer within `timeout`.
     pub fn stats_from_thread(
         &self,
         timeout: Option<Duration>,

@@ -109,6 +109,11 @@ impl<T: Task> PoolBuilder<T> {
 
     /// Checks the settings and builds the manager. Nothing is started until
     /// [`start`](LeasedExecutorManager::start).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolConfigError`]: `max_executors` of 0, or a `min_executors` above
+    /// it.
     pub fn build(self) -> Result<LeasedExecutorManager<T>, PoolConfigError> {
         if self.max == 0 {
             return Err(PoolConfigError::NoExecutors);

@@ -203,6 +203,13 @@ impl<T: Task> LeasedExecutorManager<T> {
     /// use [`start_async`](Self::start_async).
     ///
     /// On error, every executor started so far is shut down again.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolStartError`]: `AlreadyStarted`; `Stopped` (build a new pool);
+    /// `Spawn` when one of the minimum executors could not be started (those
+    /// started are shut down again); `Thread` when its threads could not be
+    /// created.
     pub fn start(&self) -> Result<(), PoolStartError> {
         let mut phase = self.lock_phase();
         match &mut *phase {
@@ -252,6 +259,10 @@ impl<T: Task> LeasedExecutorManager<T> {
     /// pool.stop_async().await;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
     pub async fn start_async(&self) -> Result<(), PoolStartError> {
         let ended = {
             let mut phase = self.lock_phase();
@@ -529,6 +540,12 @@ impl<T: Task> LeasedExecutorManager<T> {
 
     /// Leases an executor for `lease`, waiting as long as it takes for one to
     /// be free (or started). See [`acquire_timeout`](Self::acquire_timeout).
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`]: `NotStarted` before [`start`](Self::start), `Stopped`
+    /// after [`stop`](Self::stop), `ZeroLease` for a zero `lease`, `Spawn` when
+    /// the pool had room to grow and the new executor failed to start.
     pub fn acquire(
         &self,
         lease: Duration,
@@ -541,6 +558,13 @@ impl<T: Task> LeasedExecutorManager<T> {
     /// released: [`AcquireError::NoneAvailable`] when every executor is
     /// leased and the pool is at its maximum. When the pool has room to grow,
     /// it starts an executor and waits for that start.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`]: `NotStarted` before [`start`](Self::start), `Stopped`
+    /// after [`stop`](Self::stop), `ZeroLease` for a zero `lease`, `Spawn` when
+    /// the pool had room to grow and the new executor failed to start; `NoneAvailable` when every executor is leased and the pool is at
+    /// its maximum.
     pub fn try_acquire(
         &self,
         lease: Duration,
@@ -551,6 +575,12 @@ impl<T: Task> LeasedExecutorManager<T> {
 
     /// Leases an executor for `lease`, waiting at most `timeout` for one to be
     /// free: [`AcquireError::TimedOut`] after that.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`]: `NotStarted` before [`start`](Self::start), `Stopped`
+    /// after [`stop`](Self::stop), `ZeroLease` for a zero `lease`, `Spawn` when
+    /// the pool had room to grow and the new executor failed to start; `TimedOut` when none was free in time.
     pub fn acquire_timeout(
         &self,
         lease: Duration,
@@ -563,6 +593,12 @@ impl<T: Task> LeasedExecutorManager<T> {
 
     /// Leases an executor for `lease`, waiting until `deadline` for one to be
     /// free: [`AcquireError::TimedOut`] after that.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`]: `NotStarted` before [`start`](Self::start), `Stopped`
+    /// after [`stop`](Self::stop), `ZeroLease` for a zero `lease`, `Spawn` when
+    /// the pool had room to grow and the new executor failed to start; `TimedOut` when none was free in time.
     pub fn acquire_deadline(
         &self,
         lease: Duration,
@@ -610,6 +646,10 @@ impl<T: Task> LeasedExecutorManager<T> {
     /// println!("{}", outcome.display_output());
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
     pub async fn acquire_async(
         &self,
         lease: Duration,
@@ -636,6 +676,10 @@ impl<T: Task> LeasedExecutorManager<T> {
     /// }
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
     pub async fn try_acquire_async(
         &self,
         lease: Duration,
@@ -660,6 +704,10 @@ impl<T: Task> LeasedExecutorManager<T> {
     /// # drop(lease);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_timeout`](Self::acquire_timeout).
     pub async fn acquire_timeout_async(
         &self,
         lease: Duration,
@@ -684,6 +732,10 @@ impl<T: Task> LeasedExecutorManager<T> {
     /// # drop(lease);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_deadline`](Self::acquire_deadline).
     pub async fn acquire_deadline_async(
         &self,
         lease: Duration,
