@@ -204,7 +204,7 @@ pub enum SubmitError<T> {
     /// The facade was collected or closed: it accepts no more tasks.
     #[error("the facade is collected or closed and accepts no more tasks")]
     Closed(T),
-    /// The bounded queue is full (only from `try_process_task`): wait for
+    /// The bounded queue is full (only from `process_task_bounded`): wait for
     /// outcomes to come back, then try again.
     #[error("the facade's queue is full; retry once outcomes have come back")]
     Full(T),

@@ -241,8 +241,8 @@ impl<T: Task> FacadeBuilder<T> {
     }
 
     /// Bounds the tasks in flight for
-    /// [`try_process_task`](WorkingProcessFacade::try_process_task), which
-    /// refuses with [`SubmitError::Full`] beyond it.
+    /// [`process_task_bounded`](WorkingProcessFacade::process_task_bounded),
+    /// which refuses with [`SubmitError::Full`] beyond it.
     /// [`process_task`](WorkingProcessFacade::process_task) stays unbounded.
     pub fn queue_bound(mut self, n: usize) -> Self {
         self.cfg.queue_bound = Some(n.max(1));
@@ -407,17 +407,29 @@ impl<T: Task> WorkingProcessFacade<T> {
 
     /// Queues `task` for the worker and returns its ID. Never blocks: not
     /// when the worker is busy, not when its socket is full, not when it is
-    /// dead (the task then still gets an outcome).
+    /// dead (the task then still gets an outcome). Unbounded: for
+    /// backpressure, see [`process_task_bounded`](Self::process_task_bounded).
     ///
-    /// Fails only once the facade is collected, handing the task back.
+    /// # Errors
+    ///
+    /// The task is handed back in the [`SubmitError`]: `Closed` once the
+    /// facade is collected, `Unencodable` if its `Serialize` failed,
+    /// `TooLarge` above [`WorkerCommand::max_frame_size`], `Forked` in a
+    /// forked copy of the process that made the facade.
     pub fn process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
         self.send(task, None, None, None)
     }
 
-    /// Like [`process_task`](Self::process_task), but refuses with
-    /// [`SubmitError::Full`] when the tasks in flight reach the
-    /// [`queue_bound`](FacadeBuilder::queue_bound).
-    pub fn try_process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
+    /// Like [`process_task`](Self::process_task), but bounded: refuses with
+    /// [`SubmitError::Full`] when the tasks in flight (accepted, without an
+    /// outcome yet) reach the [`queue_bound`](FacadeBuilder::queue_bound).
+    /// Never blocks. Without a `queue_bound`, the same as `process_task`.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Full`] at the bound, with the task handed back; the
+    /// others as [`process_task`](Self::process_task).
+    pub fn process_task_bounded(&self, task: T) -> Result<TaskId, SubmitError<T>> {
         if let Some(bound) = self.bound {
             if self.stats.in_flight() >= bound {
                 return Err(SubmitError::Full(task));
@@ -426,22 +438,72 @@ impl<T: Task> WorkingProcessFacade<T> {
         self.send(task, None, None, None)
     }
 
+    /// The old name of [`process_task_bounded`](Self::process_task_bounded).
+    ///
+    /// # Errors
+    ///
+    /// As [`process_task_bounded`](Self::process_task_bounded).
+    #[deprecated(note = "renamed to process_task_bounded, which says what it bounds")]
+    pub fn try_process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
+        self.process_task_bounded(task)
+    }
+
     /// Queues `task` and returns a [`TaskHandle`] that receives its outcome
     /// as soon as the worker answers, while other work continues. The outcome
     /// goes to the handle, not to `collect_tasks` (unless the handle was
     /// dropped by then).
+    ///
+    /// # Errors
+    ///
+    /// As [`process_task`](Self::process_task).
     pub fn submit(&self, task: T) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
-        self.submit_with_timeout(task, None)
+        self.submit_observed(task, None, None)
     }
 
-    /// Like [`submit`](Self::submit), with this task's own time limit
-    /// (overriding [`task_timeout`](FacadeBuilder::task_timeout)).
+    /// Like [`submit`](Self::submit), with a limit on how long this task may
+    /// run once its worker has started it (overriding
+    /// [`task_timeout`](FacadeBuilder::task_timeout)): past it, the task is
+    /// [`TimedOut`](crate::Outcome::TimedOut) and its worker is stopped.
+    /// This is not a limit on waiting: for that, use the handle's
+    /// [`wait_timeout`](TaskHandle::wait_timeout).
+    ///
+    /// # Errors
+    ///
+    /// As [`process_task`](Self::process_task).
+    pub fn submit_with_time_limit(
+        &self,
+        task: T,
+        limit: Duration,
+    ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
+        self.submit_observed(task, Some(limit), None)
+    }
+
+    /// The old name of [`submit_with_time_limit`](Self::submit_with_time_limit)
+    /// (`None`: [`submit`](Self::submit)).
+    ///
+    /// # Errors
+    ///
+    /// As [`process_task`](Self::process_task).
+    #[deprecated(
+        note = "renamed to submit_with_time_limit: the duration limits how long the task may \
+                run, not how long to wait for it"
+    )]
     pub fn submit_with_timeout(
         &self,
         task: T,
         timeout: Option<Duration>,
     ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
         self.submit_observed(task, timeout, None)
+    }
+
+    /// [`submit`](Self::submit) with an optional run-time limit (for the
+    /// pool's leases).
+    pub(crate) fn submit_limited(
+        &self,
+        task: T,
+        limit: Option<Duration>,
+    ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
+        self.submit_observed(task, limit, None)
     }
 
     /// Like [`submit`](Self::submit), calling `on_progress` with each
@@ -525,7 +587,7 @@ impl<T: Task> WorkingProcessFacade<T> {
         let _ = self.tx.send(Command::Cancel { id: id.0 });
     }
 
-    /// Like [`submit_with_timeout`](Self::submit_with_timeout), for a pool
+    /// Like [`submit_with_time_limit`](Self::submit_with_time_limit), for a pool
     /// or grinder that runs a task elsewhere when it did not run here: the
     /// outcome comes with the task handed back when it is `NotRun`.
     pub(crate) fn submit_reclaim(

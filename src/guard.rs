@@ -140,9 +140,23 @@ impl<T: Task> CollectOnDrop<T> {
         self.facade().process_task(task)
     }
 
-    /// [`WorkingProcessFacade::try_process_task`].
+    /// [`WorkingProcessFacade::process_task_bounded`].
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingProcessFacade::process_task_bounded`].
+    pub fn process_task_bounded(&self, task: T) -> Result<TaskId, SubmitError<T>> {
+        self.facade().process_task_bounded(task)
+    }
+
+    /// The old name of [`process_task_bounded`](Self::process_task_bounded).
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingProcessFacade::process_task_bounded`].
+    #[deprecated(note = "renamed to process_task_bounded, which says what it bounds")]
     pub fn try_process_task(&self, task: T) -> Result<TaskId, SubmitError<T>> {
-        self.facade().try_process_task(task)
+        self.facade().process_task_bounded(task)
     }
 
     /// [`WorkingProcessFacade::submit`].
@@ -154,13 +168,36 @@ impl<T: Task> CollectOnDrop<T> {
         self.facade().submit(task)
     }
 
-    /// [`WorkingProcessFacade::submit_with_timeout`].
+    /// [`WorkingProcessFacade::submit_with_time_limit`]: `limit` bounds how
+    /// long the task may run, not how long to wait.
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingProcessFacade::submit`].
+    pub fn submit_with_time_limit(
+        &self,
+        task: T,
+        limit: Duration,
+    ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
+        self.facade().submit_with_time_limit(task, limit)
+    }
+
+    /// The old name of [`submit_with_time_limit`](Self::submit_with_time_limit)
+    /// (`None`: [`submit`](Self::submit)).
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingProcessFacade::submit`].
+    #[deprecated(
+        note = "renamed to submit_with_time_limit: the duration limits how long the task may \
+                run, not how long to wait for it"
+    )]
     pub fn submit_with_timeout(
         &self,
         task: T,
         timeout: Option<Duration>,
     ) -> Result<TaskHandle<T::Output>, SubmitError<T>> {
-        self.facade().submit_with_timeout(task, timeout)
+        self.facade().submit_limited(task, timeout)
     }
 
     /// [`WorkingProcessFacade::cancel`].

@@ -199,9 +199,11 @@ pub use console::{Output, OutputLine, OutputStream};
 pub use error::{CollectError, SpawnError, SubmitError, TypeDescription, WaitError};
 pub use facade::{FacadeBuilder, WorkingProcessFacade};
 pub use grinder::{
-    AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError, GrinderError,
-    GrinderStartError, GrinderStats, StatsTimeout, WorkError, WorkGrinder,
+    AfterCrash, EnqueueError, GrindHandle, GrinderBuilder, GrinderConfigError, GrinderStartError,
+    GrinderStats, ItemError, StatsTimeout, WorkError, WorkGrinder,
 };
+#[allow(deprecated)]
+pub use grinder::{GrindError, GrinderError};
 pub use guard::CollectOnDrop;
 pub use handle::{TaskFuture, TaskHandle};
 pub use map::{GrindMap, GrindMapUnordered, Map, MapUnordered};

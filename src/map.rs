@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use crate::error::{SubmitError, WaitError};
 use crate::facade::WorkingProcessFacade;
-use crate::grinder::{GrindError, GrindHandle, WorkError, WorkGrinder};
+use crate::grinder::{GrindHandle, ItemError, WorkError, WorkGrinder};
 use crate::handle::TaskFuture;
 use crate::task::{CancelReason, NotRunReason, Outcome, Task};
 
@@ -96,12 +96,10 @@ impl<T: Task> Source<T> for WorkingProcessFacade<T> {
 
 impl<T: Task> Source<T> for WorkGrinder<T> {
     type Future = GrindHandle<T::Output>;
-    type Item = Result<T::Output, GrindError<T>>;
+    type Item = Result<T::Output, ItemError<T>>;
 
     fn submit(&self, task: T) -> Result<(Self::Future, Option<Cancel>), Self::Item> {
-        let handle = self
-            .enqueue(task)
-            .map_err(|e| Err(GrindError::Refused(e)))?;
+        let handle = self.enqueue(task).map_err(|e| Err(ItemError::Refused(e)))?;
         // Dropping a handle lets its item run: the map cancels explicitly.
         let cancel = handle.canceller();
         Ok((handle, Some(cancel)))
@@ -112,7 +110,7 @@ impl<T: Task> Source<T> for WorkGrinder<T> {
         // error left would be a reply lost, which answers `Lost` itself.
         output
             .unwrap_or(Err(WorkError::Lost))
-            .map_err(GrindError::Work)
+            .map_err(ItemError::Work)
     }
 }
 
@@ -386,7 +384,7 @@ map_type!(
     /// ```
     GrindMap,
     WorkGrinder,
-    Result<T::Output, GrindError<T>>,
+    Result<T::Output, ItemError<T>>,
     ordered
 );
 
@@ -407,6 +405,6 @@ map_type!(
     /// ```
     GrindMapUnordered,
     WorkGrinder,
-    (usize, Result<T::Output, GrindError<T>>),
+    (usize, Result<T::Output, ItemError<T>>),
     unordered
 );

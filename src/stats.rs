@@ -105,7 +105,7 @@ impl StatsCells {
             + self.timed_out.load(Relaxed)
     }
 
-    /// Accepted tasks without an outcome yet (what `try_process_task` bounds).
+    /// Accepted tasks without an outcome yet (what `process_task_bounded` bounds).
     pub(crate) fn in_flight(&self) -> u64 {
         // Outcomes first, then `submitted`: a task counted finished was
         // counted submitted before, so this cannot underflow in practice.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
-    CancelReason, GrindError, LeasedExecutorManager, NotRunReason, Outcome, WorkError, WorkGrinder,
+    CancelReason, ItemError, LeasedExecutorManager, NotRunReason, Outcome, WorkError, WorkGrinder,
     WorkingProcessFacade,
 };
 
@@ -307,7 +307,7 @@ fn grinder_map_yields_in_order_and_unordered_yields_every_index() {
         Some(&"x solved after 0".to_string())
     );
     assert!(
-        matches!(&got[1].1, Err(GrindError::Work(WorkError::Crashed(_)))),
+        matches!(&got[1].1, Err(ItemError::Work(WorkError::Crashed(_)))),
         "{:?}",
         got[1].1
     );

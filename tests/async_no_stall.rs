@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::{announcing_worker, child_pids, running, stock_worker, watchdog};
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
-    AcquireError, CancelReason, CrashReason, GrindError, LeasedExecutorManager, NotRunReason,
+    AcquireError, CancelReason, CrashReason, ItemError, LeasedExecutorManager, NotRunReason,
     Outcome, WorkError, WorkGrinder, WorkerCommand, WorkingProcessFacade,
 };
 
@@ -556,7 +556,7 @@ fn grinder_forms_never_stall() {
         assert!(grinder.stats().stopped);
         assert!(matches!(
             grinder.submit(SimpleTask::new("late", 0.0)).await,
-            Err(GrindError::Refused(_))
+            Err(ItemError::Refused(_))
         ));
         t.form("drop(grinder) after stop_async", async { drop(grinder) })
             .await;

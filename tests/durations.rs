@@ -42,7 +42,7 @@ fn huge_durations_everywhere_lose_no_outcome() {
             let w = huge_everywhere(huge).spawn().expect("spawn");
             let handles: Vec<_> = (0..5)
                 .map(|i| {
-                    w.submit_with_timeout(t(&format!("h{i}")), Some(huge))
+                    w.submit_with_time_limit(t(&format!("h{i}")), huge)
                         .expect("accepted")
                 })
                 .collect();
@@ -108,7 +108,7 @@ fn short_per_task_limit_under_huge_defaults_still_times_out() {
             let w = huge_everywhere(huge).spawn().expect("spawn");
             let limit = Duration::from_millis(200);
             let slow = w
-                .submit_with_timeout(SimpleTask::new("slow", 3600.0), Some(limit))
+                .submit_with_time_limit(SimpleTask::new("slow", 3600.0), limit)
                 .expect("accepted");
             let next = w.submit(t("next")).expect("accepted");
             assert_eq!(slow.wait(), Ok(Outcome::TimedOut(limit)));

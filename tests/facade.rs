@@ -210,7 +210,7 @@ fn handler_errors_and_panics_fail_only_their_task() {
 }
 
 #[test]
-fn try_process_task_refuses_when_the_bound_is_reached() {
+fn process_task_bounded_refuses_when_the_bound_is_reached() {
     use nix::sys::signal::Signal;
     within(Duration::from_secs(30), || {
         let w = WorkingProcessFacade::<SimpleTask>::builder(stock_worker())
@@ -221,11 +221,18 @@ fn try_process_task_refuses_when_the_bound_is_reached() {
         // A stopped worker answers nothing, so tasks stay in flight.
         common::signal(pid, Signal::SIGSTOP);
         for i in 0..10 {
-            w.try_process_task(SimpleTask::new(format!("t{i}"), 0.0))
+            w.process_task_bounded(SimpleTask::new(format!("t{i}"), 0.0))
                 .expect("below the bound");
         }
-        match w.try_process_task(SimpleTask::new("one-too-many", 0.0)) {
+        match w.process_task_bounded(SimpleTask::new("one-too-many", 0.0)) {
             Err(SubmitError::Full(task)) => assert_eq!(task.id, "one-too-many"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // The old name forwards to it.
+        #[allow(deprecated)]
+        let old = w.try_process_task(SimpleTask::new("old-name", 0.0));
+        match old {
+            Err(SubmitError::Full(task)) => assert_eq!(task.id, "old-name"),
             other => panic!("expected Full, got {other:?}"),
         }
         // process_task stays unbounded.

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
-    AcquireError, AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError,
-    GrinderError, GrinderStartError, LeasedExecutorManager, NotRunReason, WaitError, WorkError,
+    AcquireError, AfterCrash, EnqueueError, GrindHandle, GrinderBuilder, GrinderConfigError,
+    GrinderStartError, ItemError, LeasedExecutorManager, NotRunReason, WaitError, WorkError,
     WorkGrinder, WorkerCommand,
 };
 
@@ -396,11 +396,11 @@ fn submitting_before_start_while_stopping_and_after_stop_is_refused() {
     let refused = grinder
         .enqueue(SimpleTask::new("early", 0.0))
         .expect_err("not started");
-    assert!(matches!(refused, GrinderError::NotStarted(_)));
+    assert!(matches!(refused, EnqueueError::NotStarted(_)));
     assert_eq!(refused.into_task().id, "early");
     assert!(matches!(
         futures_executor::block_on(grinder.submit(SimpleTask::new("early", 0.0))),
-        Err(GrindError::Refused(GrinderError::NotStarted(_)))
+        Err(ItemError::Refused(EnqueueError::NotStarted(_)))
     ));
     assert!(!grinder.stats().started);
     // The pool must run first.
@@ -423,13 +423,13 @@ fn submitting_before_start_while_stopping_and_after_stop_is_refused() {
     let refused = grinder
         .submit_from_thread(SimpleTask::new("meanwhile", 0.0))
         .expect_err("stopping");
-    assert!(matches!(refused, GrinderError::Stopping(_)), "{refused:?}");
+    assert!(matches!(refused, EnqueueError::Stopping(_)), "{refused:?}");
     assert!(grinder.stats().stopping);
     grinder.stop(false);
     let refused = grinder
         .enqueue(SimpleTask::new("late", 0.0))
         .expect_err("stopped");
-    assert!(matches!(refused, GrinderError::Stopped(_)), "{refused:?}");
+    assert!(matches!(refused, EnqueueError::Stopped(_)), "{refused:?}");
     assert!(refused.to_string().contains("stopped"));
     assert!(matches!(grinder.start(), Err(GrinderStartError::Stopped)));
     pool.stop();

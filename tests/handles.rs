@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use common::watchdog;
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
-    LeasedExecutorManager, Outcome, TaskId, WaitError, WorkError, WorkGrinder, WorkingProcessFacade,
+    EnqueueError, ItemError, LeasedExecutorManager, Outcome, TaskId, WaitError, WorkError,
+    WorkGrinder, WorkingProcessFacade,
 };
 
 const GUARD: Duration = Duration::from_secs(20);
@@ -236,4 +237,12 @@ fn dropping_the_submit_future_cancels_its_item() {
     let stats = g.stats();
     assert_eq!((stats.completed, stats.removed), (1, 1), "{stats:?}");
     pool.stop();
+}
+
+#[test]
+#[allow(deprecated)]
+fn the_old_error_names_still_name_the_new_types() {
+    let refused: worker_facade::GrinderError<SimpleTask> = EnqueueError::Stopped(t("x", 0.0));
+    let old: worker_facade::GrindError<SimpleTask> = worker_facade::GrindError::Refused(refused);
+    assert!(matches!(old, ItemError::Refused(EnqueueError::Stopped(_))));
 }

@@ -123,10 +123,7 @@ fn per_task_timeout_overrides_the_default() {
             .spawn()
             .expect("spawn");
         let quick = w
-            .submit_with_timeout(
-                SimpleTask::new("slow", 30.0),
-                Some(Duration::from_millis(200)),
-            )
+            .submit_with_time_limit(SimpleTask::new("slow", 30.0), Duration::from_millis(200))
             .expect("accepted");
         assert_eq!(
             quick.wait(),

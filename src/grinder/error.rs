@@ -34,17 +34,18 @@ pub enum GrinderStartError {
     Thread(#[source] io::Error),
 }
 
-/// An item was refused; it is handed back.
+/// [`WorkGrinder::enqueue`] (or `submit_from_thread`, `submit`, `map`)
+/// refused an item; it is handed back. (Formerly `GrinderError`.)
 ///
 /// ```
-/// use worker_facade::{GrinderError, simple::SimpleTask};
-/// let err = GrinderError::NotStarted(SimpleTask::new("early", 0.0));
+/// use worker_facade::{EnqueueError, simple::SimpleTask};
+/// let err = EnqueueError::NotStarted(SimpleTask::new("early", 0.0));
 /// assert!(err.to_string().contains("call start()"));
 /// assert_eq!(err.into_task().id, "early");
 /// ```
 #[derive(thiserror::Error)]
 #[non_exhaustive]
-pub enum GrinderError<T> {
+pub enum EnqueueError<T> {
     /// The grinder has not been started.
     #[error("the grinder is not started: call start() before submitting work")]
     NotStarted(T),
@@ -57,21 +58,21 @@ pub enum GrinderError<T> {
     Stopped(T),
 }
 
-impl<T> GrinderError<T> {
+impl<T> EnqueueError<T> {
     /// The item that was refused.
     pub fn into_task(self) -> T {
         match self {
-            GrinderError::NotStarted(t) | GrinderError::Stopping(t) | GrinderError::Stopped(t) => t,
+            EnqueueError::NotStarted(t) | EnqueueError::Stopping(t) | EnqueueError::Stopped(t) => t,
         }
     }
 }
 
-impl<T> fmt::Debug for GrinderError<T> {
+impl<T> fmt::Debug for EnqueueError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            GrinderError::NotStarted(_) => "NotStarted(..)",
-            GrinderError::Stopping(_) => "Stopping(..)",
-            GrinderError::Stopped(_) => "Stopped(..)",
+            EnqueueError::NotStarted(_) => "NotStarted(..)",
+            EnqueueError::Stopping(_) => "Stopping(..)",
+            EnqueueError::Stopped(_) => "Stopped(..)",
         })
     }
 }
@@ -142,32 +143,42 @@ pub enum WorkError {
     Lost,
 }
 
-/// [`WorkGrinder::submit`] failed: the item was refused, or it ran and has
-/// no result.
+/// Why an item has no result: refused when it was submitted
+/// ([`EnqueueError`]), or taken and without a result ([`WorkError`]). What
+/// [`WorkGrinder::submit`] and the grinder's `map` give. (Formerly
+/// `GrindError`.)
 ///
 /// ```
-/// use worker_facade::{GrindError, GrinderError, WorkError, simple::SimpleTask};
-/// let refused: GrindError<SimpleTask> = GrindError::Refused(GrinderError::Stopped(SimpleTask::new("a", 0.0)));
+/// use worker_facade::{ItemError, EnqueueError, WorkError, simple::SimpleTask};
+/// let refused: ItemError<SimpleTask> = ItemError::Refused(EnqueueError::Stopped(SimpleTask::new("a", 0.0)));
 /// assert!(refused.to_string().contains("stopped"));
-/// let failed: GrindError<SimpleTask> = GrindError::Work(WorkError::Cancelled);
+/// let failed: ItemError<SimpleTask> = ItemError::Work(WorkError::Cancelled);
 /// assert!(failed.to_string().contains("cancelled"));
 /// ```
 #[derive(thiserror::Error)]
 #[non_exhaustive]
-pub enum GrindError<T> {
+pub enum ItemError<T> {
     /// The grinder did not take the item.
     #[error(transparent)]
-    Refused(GrinderError<T>),
+    Refused(EnqueueError<T>),
     /// The item was taken but has no result.
     #[error(transparent)]
     Work(WorkError),
 }
 
-impl<T> fmt::Debug for GrindError<T> {
+/// The old name of [`EnqueueError`], too close to `GrindError`'s.
+#[deprecated(note = "renamed to EnqueueError: the grinder refused to enqueue the item")]
+pub type GrinderError<T> = EnqueueError<T>;
+
+/// The old name of [`ItemError`], too close to `GrinderError`'s.
+#[deprecated(note = "renamed to ItemError: why an item has no result")]
+pub type GrindError<T> = ItemError<T>;
+
+impl<T> fmt::Debug for ItemError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GrindError::Refused(e) => f.debug_tuple("Refused").field(e).finish(),
-            GrindError::Work(e) => f.debug_tuple("Work").field(e).finish(),
+            ItemError::Refused(e) => f.debug_tuple("Refused").field(e).finish(),
+            ItemError::Work(e) => f.debug_tuple("Work").field(e).finish(),
         }
     }
 }

@@ -37,7 +37,9 @@ use crate::pool::LeasedExecutorManager;
 use crate::task::Task;
 
 pub use builder::{AfterCrash, GrinderBuilder, GrinderConfigError};
-pub use error::{GrindError, GrinderError, GrinderStartError, StatsTimeout, WorkError};
+pub use error::{EnqueueError, GrinderStartError, ItemError, StatsTimeout, WorkError};
+#[allow(deprecated)]
+pub use error::{GrindError, GrinderError};
 pub use handle::GrindHandle;
 pub use stats::GrinderStats;
 
@@ -343,8 +345,8 @@ impl<T: Task> WorkGrinder<T> {
     }
 
     /// Starts stopping, like [`stop`](Self::stop), without waiting. From
-    /// here on, new items are refused with [`GrinderError::Stopping`] until
-    /// `stop` has finished, and with [`GrinderError::Stopped`] after.
+    /// here on, new items are refused with [`EnqueueError::Stopping`] until
+    /// `stop` has finished, and with [`EnqueueError::Stopped`] after.
     pub fn begin_stop(&self, cancel_pending: bool) {
         let _life = self.lock_life();
         self.begin_stop_locked(cancel_pending);
@@ -373,18 +375,24 @@ impl<T: Task> WorkGrinder<T> {
     ///
     /// Refused, with the task handed back, before [`start`](Self::start),
     /// while stopping and after [`stop`](Self::stop).
-    pub fn enqueue(&self, task: T) -> Result<GrindHandle<T::Output>, GrinderError<T>> {
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError`], the task handed back: `NotStarted` before
+    /// [`start`](Self::start), `Stopping` while [`stop`](Self::stop) runs,
+    /// `Stopped` after it.
+    pub fn enqueue(&self, task: T) -> Result<GrindHandle<T::Output>, EnqueueError<T>> {
         let Some(channels) = self.channels.get() else {
             return Err(match self.phase.load(Ordering::Acquire) {
-                STOPPED => GrinderError::Stopped(task),
-                _ => GrinderError::NotStarted(task),
+                STOPPED => EnqueueError::Stopped(task),
+                _ => EnqueueError::NotStarted(task),
             });
         };
         let seq = self.accepted.fetch_add(1, Ordering::AcqRel);
         if seq & CLOSED != 0 {
             return Err(match self.phase.load(Ordering::Acquire) {
-                STOPPED => GrinderError::Stopped(task),
-                _ => GrinderError::Stopping(task),
+                STOPPED => EnqueueError::Stopped(task),
+                _ => EnqueueError::Stopping(task),
             });
         }
         // From here the item is accepted; the scheduler waits for every
@@ -402,7 +410,7 @@ impl<T: Task> WorkGrinder<T> {
             Ok(()) => Ok(handle),
             Err(crossbeam_channel::SendError(mut item)) => {
                 item.reply.disarm();
-                Err(GrinderError::Stopped(item.task))
+                Err(EnqueueError::Stopped(item.task))
             }
         }
     }
@@ -420,7 +428,11 @@ impl<T: Task> WorkGrinder<T> {
     /// println!("{text}");
     /// # Ok(()) }
     /// ```
-    pub fn submit_from_thread(&self, task: T) -> Result<GrindHandle<T::Output>, GrinderError<T>> {
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Self::enqueue).
+    pub fn submit_from_thread(&self, task: T) -> Result<GrindHandle<T::Output>, EnqueueError<T>> {
         self.enqueue(task)
     }
 
@@ -467,16 +479,16 @@ impl<T: Task> WorkGrinder<T> {
     ///
     /// # Errors
     ///
-    /// [`GrindError::Refused`] with the task handed back, as
-    /// [`enqueue`](Self::enqueue) refuses it; [`GrindError::Work`] when the
+    /// [`ItemError::Refused`] with the task handed back, as
+    /// [`enqueue`](Self::enqueue) refuses it; [`ItemError::Work`] when the
     /// item ran (or was meant to) and has no result.
-    pub async fn submit(&self, task: T) -> Result<T::Output, GrindError<T>> {
-        let mut pending = CancelOnDrop(self.enqueue(task).map_err(GrindError::Refused)?);
+    pub async fn submit(&self, task: T) -> Result<T::Output, ItemError<T>> {
+        let mut pending = CancelOnDrop(self.enqueue(task).map_err(ItemError::Refused)?);
         match (&mut pending.0).await {
-            Ok(result) => result.map_err(GrindError::Work),
+            Ok(result) => result.map_err(ItemError::Work),
             // A fresh handle awaited once: its reply answers `Lost` itself
             // if it is ever dropped, so this is that case.
-            Err(_) => Err(GrindError::Work(WorkError::Lost)),
+            Err(_) => Err(ItemError::Work(WorkError::Lost)),
         }
     }
 

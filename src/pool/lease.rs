@@ -141,13 +141,42 @@ impl<T: Task> Lease<T> {
     /// Queues `task` on the leased executor and returns the handle its
     /// outcome will arrive on. Never blocks.
     ///
+    /// # Errors
+    ///
     /// Refused, with the task handed back, once the soft expiry has passed
-    /// ([`LeaseError::Expired`]) or the lease was revoked.
+    /// ([`LeaseError::Expired`]) or the lease was revoked, when the manager
+    /// stopped ([`LeaseError::Stopped`]), or when the task itself cannot be
+    /// sent ([`LeaseError::Refused`]: not encodable, or above
+    /// [`WorkerCommand::max_frame_size`](crate::WorkerCommand::max_frame_size)).
     pub fn submit(&self, task: T) -> Result<TaskHandle<T::Output>, LeaseError<T>> {
         self.submit_inner(task, None)
     }
 
-    /// Like [`submit`](Self::submit), with a time limit for this task.
+    /// Like [`submit`](Self::submit), with a limit on how long this task may
+    /// run once started (past it, it is
+    /// [`TimedOut`](crate::Outcome::TimedOut) and its worker stopped); not
+    /// a limit on waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub fn submit_with_time_limit(
+        &self,
+        task: T,
+        limit: Duration,
+    ) -> Result<TaskHandle<T::Output>, LeaseError<T>> {
+        self.submit_inner(task, Some(limit))
+    }
+
+    /// The old name of [`submit_with_time_limit`](Self::submit_with_time_limit).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    #[deprecated(
+        note = "renamed to submit_with_time_limit: the duration limits how long the task may \
+                run, not how long to wait for it"
+    )]
     pub fn submit_with_timeout(
         &self,
         task: T,
@@ -166,11 +195,11 @@ impl<T: Task> Lease<T> {
         // is queued: the task then gets a NotRun outcome that says the lease
         // expired, so it is answered either way.
         self.facade
-            .submit_with_timeout(task, timeout)
+            .submit_limited(task, timeout)
             .map_err(|err| self.refused(err))
     }
 
-    /// Like [`submit_with_timeout`](Self::submit_with_timeout), handing the
+    /// Like [`submit_with_time_limit`](Self::submit_with_time_limit), handing the
     /// task back with a `NotRun` outcome (for the grinder, which then runs
     /// it on another executor).
     pub(crate) fn submit_reclaim(
