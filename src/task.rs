@@ -44,9 +44,11 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     const SHAPE_CHECK: bool = true;
 }
 
-/// The ID the parent assigns to an accepted task; unique within one facade.
+/// The ID the parent assigns to an accepted task: unique within the facade
+/// that accepted it (or, for a [`GrindHandle`](crate::GrindHandle)'s item,
+/// within its grinder).
 ///
-/// IDs count up from 0 in the order the facade accepted the tasks.
+/// IDs count up from 0 in the order the facade (or grinder) accepted them.
 ///
 /// ```
 /// use worker_facade::TaskId;
