@@ -88,6 +88,8 @@ pub struct WorkingProcessFacade<T: Task> {
     tx: Outbox<T>,
     /// The process that made the facade (a fork of it must not use it).
     owner: u32,
+    /// `sys::fork_generation()` when it was made: a cheaper fork check.
+    forks: u64,
     max_frame: u32,
     /// The next task ID, with [`CLOSED`] set once submission is closed.
     counter: AtomicU64,
@@ -343,6 +345,7 @@ impl<T: Task> WorkingProcessFacade<T> {
         let facade = WorkingProcessFacade {
             tx,
             owner: std::process::id(),
+            forks: crate::sys::fork_generation(),
             max_frame,
             counter: AtomicU64::new(0),
             collected: AtomicBool::new(false),
@@ -514,7 +517,7 @@ impl<T: Task> WorkingProcessFacade<T> {
         timeout: Option<Duration>,
         progress: Option<Arc<ProgressCell>>,
     ) -> Result<TaskId, SubmitError<T>> {
-        if std::process::id() != self.owner {
+        if crate::sys::fork_generation() != self.forks && std::process::id() != self.owner {
             return Err(SubmitError::Forked {
                 task,
                 owner: self.owner,
@@ -526,7 +529,8 @@ impl<T: Task> WorkingProcessFacade<T> {
         // Encoded here, on the caller's thread: the task's `Serialize` is the
         // caller's code, and a slow or panicking one delays or fails only
         // this call. The ID is patched in once it is assigned.
-        let mut frame = Vec::new();
+        // Room for a small task's frame at once: no reallocation.
+        let mut frame = Vec::with_capacity(64);
         let encoded = catch_unwind(AssertUnwindSafe(|| {
             wire::push_frame(&mut frame, KIND_TASK, Some(0), self.max_frame, |out| {
                 crate::codec::encode_into(&task, out)

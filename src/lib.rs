@@ -180,6 +180,7 @@ pub mod map;
 mod pool;
 mod process;
 mod progress;
+mod ring;
 mod stats;
 mod sys;
 mod task;

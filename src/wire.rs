@@ -62,6 +62,9 @@ pub(crate) const KIND_UNDECODABLE: u8 = 0x14;
 pub(crate) const KIND_NOT_SERVING: u8 = 0x15;
 pub(crate) const KIND_SKIPPED: u8 = 0x16;
 pub(crate) const KIND_PROGRESS: u8 = 0x17;
+/// On the worker's socket: "the ring has news" (only while the parent is
+/// parked; see `ring.rs`).
+pub(crate) const KIND_WAKE: u8 = 0x18;
 pub(crate) const KIND_BOOT: u8 = 0x20;
 
 /// A frame could not be read. Reported inside the reason of the outcome of
@@ -262,6 +265,10 @@ impl<R: Read> FrameReader<R> {
     /// The stream it reads.
     pub(crate) fn get_ref(&self) -> &R {
         &self.inner
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// The stream, and the reader gone.

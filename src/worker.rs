@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{MsgFlags, recv, send};
 
 use crate::codec;
-use crate::command::{WORKER_ENV, WORKER_FD_ENV};
+use crate::command::{WORKER_ENV, WORKER_FD_ENV, WORKER_RING_ENV};
 use crate::error::SpawnError;
 use crate::task::Task;
 use crate::wire::{
     self, FrameReader, Hello, KIND_CANCEL, KIND_CANCEL_TASK, KIND_ERR, KIND_NOT_SERVING, KIND_OK,
-    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE,
+    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE, KIND_WAKE,
     PROTOCOL_VERSION, PushError, WireError, WorkerOptions,
 };
 
@@ -236,7 +236,7 @@ where
     let max = options.max_frame;
     let mut reader = FrameReader::new(&stream, max);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut writer = &stream;
+    let outlet = std::cell::RefCell::new(Outlet::new(&stream, &options)?);
     let mut looked = Instant::now();
     // What the parent cancelled, seen ahead of the tasks it concerns.
     let mut cancel_all = false;
@@ -244,7 +244,7 @@ where
     loop {
         // Never block on a read with results unsent.
         if !out.is_empty() && !reader.has_buffered_frame() {
-            writer.write_all(&out).map_err(WireError::Io)?;
+            outlet.borrow_mut().send(&out)?;
             out.clear();
         }
         // Tasks already buffered do not start once the parent cancelled
@@ -273,7 +273,7 @@ where
             _ => {}
         });
         if cancel_all {
-            writer.write_all(&out).map_err(WireError::Io)?;
+            outlet.borrow_mut().send(&out)?;
             return Ok(());
         }
         let Some(frame) = reader.next_frame()? else {
@@ -291,7 +291,7 @@ where
                 // before the task is even decoded: a crash from here on is
                 // this task's.
                 wire::push_bare(&mut out, KIND_STARTED, Some(id));
-                writer.write_all(&out).map_err(WireError::Io)?;
+                outlet.borrow_mut().send(&out)?;
                 out.clear();
                 if options.mark_output {
                     mark_output(id);
@@ -308,7 +308,7 @@ where
                         continue;
                     }
                 };
-                let progress = Progress::new(&stream, id, max);
+                let progress = Progress::new(&outlet, id, max);
                 let result = caught(|| handler(task, &progress));
                 // The last value reported goes before the result.
                 out.extend_from_slice(&progress.into_pending());
@@ -327,7 +327,7 @@ where
                 }
             }
             KIND_STOP | KIND_CANCEL => {
-                writer.write_all(&out).map_err(WireError::Io)?;
+                outlet.borrow_mut().send(&out)?;
                 return Ok(());
             }
             other => {
@@ -665,7 +665,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(1);
 /// # let _ = handler;
 /// ```
 pub struct Progress<'a> {
-    stream: &'a UnixStream,
+    outlet: &'a std::cell::RefCell<Outlet<'a>>,
     id: u64,
     max: u32,
     state: std::cell::RefCell<ProgressState>,
@@ -685,9 +685,9 @@ impl std::fmt::Debug for Progress<'_> {
 }
 
 impl<'a> Progress<'a> {
-    fn new(stream: &'a UnixStream, id: u64, max: u32) -> Self {
+    fn new(outlet: &'a std::cell::RefCell<Outlet<'a>>, id: u64, max: u32) -> Self {
         Progress {
-            stream,
+            outlet,
             id,
             max,
             state: Default::default(),
@@ -724,15 +724,60 @@ impl<'a> Progress<'a> {
         {
             return; // kept for later
         }
-        // A failed write means the parent went away: the serving loop sees
-        // it at its next read.
-        let _ = (&*self.stream).write_all(&state.pending);
+        // A failed send means the parent went away: the serving loop sees
+        // it at its next read. (`report` is called from the handler, while
+        // the serving loop does not hold the outlet.)
+        if let Ok(mut outlet) = self.outlet.try_borrow_mut() {
+            let _ = outlet.send(&state.pending);
+        }
         state.pending.clear();
         state.last_sent = Some(now);
     }
 
     fn into_pending(self) -> Vec<u8> {
         self.state.into_inner().pending
+    }
+}
+
+/// Where the worker's messages to its parent go: the result ring (see
+/// `ring.rs`), with a WAKE on the socket when the parent sleeps.
+pub(crate) struct Outlet<'a> {
+    ring: crate::ring::RingWriter,
+    socket: &'a UnixStream,
+    parent: u32,
+}
+
+impl<'a> Outlet<'a> {
+    fn new(socket: &'a UnixStream, options: &WorkerOptions) -> Result<Self, WorkerError> {
+        let bad =
+            |e: io::Error| WorkerError::Connect(io::Error::other(format!("result ring: {e}")));
+        let fd = std::env::var(WORKER_RING_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| bad(io::Error::other(format!("{WORKER_RING_ENV} is not set"))))?;
+        let fd = crate::sys::take_inherited_region(fd).map_err(bad)?;
+        let map = crate::sys::SharedMap::map(fd.as_fd(), crate::ring::REGION_LEN).map_err(bad)?;
+        Ok(Outlet {
+            ring: crate::ring::RingWriter::new(map).map_err(bad)?,
+            socket,
+            parent: options.parent_pid,
+        })
+    }
+
+    /// Publishes `bytes` (whole frames) to the parent.
+    fn send(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let fd = self.socket.as_raw_fd();
+        let parent = self.parent;
+        let mut wake = || {
+            let mut frame = Vec::with_capacity(5);
+            wire::push_bare(&mut frame, KIND_WAKE, None);
+            // Full socket: wakes are waiting already.
+            let _ = send(fd, &frame, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
+        };
+        let mut parent_gone = || nix::unistd::getppid().as_raw() as u32 != parent;
+        self.ring
+            .send(bytes, &mut wake, &mut parent_gone)
+            .map_err(WireError::Io)
     }
 }
 

@@ -567,7 +567,15 @@ impl<T: Task> Engine<T> {
             }
             None => EpollTimeout::NONE,
         };
-        let timeout = if self.inbox.park() {
+        // Workers wake a parked parent only: say so, and do not sleep if a
+        // ring got news meanwhile.
+        let mut news = false;
+        for slot in &self.slots {
+            if let Some(link) = &slot.link {
+                news |= link.park();
+            }
+        }
+        let timeout = if self.inbox.park() && !news {
             timeout
         } else {
             EpollTimeout::ZERO
@@ -597,6 +605,18 @@ impl<T: Task> Engine<T> {
         }
         self.ready = ready;
         self.inbox.unpark(woken);
+        // Every ring is drained on every turn, woken or not: a busy parent
+        // is never woken, so it must look.
+        for i in 0..self.slots.len() {
+            let Some(link) = &self.slots[i].link else {
+                continue;
+            };
+            link.unpark();
+            if link.ring_has_data() {
+                let generation = link.generation;
+                self.on_ready(i, generation, Source::Socket, EpollFlags::EPOLLIN, now);
+            }
+        }
     }
 
     fn on_ready(
@@ -1238,7 +1258,7 @@ fn on_said<T: Task>(
         Ok(())
     };
     match said {
-        Said::Hello | Said::Progress(..) => Ok(()),
+        Said::Hello | Said::Wake | Said::Progress(..) => Ok(()),
         Said::Started(id) => tasks.start(id),
         Said::Ok(id, payload) => {
             answer(tasks, id)?;
