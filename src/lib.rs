@@ -113,7 +113,7 @@
 
 #![deny(missing_docs)]
 
-mod codec;
+pub mod codec;
 mod command;
 mod config;
 mod console;

@@ -22,8 +22,8 @@ use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use common::hand_wire::{
-    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, TOKEN_LEN, encoded, frame,
-    from_hex, honest_hello, read_boot, task_id, to_hex, try_read_frame,
+    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, TOKEN_LEN, decoded, encoded,
+    frame, from_hex, honest_hello, read_boot, task_id, to_hex, try_read_frame,
 };
 use common::{lines_on_channel, stock_worker, within};
 use nix::fcntl::OFlag;
@@ -52,9 +52,7 @@ fn serve_honestly(stream: &mut UnixStream) {
         match kind {
             KIND_TASK => {
                 let id = task_id(&rest);
-                let (task, _): (SimpleTask, usize) =
-                    bincode::serde::decode_from_slice(&rest[8..], bincode::config::standard())
-                        .expect("a SimpleTask");
+                let task: SimpleTask = decoded(&rest[8..]);
                 let mut out = frame(KIND_STARTED, Some(id), &[]);
                 out.extend_from_slice(&frame(KIND_OK, Some(id), &encoded(&task.solve())));
                 stream.write_all(&out).expect("answer");
