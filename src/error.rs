@@ -104,6 +104,23 @@ pub enum SpawnError {
         /// The worker's crate version, as it reported it.
         worker_version: String,
     },
+    /// The worker encodes tasks with another codec than the parent: one of
+    /// them was built with worker-facade's `postcard` feature, the other
+    /// without (see [`codec`](crate::codec)).
+    #[error(
+        "worker {} encodes tasks with {worker}, the parent with {parent}: build the worker and \
+         the parent with the same worker-facade codec (the `postcard` feature on both, or on \
+         neither)",
+        path.display()
+    )]
+    CodecMismatch {
+        /// The worker's path.
+        path: PathBuf,
+        /// The parent's codec ([`codec::NAME`](crate::codec::NAME)).
+        parent: &'static str,
+        /// The worker's codec.
+        worker: String,
+    },
     /// The program was started as a worker (by
     /// [`WorkerCommand::current_exe`](crate::WorkerCommand::current_exe))
     /// but made a facade instead of serving tasks: its `main` does not call

@@ -35,7 +35,7 @@ use crate::task::Task;
 use crate::wire::{
     self, FrameReader, Hello, KIND_CANCEL, KIND_CANCEL_TASK, KIND_ERR, KIND_NOT_SERVING, KIND_OK,
     KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE, PROTOCOL_VERSION,
-    PushError, WireError, WorkerOptions,
+    PROTOCOL_WORD, PushError, WireError, WorkerOptions,
 };
 
 /// Set once this process serves tasks: from then on it may make facades of
@@ -86,6 +86,18 @@ pub enum WorkerError {
     ProtocolMismatch {
         /// The parent's version.
         parent: u32,
+    },
+    /// The parent encodes tasks with another codec (one of them was built
+    /// with worker-facade's `postcard` feature, the other without); the
+    /// parent reports this too.
+    #[error(
+        "the parent encodes tasks with {parent}, this worker with {}: build both with the same \
+         worker-facade codec (the `postcard` feature on both, or on neither)",
+        crate::codec::NAME
+    )]
+    CodecMismatch {
+        /// The parent's codec.
+        parent: String,
     },
 }
 
@@ -348,7 +360,7 @@ fn connect() -> Result<(UnixStream, WorkerOptions), WorkerError> {
     wire::push_hello(
         &mut hello,
         &Hello {
-            protocol: PROTOCOL_VERSION,
+            protocol: PROTOCOL_WORD,
             pid: std::process::id(),
             token: boot.token,
             crate_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -357,9 +369,12 @@ fn connect() -> Result<(UnixStream, WorkerOptions), WorkerError> {
     (&stream).write_all(&hello).map_err(WorkerError::Connect)?;
     match boot.options {
         Some(options) => Ok((stream, options)),
-        None => Err(WorkerError::ProtocolMismatch {
-            parent: boot.protocol,
-        }),
+        None => match wire::split_protocol_word(boot.protocol) {
+            (PROTOCOL_VERSION, codec) => Err(WorkerError::CodecMismatch {
+                parent: wire::codec_name(codec),
+            }),
+            (parent, _) => Err(WorkerError::ProtocolMismatch { parent }),
+        },
     }
 }
 

@@ -23,9 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::hand_wire::{
-    KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, MAGIC, PROTOCOL, close_and_linger,
-    decoded, encoded, exit, frame, from_hex, hello, honest_hello, length_claim, read_boot,
-    read_frame, send, sleep_forever, task_id, to_hex,
+    KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, MAGIC, PROTOCOL,
+    PROTOCOL_OTHER_CODEC, close_and_linger, decoded, encoded, exit, frame, from_hex, hello,
+    honest_hello, length_claim, read_boot, read_frame, send, sleep_forever, task_id, to_hex,
 };
 use common::{Lines, capture_lines, library_panics, pids_printing, vm_peak};
 use nix::errno::Errno;
@@ -98,6 +98,10 @@ fn hostile(mode: &str) -> ! {
                 &mut s,
                 &hello(MAGIC, PROTOCOL_VERSION + 1000, &token, "hostile-9.9"),
             );
+            sleep_forever()
+        }
+        "other-codec" => {
+            send(&mut s, &hello(MAGIC, PROTOCOL_OTHER_CODEC, &token, "0.1.0"));
             sleep_forever()
         }
         "bad-token" => {
@@ -755,6 +759,28 @@ fn hello_with_another_protocol_version_is_a_protocol_mismatch() {
             other => panic!("expected ProtocolMismatch, got {other:?}"),
         }
         assert!(err.to_string().contains("rebuild the worker"), "{err}");
+    });
+}
+
+/// A worker built with the other codec (worker-facade's `postcard` feature on
+/// one side only) is refused by name, before any task could be misread.
+#[test]
+fn hello_from_a_worker_of_the_other_codec_is_a_codec_mismatch() {
+    within(|| {
+        let err = failed_spawn("other-codec", Duration::from_secs(10));
+        match &err {
+            SpawnError::CodecMismatch { parent, worker, .. } => {
+                assert_eq!(*parent, worker_facade::codec::NAME);
+                let other = if parent.starts_with("postcard") {
+                    "bincode 2"
+                } else {
+                    "postcard 1"
+                };
+                assert_eq!(worker, other);
+            }
+            other => panic!("expected CodecMismatch, got {other:?}"),
+        }
+        assert!(err.to_string().contains("`postcard` feature"), "{err}");
     });
 }
 

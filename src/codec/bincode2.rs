@@ -88,7 +88,9 @@ fn decode_failure(e: &bincode::error::DecodeError) -> Failure {
             Failure::Plain("a length inside the bytes claims more than the input can hold".into())
         }
         E::Utf8 { .. } => Failure::Plain("a string is not valid UTF-8".into()),
-        E::OtherString(text) => Failure::Plain(text.clone()),
+        E::OtherString(text) => {
+            Failure::Plain(format!("its Deserialize returned an error: {text}"))
+        }
         other => Failure::Plain(format!("{other:?}")),
     }
 }

@@ -6,8 +6,10 @@
 //! maintained and has a documented wire format). With both features on,
 //! postcard is used; to leave bincode out of the build altogether, use
 //! `default-features = false, features = ["postcard"]`. The parent and its
-//! workers must use the same codec. [`NAME`] says which one this build
-//! uses.
+//! workers must use the same codec: the handshake checks it, and a worker
+//! built with the other one is refused with
+//! [`SpawnError::CodecMismatch`](crate::SpawnError::CodecMismatch) instead
+//! of decoding garbage. [`NAME`] says which one this build uses.
 //!
 //! Everything the library serialises goes through this module, so the codec
 //! is one module's business; none of the codec crates' types is part of the
@@ -125,6 +127,8 @@ use bincode2 as backend;
 mod postcard1;
 #[cfg(feature = "postcard")]
 use postcard1 as backend;
+#[cfg(feature = "postcard")]
+mod recover;
 
 /// The codec this build uses: `"bincode 2"`, or `"postcard 1"` with the
 /// `postcard` feature.

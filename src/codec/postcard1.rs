@@ -6,11 +6,15 @@
 //! byte buffer is refused without allocating; a huge sequence count gets
 //! serde's own cautious preallocation (at most 1 MiB) before the bytes run
 //! out. No size-scaled limit is needed here.
+//!
+//! Postcard keeps no text for a `Serialize` or `Deserialize` impl's own
+//! error; the guard keeps the first, `recover` the second.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Failure;
+use super::recover::Failed;
 
 pub(super) const NAME: &str = "postcard 1";
 pub(super) const ID: u8 = 1;
@@ -25,8 +29,13 @@ pub(super) fn encode_into<T: Serialize + ?Sized>(
 /// Decodes a value from the start of `bytes`; returns it and how many bytes
 /// it used.
 pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Failure> {
-    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| decode_failure(&e))?;
-    Ok((value, bytes.len() - rest.len()))
+    match super::recover::decode::<T>(bytes) {
+        Ok((value, rest)) => Ok((value, bytes.len() - rest.len())),
+        Err(Failed::Custom(message)) => Err(Failure::Plain(format!(
+            "its Deserialize returned an error: {message}"
+        ))),
+        Err(Failed::Codec(e)) => Err(decode_failure(&e)),
+    }
 }
 
 /// Appends to a caller's buffer (postcard's own `Vec` flavors own theirs).
@@ -72,12 +81,6 @@ fn decode_failure(e: &postcard::Error) -> Failure {
         E::DeserializeBadUtf8 => Failure::Plain("a string is not valid UTF-8".into()),
         E::DeserializeBadVarint => Failure::Plain(
             "a length or integer inside the bytes is not a valid varint (or is too large)".into(),
-        ),
-        // Postcard keeps no text for a Deserialize impl's own error.
-        E::SerdeDeCustom => Failure::Plain(
-            "the type's Deserialize refused the bytes (an invalid value, an unknown variant, \
-             or a missing field)"
-                .into(),
         ),
         other => Failure::Plain(other.to_string()),
     }

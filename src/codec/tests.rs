@@ -364,3 +364,59 @@ fn messages_name_the_codec_and_say_what_to_do() {
     assert!(text.contains("UTF-8"), "{text}");
     assert!(text.contains("same worker-facade features"), "{text}");
 }
+
+#[test]
+fn a_deserialize_error_keeps_its_own_message_at_any_depth() {
+    #[derive(Debug, PartialEq)]
+    struct Even(u32);
+    impl<'de> Deserialize<'de> for Even {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            match u32::deserialize(d)? {
+                n if n % 2 == 0 => Ok(Even(n)),
+                n => Err(serde::de::Error::custom(format!("{n} is odd"))),
+            }
+        }
+    }
+    #[derive(Deserialize, Debug)]
+    #[allow(dead_code)] // only ever refused
+    enum Holder {
+        Many { items: Vec<Option<(String, Even)>> },
+    }
+    let top = encode(&3u32).expect("encodes");
+    let err = decode::<Even>(&top).expect_err("odd");
+    assert!(err.to_string().contains("3 is odd"), "{err}");
+
+    #[derive(Serialize)]
+    enum Sent {
+        Many { items: Vec<Option<(String, u32)>> },
+    }
+    let deep = encode(&Sent::Many {
+        items: vec![Some(("a".into(), 2)), None, Some(("b".into(), 7))],
+    })
+    .expect("encodes");
+    let err = decode::<Holder>(&deep).expect_err("odd, deep inside");
+    assert!(err.to_string().contains("7 is odd"), "{err}");
+    // serde's own refusals keep theirs too.
+    let err = decode::<Shape>(&encode(&9u32).expect("encodes")).expect_err("no variant 9");
+    assert!(err.to_string().contains("expected variant index"), "{err}");
+}
+
+#[test]
+fn a_failing_deserialize_runs_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    #[derive(Debug)]
+    struct Counted;
+    impl<'de> Deserialize<'de> for Counted {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            RUNS.fetch_add(1, SeqCst);
+            let _ = u8::deserialize(d)?;
+            Err(serde::de::Error::custom("never"))
+        }
+    }
+    let err = decode::<Counted>(&encode(&1u8).expect("encodes")).expect_err("refused");
+    assert!(err.to_string().contains("never"), "{err}");
+    // A Deserialize may have side effects: finding its message must not
+    // run it again.
+    assert_eq!(RUNS.load(SeqCst), 1);
+}

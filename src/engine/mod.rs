@@ -1243,6 +1243,11 @@ fn spawn_error(cfg: &Config, end: &End, crash: CrashInfo) -> SpawnError {
                 worker_version: version.clone(),
             }
         }
+        Cause::Handshake(HandshakeFailure::Codec { found }) => SpawnError::CodecMismatch {
+            path,
+            parent: crate::codec::NAME,
+            worker: crate::wire::codec_name(*found),
+        },
         Cause::Handshake(HandshakeFailure::Bad(detail)) => SpawnError::BadHandshake {
             path,
             detail: detail.clone(),

@@ -28,6 +28,8 @@ pub const TOKEN_LEN: usize = 16;
 /// The handshake's `protocol`: the version in the low 24 bits, the codec's
 /// number in the high 8.
 pub const PROTOCOL: u32 = PROTOCOL_VERSION | (codec::ID as u32) << 24;
+/// The same for the codec this build does not use.
+pub const PROTOCOL_OTHER_CODEC: u32 = PROTOCOL ^ 1 << 24;
 
 /// The worker's end of its socket to the parent, inherited as the
 /// descriptor named in this variable.

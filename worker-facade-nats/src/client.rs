@@ -21,7 +21,7 @@ use crate::handle::RemoteHandle;
 use crate::reasons;
 use crate::server::Server;
 use crate::wire::{
-    self, HEADER_ALLOWANCE, PROTOCOL_VERSION, StoredOutcome, StoredTask, TaskMeta, TaskType,
+    self, HEADER_ALLOWANCE, PROTOCOL_WORD, StoredOutcome, StoredTask, TaskMeta, TaskType,
 };
 
 /// Set in the task counter once the client accepts no more tasks.
@@ -700,7 +700,7 @@ impl<T: Task> ClientState<T> {
         let meta = TaskMeta {
             job: self.job.clone(),
             id,
-            protocol: PROTOCOL_VERSION,
+            protocol: PROTOCOL_WORD,
             task_type: self.task_type.name.clone(),
             fingerprint: self.task_type.fingerprint,
             deadline_ms,

@@ -105,9 +105,13 @@
 //!
 //! # Codec
 //!
-//! Tasks and outcomes travel as serde + bincode 2, as between a local facade
-//! and its workers, with the same limitations (no `#[serde(flatten)]`,
-//! `untagged` or other self-describing features).
+//! Tasks and outcomes travel through `worker_facade::codec`, as between a
+//! local facade and its workers (bincode 2, or postcard 1 with
+//! worker-facade's `postcard` feature; build agents and clients with the
+//! same one, or they refuse each other's tasks by name), with the same
+//! limitations: no `#[serde(flatten)]`, `untagged` or `skip_serializing_if`
+//! (see `worker_facade::codec`). Mark byte blobs `#[serde(with =
+//! "serde_bytes")]`.
 
 #![deny(missing_docs)]
 
