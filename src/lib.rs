@@ -43,7 +43,8 @@
 //!   [`WorkerCommand::current_exe`]. No second binary to build or find.
 //!
 //! A task type implements [`Task`], naming its output type. Both travel as
-//! serde + bincode 2.
+//! serde values through the [`codec`]: bincode 2 by default, postcard 1
+//! with the `postcard` feature.
 //!
 //! # Pools and batching
 //!
@@ -82,11 +83,25 @@
 //! }
 //! ```
 //!
-//! # Bincode limitations
+//! # Codec limitations
 //!
-//! Bincode is not self-describing: `#[serde(flatten)]`, `#[serde(untagged)]`,
-//! `#[serde(skip_serializing_if)]` and `deserialize_any` do not work in task
-//! or output types.
+//! Neither bincode nor postcard is self-describing: `#[serde(flatten)]`,
+//! `#[serde(untagged)]`, internally tagged enums, `skip_serializing_if` and
+//! `deserialize_any` do not work in task or output types, and
+//! `skip_serializing_if` would even corrupt data silently. Encoding refuses
+//! `skip_serializing_if` and `flatten` with an error naming the attribute and
+//! the field; a decode that needs `deserialize_any` names `untagged`. Mark
+//! byte blobs `#[serde(with = "serde_bytes")]`: a plain `Vec<u8>` goes
+//! through serde byte by byte. See [`codec`].
+//!
+//! # Feature flags
+//!
+//! - `bincode` (default): the wire codec is bincode 2.
+//! - `postcard`: the wire codec is postcard 1 (wins over `bincode`; with
+//!   `default-features = false` bincode is not built at all). Build the
+//!   parent and its workers alike: the handshake refuses the other codec.
+//! - `serde`: `Serialize`/`Deserialize` for the outcome types, to store or
+//!   send them elsewhere.
 //!
 //! # Guarantees
 //!
