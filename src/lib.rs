@@ -124,52 +124,68 @@
 //!
 //! Linux 5.4 or later: workers are watched, signalled and reaped through
 //! pidfds, so a recycled pid is never hit. `PR_SET_PDEATHSIG` takes a worker
-//! down with its parent.
+//! down with its parent. On any other target the crate does not compile,
+//! with one error that says so.
 
 #![deny(missing_docs)]
 
-pub mod codec;
-mod command;
-mod config;
-mod console;
-mod engine;
-mod error;
-mod facade;
-mod grinder;
-mod guard;
-mod handle;
-mod pool;
-mod process;
-mod stats;
-mod sys;
-mod task;
-mod wire;
+// One sentence on another target, instead of dozens of errors from system
+// calls that do not exist there: everything else is Linux only.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "worker-facade runs on Linux only (5.4 or later): it watches, signals and reaps its worker \
+     processes through pidfds, which other systems do not have; build it for a Linux target"
+);
 
-pub mod simple;
-pub mod worker;
+/// Keeps every item it is given to Linux, where the crate builds.
+macro_rules! linux_only {
+    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
+}
 
-pub use codec::CodecError;
-pub use command::{WORKER_ENV, WorkerCommand};
-pub use config::RestartPolicy;
-pub use console::{Output, OutputLine, OutputStream};
-pub use error::{CollectError, SpawnError, SubmitError, WaitError};
-pub use facade::{FacadeBuilder, WorkingProcessFacade};
-pub use grinder::{
-    AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError, GrinderError,
-    GrinderStartError, GrinderStats, StatsTimeout, WorkError, WorkGrinder,
-};
-pub use guard::CollectOnDrop;
-pub use handle::{TaskFuture, TaskHandle};
-pub use pool::{
-    AcquireError, Lease, LeaseError, LeaseInfo, LeasedExecutorManager, PoolBuilder,
-    PoolConfigError, PoolStartError, PoolStats,
-};
-pub use stats::FacadeStats;
-pub use task::{
-    CancelReason, CrashInfo, CrashReason, ExitInfo, NotRunReason, Outcome, ResourceUsage,
-    StatusLost, Task, TaskId, TaskRecord, UnavailableReason,
-};
-pub use wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, WireError};
+linux_only! {
+    pub mod codec;
+    mod command;
+    mod config;
+    mod console;
+    mod engine;
+    mod error;
+    mod facade;
+    mod grinder;
+    mod guard;
+    mod handle;
+    mod pool;
+    mod process;
+    mod stats;
+    mod sys;
+    mod task;
+    mod wire;
+
+    pub mod simple;
+    pub mod worker;
+
+    pub use codec::CodecError;
+    pub use command::{WORKER_ENV, WorkerCommand};
+    pub use config::RestartPolicy;
+    pub use console::{Output, OutputLine, OutputStream};
+    pub use error::{CollectError, SpawnError, SubmitError, WaitError};
+    pub use facade::{FacadeBuilder, WorkingProcessFacade};
+    pub use grinder::{
+        AfterCrash, GrindError, GrindHandle, GrinderBuilder, GrinderConfigError, GrinderError,
+        GrinderStartError, GrinderStats, StatsTimeout, WorkError, WorkGrinder,
+    };
+    pub use guard::CollectOnDrop;
+    pub use handle::{TaskFuture, TaskHandle};
+    pub use pool::{
+        AcquireError, Lease, LeaseError, LeaseInfo, LeasedExecutorManager, PoolBuilder,
+        PoolConfigError, PoolStartError, PoolStats,
+    };
+    pub use stats::FacadeStats;
+    pub use task::{
+        CancelReason, CrashInfo, CrashReason, ExitInfo, NotRunReason, Outcome, ResourceUsage,
+        StatusLost, Task, TaskId, TaskRecord, UnavailableReason,
+    };
+    pub use wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, WireError};
+}
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]
