@@ -392,7 +392,7 @@ fn descriptor_without_cloexec_in_the_parent_does_not_reach_the_worker() {
         // Compare by target: the worker's own socket may get the same number.
         assert!(
             !fds.iter()
-                .any(|(fd, target)| *fd > 2 && target == "/dev/null"),
+                .any(|(fd, target)| *fd > 2 && target == Path::new("/dev/null")),
             "the worker inherited our fd {} (/dev/null): {fds:?}",
             leaky.as_raw_fd()
         );
