@@ -52,12 +52,13 @@
 //!   facade) that callers lease for a bounded time. Past a lease's hard
 //!   expiry its worker is killed and replaced; an executor whose worker
 //!   crashed is retired, never handed out again, and replaced.
-//! - [`WorkGrinder`]: the seed's batcher in front of the pool. Many callers —
-//!   threads, or async tasks in any runtime — submit items; a batch leaves
-//!   when the oldest item has waited `max_wait` or `batch_size_threshold`
-//!   items are pending, runs on one leased executor, and each caller gets its
-//!   own result as soon as the worker answers it. Batches run concurrently on
-//!   several executors; a crash fails only the item that was running.
+//! - [`WorkGrinder`]: the batcher of Python's `leasepool`, in front of the
+//!   pool. Many callers — threads, or async tasks in any runtime — submit
+//!   items; a batch leaves when the oldest item has waited `max_wait` or
+//!   `batch_size_threshold` items are pending, runs on one leased executor,
+//!   and each caller gets its own result as soon as the worker answers it.
+//!   Batches run concurrently on several executors; a crash fails only the
+//!   item that was running.
 //!
 //! ```no_run
 //! use std::sync::Arc;

@@ -37,8 +37,9 @@ pub enum AfterCrash {
 
 /// Configures a [`WorkGrinder`]; [`build`](Self::build) checks the values.
 ///
-/// The defaults are the seed's: `max_wait` 10 s, `batch_size_threshold` 20,
-/// `lease` 60 s, `owner_prefix` `"work-grinder"`.
+/// The defaults are those of Python's `leasepool` `WorkGrinder`: `max_wait`
+/// 10 s, `batch_size_threshold` 20, `lease` 60 s, `owner_prefix`
+/// `"work-grinder"`.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -101,8 +102,8 @@ impl<T: Task> GrinderBuilder<T> {
         self
     }
 
-    /// [`max_wait`](Self::max_wait) in seconds, as the seed takes it. Must be
-    /// finite and more than zero.
+    /// [`max_wait`](Self::max_wait) in seconds, as `leasepool` takes it
+    /// (`max_wait_seconds`). Must be finite and more than zero.
     pub fn max_wait_seconds(mut self, seconds: f64) -> Self {
         self.max_wait = seconds;
         self
@@ -124,8 +125,8 @@ impl<T: Task> GrinderBuilder<T> {
         self
     }
 
-    /// [`lease`](Self::lease) in seconds, as the seed takes it. Must be
-    /// finite and more than zero.
+    /// [`lease`](Self::lease) in seconds, as `leasepool` takes it
+    /// (`lease_seconds`). Must be finite and more than zero.
     pub fn lease_seconds(mut self, seconds: f64) -> Self {
         self.lease = seconds;
         self

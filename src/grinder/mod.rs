@@ -70,7 +70,7 @@ struct Channels<T: Task> {
 }
 
 /// Batches work from many callers onto executors leased from a
-/// [`LeasedExecutorManager`] — the seed's `WorkGrinder`, in Rust.
+/// [`LeasedExecutorManager`] — Python `leasepool`'s `WorkGrinder`, in Rust.
 ///
 /// A batch is dispatched when the oldest pending item has waited `max_wait`,
 /// or as soon as `batch_size_threshold` items are pending. Each batch runs on
@@ -82,9 +82,10 @@ struct Channels<T: Task> {
 ///   in any async runtime, or [`wait`](GrindHandle::wait) on it.
 /// - [`submit`](Self::submit) waits for the result.
 /// - [`submit_from_thread`](Self::submit_from_thread) and
-///   [`stats_from_thread`](Self::stats_from_thread) keep the seed's names.
+///   [`stats_from_thread`](Self::stats_from_thread) keep `leasepool`'s
+///   names.
 ///
-/// Unlike the seed, there is no owning event loop: **every method works from
+/// Unlike `leasepool`'s, there is no owning event loop: **every method works from
 /// any thread and any runtime**, and the library depends on none.
 ///
 /// A crash inside a batch fails only the item that was running; the items
@@ -156,12 +157,12 @@ impl<T: Task> fmt::Debug for WorkGrinder<T> {
 }
 
 impl<T: Task> WorkGrinder<T> {
-    /// A builder with the seed's defaults, leasing from `manager`.
+    /// A builder with `leasepool`'s defaults, leasing from `manager`.
     pub fn builder(manager: Arc<LeasedExecutorManager<T>>) -> GrinderBuilder<T> {
         GrinderBuilder::new(manager)
     }
 
-    /// A grinder with the seed's defaults (`max_wait` 10 s, batches of 20,
+    /// A grinder with `leasepool`'s defaults (`max_wait` 10 s, batches of 20,
     /// 60 s leases, owner prefix `"work-grinder"`).
     pub fn new(manager: Arc<LeasedExecutorManager<T>>) -> Self {
         let settings = Settings {
@@ -346,7 +347,7 @@ impl<T: Task> WorkGrinder<T> {
         }
     }
 
-    /// The seed's thread-safe submission: the same as
+    /// `leasepool`'s thread-safe submission: the same as
     /// [`enqueue`](Self::enqueue), which already works from any thread.
     pub fn submit_from_thread(&self, task: T) -> Result<GrindHandle<T::Output>, GrinderError<T>> {
         self.enqueue(task)
@@ -372,7 +373,7 @@ impl<T: Task> WorkGrinder<T> {
         }
     }
 
-    /// The seed's thread-safe stats: the same data as
+    /// `leasepool`'s thread-safe stats: the same data as
     /// [`stats`](Self::stats), waiting at most `timeout` for the scheduler's
     /// answer (`None`: as long as it takes).
     pub fn stats_from_thread(
