@@ -162,6 +162,7 @@ linux_only! {
     mod wire;
 
     pub mod simple;
+    pub mod testing;
     pub mod worker;
 
     pub use codec::CodecError;

@@ -44,6 +44,8 @@ static SERVING: AtomicBool = AtomicBool::new(false);
 /// Set once this process told its parent it made a facade instead of
 /// serving.
 static ANNOUNCED: AtomicBool = AtomicBool::new(false);
+/// Set by the first call of [`run_if_worker`] that serves.
+static RUN_IF_WORKER_SERVES: AtomicBool = AtomicBool::new(false);
 
 /// How often a worker busy with tasks already buffered looks at its socket
 /// for a CANCEL (one non-blocking read at most this often).
@@ -286,6 +288,45 @@ where
 /// The marker is the environment variable [`WORKER_ENV`].
 /// Processes the worker itself starts inherit it unless the worker removes it
 /// from their environment.
+///
+/// In a worker, only the first call serves. A call from another thread
+/// meanwhile (tests that each begin with `run_if_worker` run on threads of
+/// their own) waits until the process ends, which it does when serving ends:
+/// it neither serves a second time nor ends the worker under the first.
+/// For tests, see [`testing`](crate::testing).
+///
+/// # With an async runtime
+///
+/// Call it in a plain `fn main`, *before* building the runtime, not inside
+/// `#[tokio::main]`: there the worker would serve from inside the runtime,
+/// and a handler that runs async code with a runtime of its own (`block_on`)
+/// panics on every task ("Cannot start a runtime from within a runtime").
+///
+/// ```
+/// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     // First: in the worker, this serves tasks and exits. The handler may
+///     // run async code on a runtime of its own: it is not inside one.
+///     worker_facade::worker::run_if_worker(|t: SimpleTask| {
+///         let rt = tokio::runtime::Builder::new_current_thread()
+///             .build()
+///             .map_err(|e| e.to_string())?;
+///         Ok::<_, String>(rt.block_on(async { t.solve() }))
+///     });
+///
+///     // Only the parent gets here, and builds its runtime.
+///     let runtime = tokio::runtime::Runtime::new()?;
+///     runtime.block_on(async {
+///         let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+///         let handle = w.submit(SimpleTask::new("one", 0.0)).map_err(|e| e.to_string())?;
+///         assert_eq!(handle.await?, Outcome::Completed("one solved after 0".into()));
+///         Ok(())
+///     })
+/// }
+/// ```
+///
+/// `examples/tokio_main.rs` is the same shape, whole.
 pub fn run_if_worker<T, F, E>(handler: F)
 where
     T: Task,
@@ -293,6 +334,13 @@ where
     E: Display,
 {
     if is_worker() {
+        if RUN_IF_WORKER_SERVES.swap(true, SeqCst) {
+            // Another thread of this worker serves: the process ends when it
+            // is done, and this thread with it.
+            loop {
+                std::thread::park();
+            }
+        }
         serve(handler);
         // The worker's work is done; it must not go on into the parent's main.
         #[allow(clippy::exit)]
