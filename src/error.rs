@@ -9,7 +9,8 @@ use crate::task::ExitInfo;
 
 /// A worker could not be started.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use worker_facade::{SpawnError, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 /// match WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("/no/such/worker")) {
 ///     Err(SpawnError::NotFound { path }) => eprintln!("build the worker first: {}", path.display()),
@@ -243,9 +244,10 @@ impl<T> fmt::Debug for SubmitError<T> {
 
 /// `collect_tasks` could not return the records.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// # use worker_facade::{CollectError, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
-/// # let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker")).unwrap();
+/// # let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe()).unwrap();
 /// w.collect_tasks().unwrap();
 /// assert!(matches!(w.collect_tasks(), Err(CollectError::AlreadyCollected)));
 /// ```

@@ -10,7 +10,7 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,8 +18,8 @@
 //!     worker_facade::worker::run_if_worker(|t: SimpleTask| Ok::<_, String>(t.solve()));
 //!
 //!     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
-//!     w.process_task(SimpleTask::new("one", 1.0))?;
-//!     w.process_task(SimpleTask::new("two", 2.5))?;
+//!     w.process_task(SimpleTask::new("one", 0.1))?;
+//!     w.process_task(SimpleTask::new("two", 0.25))?;
 //!     for record in w.collect_tasks()? {
 //!         match record.outcome {
 //!             Outcome::Completed(result) => println!("{} - {}", record.task.id, result),
@@ -60,7 +60,7 @@
 //!   Batches run concurrently on several executors; a crash fails only the
 //!   item that was running.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
 //!

@@ -56,14 +56,15 @@ pub const EXIT_PROTOCOL_ERROR: i32 = 70;
 
 /// Why [`try_serve`] stopped before the parent sent the terminator.
 ///
-/// ```no_run
+/// ```
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade::worker::{WorkerError, try_serve};
 ///
+/// // Run by hand (as here), not by a facade: there is no parent to serve.
 /// match try_serve(|t: SimpleTask| Ok::<_, String>(t.solve())) {
 ///     Ok(()) => {}
 ///     Err(WorkerError::NoBootstrap(_)) => eprintln!("start me through WorkingProcessFacade"),
-///     Err(other) => eprintln!("{other}"),
+///     Err(other) => panic!("{other}"),
 /// }
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +117,10 @@ pub enum WorkerError {
 /// with [`EXIT_PROTOCOL_ERROR`]. Use [`try_serve`] to handle that yourself.
 ///
 /// ```no_run
+/// // no_run: this is a worker binary's whole main. Run by hand rather than
+/// // by a facade, it explains that and exits with code 70, which a doctest
+/// // counts as a failure. worker-bin/main.rs is this program, and every
+/// // test that uses the stock worker runs it.
 /// use worker_facade::simple::SimpleTask;
 ///
 /// fn main() {
@@ -142,11 +147,19 @@ where
 
 /// Like [`serve`], but returns the error instead of exiting.
 ///
-/// ```no_run
+/// ```
 /// use worker_facade::simple::SimpleTask;
+/// use worker_facade::worker::{WorkerError, try_serve};
 ///
-/// fn main() -> Result<(), worker_facade::worker::WorkerError> {
-///     worker_facade::worker::try_serve(|t: SimpleTask| Ok::<_, String>(t.solve()))
+/// fn main() -> Result<(), WorkerError> {
+///     match try_serve(|t: SimpleTask| Ok::<_, String>(t.solve())) {
+///         // Run by hand (as this doctest is): say so, and end quietly.
+///         Err(WorkerError::NoBootstrap(e)) => {
+///             eprintln!("not started by a facade: {e}");
+///             Ok(())
+///         }
+///         other => other,
+///     }
 /// }
 /// ```
 pub fn try_serve<T, F, E>(mut handler: F) -> Result<(), WorkerError>
@@ -270,18 +283,19 @@ where
 /// Call it first thing in `main`, before anything that should only happen in
 /// the parent:
 ///
-/// ```no_run
+/// ```
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
-/// fn main() {
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     worker_facade::worker::run_if_worker(|t: SimpleTask| Ok::<_, String>(t.solve()));
 ///
 ///     // Only the parent gets here.
-///     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe()).unwrap();
-///     w.process_task(SimpleTask::new("one", 0.1)).unwrap();
-///     for record in w.collect_tasks().unwrap() {
+///     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+///     w.process_task(SimpleTask::new("one", 0.1))?;
+///     for record in w.collect_tasks()? {
 ///         println!("{} - {:?}", record.task.id, record.outcome);
 ///     }
+///     Ok(())
 /// }
 /// ```
 ///

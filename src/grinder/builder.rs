@@ -41,13 +41,14 @@ pub enum AfterCrash {
 /// 10 s, `batch_size_threshold` 20, `lease` 60 s, `owner_prefix`
 /// `"work-grinder"`.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
 ///
 /// let pool = Arc::new(
-///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("facade-worker")).build()?,
+///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe()).build()?,
 /// );
 /// let grinder = WorkGrinder::builder(pool)
 ///     .max_wait(Duration::from_millis(50))

@@ -101,12 +101,13 @@ struct Channels<T: Task> {
 ///
 /// # Example
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::sync::Arc;
 /// use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
 ///
 /// let pool = Arc::new(
-///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("target/debug/facade-worker"))
+///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe())
 ///         .max_executors(2)
 ///         .build()?,
 /// );

@@ -89,11 +89,12 @@ enum Phase<T: Task> {
 ///
 /// # Example
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::time::Duration;
 /// use worker_facade::{LeasedExecutorManager, WorkerCommand, simple::SimpleTask};
 ///
-/// let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("target/debug/facade-worker"))
+/// let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe())
 ///     .max_executors(2)
 ///     .build()?;
 /// pool.start()?;

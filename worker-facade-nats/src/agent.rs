@@ -58,6 +58,7 @@ type Hook = Arc<dyn Fn(&RecordedTask) + Send + Sync>;
 /// Configures an [`Agent`].
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use std::time::Duration;
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 /// use worker_facade_nats::{Agent, Cluster};
@@ -220,6 +221,7 @@ impl<T: Task> AgentBuilder<T> {
 /// # Example
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 /// use worker_facade_nats::Agent;
 ///

@@ -80,6 +80,7 @@ where
 /// Configures a [`RemoteFacade`].
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use std::time::Duration;
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade_nats::{Cluster, RemoteFacade};
@@ -210,6 +211,7 @@ fn fresh_job_name() -> String {
 /// # Example
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::{Outcome, simple::SimpleTask};
 /// use worker_facade_nats::{Cluster, RemoteFacade};
 ///

@@ -17,6 +17,7 @@
 //! another argument):
 //!
 //! ```no_run
+//! // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 //! use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 //! use worker_facade_nats::{Agent, Cluster};
 //!
@@ -35,6 +36,7 @@
 //! The client, anywhere:
 //!
 //! ```no_run
+//! // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 //! use worker_facade::{Outcome, simple::SimpleTask};
 //! use worker_facade_nats::{Cluster, RemoteFacade};
 //!
