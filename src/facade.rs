@@ -70,12 +70,13 @@ const CLOSED: u64 = 1 << 63;
 ///
 /// # Example
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
-/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("target/debug/facade-worker"))?;
-/// w.process_task(SimpleTask::new("one", 1.0))?;
-/// w.process_task(SimpleTask::new("two", 2.5))?;
+/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+/// w.process_task(SimpleTask::new("one", 0.1))?;
+/// w.process_task(SimpleTask::new("two", 0.25))?;
 /// for record in w.collect_tasks()? {
 ///     match record.outcome {
 ///         Outcome::Completed(result) => println!("{} - {}", record.task.id, result),
@@ -133,11 +134,12 @@ impl<T: Task> fmt::Debug for WorkingProcessFacade<T> {
 
 /// Configures a [`WorkingProcessFacade`] before spawning it.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::time::Duration;
 /// use worker_facade::{RestartPolicy, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
-/// let w = WorkingProcessFacade::<SimpleTask>::builder(WorkerCommand::new("facade-worker"))
+/// let w = WorkingProcessFacade::<SimpleTask>::builder(WorkerCommand::current_exe())
 ///     .task_timeout(Duration::from_secs(30))
 ///     .restart(RestartPolicy::Never)
 ///     .grace_period(Duration::from_secs(1))
@@ -483,10 +485,11 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// nothing. Useful for tasks sent with
     /// [`process_task`](Self::process_task), which have no handle.
     ///
-    /// ```no_run
+    /// ```
+    /// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
     /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
     ///
-    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?;
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
     /// let id = w.process_task(SimpleTask::new("slow", 60.0))?;
     /// w.cancel(id);
     /// let records = w.collect_tasks()?;

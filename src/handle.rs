@@ -23,10 +23,11 @@ use crate::task::{Outcome, TaskId};
 /// [`collect_tasks`](crate::WorkingProcessFacade::collect_tasks) instead, so
 /// it is never lost.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
-/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?;
+/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
 /// let handle = w.submit(SimpleTask::new("one", 0.0)).map_err(|e| e.to_string())?;
 /// println!("{:?}", handle.wait());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -117,10 +118,11 @@ impl<O> TaskHandle<O> {
     ///   restart budget is not charged;
     /// - already finished: nothing changes.
     ///
-    /// ```no_run
+    /// ```
+    /// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
     /// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
     ///
-    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?;
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
     /// let slow = w.submit(SimpleTask::new("slow", 60.0)).map_err(|e| e.to_string())?;
     /// slow.cancel();
     /// assert!(matches!(slow.wait()?, Outcome::NotRun(_)));
@@ -174,7 +176,8 @@ impl<O> IntoFuture for TaskHandle<O> {
 /// A [`TaskHandle`] being awaited. Runtime-agnostic: it needs nothing but a
 /// waker, so tokio, smol, async-std or `futures::executor` all drive it.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
 /// async fn run(w: &WorkingProcessFacade<SimpleTask>) {
@@ -182,6 +185,10 @@ impl<O> IntoFuture for TaskHandle<O> {
 ///     let outcome = handle.await; // a TaskFuture
 ///     println!("{outcome:?}");
 /// }
+///
+/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+/// futures_executor::block_on(run(&w)); // or any other executor
+/// # Ok::<(), worker_facade::SpawnError>(())
 /// ```
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]

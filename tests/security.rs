@@ -21,8 +21,8 @@ use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use common::hand_wire::{
-    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, RING_ENV, TOKEN_LEN, encoded,
-    frame, from_hex, honest_hello, read_boot, send, task_id, to_hex, try_read_frame,
+    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, RING_ENV, TOKEN_LEN, decoded,
+    encoded, frame, from_hex, honest_hello, read_boot, send, task_id, to_hex, try_read_frame,
 };
 use common::{lines_on_channel, stock_worker, within};
 use nix::fcntl::OFlag;
@@ -51,9 +51,7 @@ fn serve_honestly(stream: &mut UnixStream) {
         match kind {
             KIND_TASK => {
                 let id = task_id(&rest);
-                let (task, _): (SimpleTask, usize) =
-                    bincode::serde::decode_from_slice(&rest[8..], bincode::config::standard())
-                        .expect("a SimpleTask");
+                let task: SimpleTask = decoded(&rest[8..]);
                 let mut out = frame(KIND_STARTED, Some(id), &[]);
                 out.extend_from_slice(&frame(KIND_OK, Some(id), &encoded(&task.solve())));
                 send(stream, &out);
@@ -393,7 +391,7 @@ fn descriptor_without_cloexec_in_the_parent_does_not_reach_the_worker() {
         // Compare by target: the worker's own socket may get the same number.
         assert!(
             !fds.iter()
-                .any(|(fd, target)| *fd > 2 && target == "/dev/null"),
+                .any(|(fd, target)| *fd > 2 && target == Path::new("/dev/null")),
             "the worker inherited our fd {} (/dev/null): {fds:?}",
             leaky.as_raw_fd()
         );

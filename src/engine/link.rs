@@ -29,7 +29,7 @@ use crate::task::CrashReason;
 use crate::wire::{
     self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK, KIND_PROGRESS,
     KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_UNDECODABLE, KIND_WAKE, Next, PROTOCOL_VERSION,
-    TOKEN_LEN,
+    PROTOCOL_WORD, TOKEN_LEN,
 };
 
 /// Frames handled per readiness event, so one flooding worker cannot starve
@@ -66,6 +66,11 @@ pub(super) enum HandshakeFailure {
     Protocol {
         found: u32,
         version: String,
+    },
+    /// The worker speaks this protocol version but encodes with the codec
+    /// numbered `found`.
+    Codec {
+        found: u8,
     },
     Bad(String),
     /// The program was started as a worker but made a facade instead of
@@ -877,11 +882,17 @@ fn parse<'a>(
         KIND_HELLO => {
             let hello = wire::decode_hello(frame)
                 .map_err(|e| Parsed::Handshake(HandshakeFailure::Bad(e.to_string())))?;
-            if hello.protocol != PROTOCOL_VERSION {
-                return Err(Parsed::Handshake(HandshakeFailure::Protocol {
-                    found: hello.protocol,
-                    version: hello.crate_version,
-                }));
+            match wire::split_protocol_word(hello.protocol) {
+                _ if hello.protocol == PROTOCOL_WORD => {}
+                (PROTOCOL_VERSION, found) => {
+                    return Err(Parsed::Handshake(HandshakeFailure::Codec { found }));
+                }
+                (found, _) => {
+                    return Err(Parsed::Handshake(HandshakeFailure::Protocol {
+                        found,
+                        version: hello.crate_version,
+                    }));
+                }
             }
             if &hello.token != token {
                 return Err(Parsed::Handshake(HandshakeFailure::Bad(

@@ -461,6 +461,10 @@ impl<T: Task> Engine<T> {
                 continue;
             };
             link.on_deadline(now, DRAIN_LIMIT);
+            if link.is_exited() {
+                // Reaped (see the Pidfd event): no longer a running pid.
+                self.stats.set_pid(i, 0);
+            }
             bury(&self.epoll, link);
             if let Some((id, limit)) = running_over_limit(link, &self.ledger, &self.cfg, now) {
                 timed_out.push((i, id, limit));
@@ -718,6 +722,11 @@ impl<T: Task> Engine<T> {
                 // holds the zombie).
                 let _ = epoll.delete(link.pidfd());
                 link.on_exit(now, DRAIN_LIMIT);
+                if link.is_exited() {
+                    // Reaped: its pid may be anyone's now. It must not be
+                    // published as running while the socket still drains.
+                    stats.set_pid(slot, 0);
+                }
             }
             Source::Pipe(stream) => {
                 let mut sink = Sink {
@@ -1353,6 +1362,11 @@ fn spawn_error(cfg: &Config, end: &End, crash: CrashInfo) -> SpawnError {
                 worker_version: version.clone(),
             }
         }
+        Cause::Handshake(HandshakeFailure::Codec { found }) => SpawnError::CodecMismatch {
+            path,
+            parent: crate::codec::NAME,
+            worker: crate::wire::codec_name(*found),
+        },
         Cause::Handshake(HandshakeFailure::Bad(detail)) => SpawnError::BadHandshake {
             path,
             detail: detail.clone(),

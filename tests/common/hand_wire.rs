@@ -1,8 +1,10 @@
 //! The wire protocol spoken by hand, written from the documentation at the
 //! top of `src/wire.rs` and `src/ring.rs` (protocol 3: a socket pair, BOOT
-//! first on it, then the worker's messages through its result ring), so that a test worker can say things the library's
-//! own worker never would (tests/hostile.rs, tests/security.rs,
-//! tests/decoder_props.rs).
+//! first on it, then the worker's messages through its result ring), so
+//! that a test worker can say things the library's own worker never would
+//! (tests/hostile.rs, tests/security.rs, tests/decoder_props.rs). Payloads
+//! are encoded with the codec this build uses (`worker_facade::codec`:
+//! bincode 2, or postcard 1 with the `postcard` feature).
 
 use std::io::{self, Read, Write};
 use std::os::fd::FromRawFd;
@@ -10,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
 
-use worker_facade::PROTOCOL_VERSION;
+use worker_facade::{PROTOCOL_VERSION, codec};
 
 pub const MAGIC: u32 = 0x5746_4143; // "WFAC"
 pub const KIND_TASK: u8 = 0x01;
@@ -25,6 +27,11 @@ pub const KIND_NOT_SERVING: u8 = 0x15;
 pub const KIND_PROGRESS: u8 = 0x17;
 pub const KIND_BOOT: u8 = 0x20;
 pub const TOKEN_LEN: usize = 16;
+/// The handshake's `protocol`: the version in the low 24 bits, the codec's
+/// number in the high 8.
+pub const PROTOCOL: u32 = PROTOCOL_VERSION | (codec::ID as u32) << 24;
+/// The same for the codec this build does not use.
+pub const PROTOCOL_OTHER_CODEC: u32 = PROTOCOL ^ 1 << 24;
 
 /// The worker's end of its socket to the parent, inherited as the
 /// descriptor named in this variable.
@@ -65,7 +72,7 @@ pub fn read_boot() -> Boot {
     assert_eq!(body[0], KIND_BOOT, "the first frame is BOOT");
     let word = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
     assert_eq!(word(1), MAGIC, "BOOT magic");
-    assert_eq!(word(5), PROTOCOL_VERSION, "BOOT protocol");
+    assert_eq!(word(5), PROTOCOL, "BOOT protocol");
     let mut token = [0u8; TOKEN_LEN];
     token.copy_from_slice(&body[9..9 + TOKEN_LEN]);
     Boot { token, stream }
@@ -95,12 +102,41 @@ pub fn hello(magic: u32, protocol: u32, token: &[u8; TOKEN_LEN], version: &str) 
 
 /// The HELLO the library's own worker would send.
 pub fn honest_hello(token: &[u8; TOKEN_LEN]) -> Vec<u8> {
-    hello(MAGIC, PROTOCOL_VERSION, token, env!("CARGO_PKG_VERSION"))
+    hello(MAGIC, PROTOCOL, token, env!("CARGO_PKG_VERSION"))
 }
 
-/// An output encoded as the codec does (bincode 2, standard configuration).
+/// An output encoded as the codec does.
 pub fn encoded(output: &str) -> Vec<u8> {
-    bincode::serde::encode_to_vec(output, bincode::config::standard()).expect("encodes")
+    codec::encode(output).expect("encodes")
+}
+
+/// A task's payload (a TASK frame's body after its ID) decoded.
+pub fn decoded<T: serde::de::DeserializeOwned>(payload: &[u8]) -> T {
+    codec::decode(payload).expect("a task of the expected type")
+}
+
+/// The codec's length prefix claiming `len` bytes (of a string), with no
+/// bytes after it.
+pub fn length_claim(len: u64) -> Vec<u8> {
+    if cfg!(feature = "postcard") {
+        // LEB128: seven bits a byte, the high bit set on all but the last.
+        let mut out = Vec::new();
+        let mut rest = len;
+        loop {
+            let byte = (rest & 0x7f) as u8;
+            rest >>= 7;
+            if rest == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    } else {
+        // Bincode's varint: the tag 253 announces a u64.
+        let mut out = vec![253u8];
+        out.extend_from_slice(&len.to_le_bytes());
+        out
+    }
 }
 
 /// Reads one frame from the parent: its kind and the rest of its body. Fails

@@ -21,6 +21,7 @@ use worker_facade::{Outcome, TaskId, WaitError};
 /// [`collect_tasks`](crate::RemoteFacade::collect_tasks) instead.
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade_nats::RemoteFacade;
 ///
@@ -91,6 +92,7 @@ impl<O> IntoFuture for RemoteHandle<O> {
 /// runtime drives it.
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade_nats::RemoteFacade;
 ///
