@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new(&worker))?;
     w.process_task(SimpleTask::new("one", 0.2))?;
-    w.process_task(SimpleTask::new("crash", 0.0))?; // aborts the worker, as in the seed
+    w.process_task(SimpleTask::new("crash", 0.0))?; // aborts the worker, on purpose
     w.process_task(SimpleTask::new("two", 0.1))?; // runs on a fresh worker
     for record in w.collect_tasks()? {
         match record.outcome {

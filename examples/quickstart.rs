@@ -1,5 +1,6 @@
-//! The seed's usage, in Rust: spawn a worker, hand it two tasks without
-//! blocking, collect the results matched to their tasks.
+//! The Python `multiprocessing` queue-consumer pattern, in Rust: spawn a
+//! worker, hand it two tasks without blocking, collect the results matched
+//! to their tasks.
 //!
 //! Run it with `cargo run --example quickstart`. The worker is this very
 //! executable, re-executed (`WorkerCommand::current_exe`), so nothing else

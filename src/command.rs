@@ -18,6 +18,10 @@ pub const WORKER_ENV: &str = "WORKER_FACADE_WORKER";
 /// descriptor exists only in the worker.
 pub(crate) const WORKER_FD_ENV: &str = "WORKER_FACADE_FD";
 
+/// The environment variable naming the inherited descriptor of the
+/// worker's result ring (shared memory; see `ring.rs`).
+pub(crate) const WORKER_RING_ENV: &str = "WORKER_FACADE_RING_FD";
+
 /// Describes how to start a worker process: the program, its arguments and
 /// environment, where its output goes, and process limits.
 ///

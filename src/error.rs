@@ -9,7 +9,8 @@ use crate::task::ExitInfo;
 
 /// A worker could not be started.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use worker_facade::{SpawnError, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 /// match WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("/no/such/worker")) {
 ///     Err(SpawnError::NotFound { path }) => eprintln!("build the worker first: {}", path.display()),
@@ -103,6 +104,23 @@ pub enum SpawnError {
         found: u32,
         /// The worker's crate version, as it reported it.
         worker_version: String,
+    },
+    /// The worker encodes tasks with another codec than the parent: one of
+    /// them was built with worker-facade's `postcard` feature, the other
+    /// without (see [`codec`](crate::codec)).
+    #[error(
+        "worker {} encodes tasks with {worker}, the parent with {parent}: build the worker and \
+         the parent with the same worker-facade codec (the `postcard` feature on both, or on \
+         neither)",
+        path.display()
+    )]
+    CodecMismatch {
+        /// The worker's path.
+        path: PathBuf,
+        /// The parent's codec ([`codec::NAME`](crate::codec::NAME)).
+        parent: &'static str,
+        /// The worker's codec.
+        worker: String,
     },
     /// The program was started as a worker (by
     /// [`WorkerCommand::current_exe`](crate::WorkerCommand::current_exe))
@@ -284,9 +302,10 @@ impl<T> fmt::Debug for SubmitError<T> {
 
 /// `collect_tasks` could not return the records.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// # use worker_facade::{CollectError, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
-/// # let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker")).unwrap();
+/// # let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe()).unwrap();
 /// w.collect_tasks().unwrap();
 /// assert!(matches!(w.collect_tasks(), Err(CollectError::AlreadyCollected)));
 /// ```

@@ -70,12 +70,13 @@ const CLOSED: u64 = 1 << 63;
 ///
 /// # Example
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
-/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("target/debug/facade-worker"))?;
-/// w.process_task(SimpleTask::new("one", 1.0))?;
-/// w.process_task(SimpleTask::new("two", 2.5))?;
+/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+/// w.process_task(SimpleTask::new("one", 0.1))?;
+/// w.process_task(SimpleTask::new("two", 0.25))?;
 /// for record in w.collect_tasks()? {
 ///     match record.outcome {
 ///         Outcome::Completed(result) => println!("{} - {}", record.task.id, result),
@@ -88,6 +89,8 @@ pub struct WorkingProcessFacade<T: Task> {
     tx: Outbox<T>,
     /// The process that made the facade (a fork of it must not use it).
     owner: u32,
+    /// `sys::fork_generation()` when it was made: a cheaper fork check.
+    forks: u64,
     max_frame: u32,
     /// The next task ID, with [`CLOSED`] set once submission is closed.
     counter: AtomicU64,
@@ -141,11 +144,12 @@ impl<T: Task> fmt::Debug for WorkingProcessFacade<T> {
 /// [`core_dumps`](WorkerCommand::core_dumps). Errors about those name the
 /// `WorkerCommand` setting.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::time::Duration;
 /// use worker_facade::{RestartPolicy, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
-/// let w = WorkingProcessFacade::<SimpleTask>::builder(WorkerCommand::new("facade-worker"))
+/// let w = WorkingProcessFacade::<SimpleTask>::builder(WorkerCommand::current_exe())
 ///     .task_timeout(Duration::from_secs(30))
 ///     .restart(RestartPolicy::Never)
 ///     .grace_period(Duration::from_secs(1))
@@ -370,6 +374,7 @@ impl<T: Task> WorkingProcessFacade<T> {
         let facade = WorkingProcessFacade {
             tx,
             owner: std::process::id(),
+            forks: crate::sys::fork_generation(),
             max_frame,
             counter: AtomicU64::new(0),
             collected: AtomicBool::new(false),
@@ -573,10 +578,11 @@ impl<T: Task> WorkingProcessFacade<T> {
     /// nothing. Useful for tasks sent with
     /// [`process_task`](Self::process_task), which have no handle.
     ///
-    /// ```no_run
+    /// ```
+    /// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
     /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
     ///
-    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?;
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
     /// let id = w.process_task(SimpleTask::new("slow", 60.0))?;
     /// w.cancel(id);
     /// let records = w.collect_tasks()?;
@@ -607,7 +613,7 @@ impl<T: Task> WorkingProcessFacade<T> {
         timeout: Option<Duration>,
         progress: Option<Arc<ProgressCell>>,
     ) -> Result<TaskId, SubmitError<T>> {
-        if std::process::id() != self.owner {
+        if crate::sys::fork_generation() != self.forks && std::process::id() != self.owner {
             return Err(SubmitError::Forked {
                 task,
                 owner: self.owner,
@@ -619,7 +625,8 @@ impl<T: Task> WorkingProcessFacade<T> {
         // Encoded here, on the caller's thread: the task's `Serialize` is the
         // caller's code, and a slow or panicking one delays or fails only
         // this call. The ID is patched in once it is assigned.
-        let mut frame = Vec::new();
+        // Room for a small task's frame at once: no reallocation.
+        let mut frame = Vec::with_capacity(64);
         let encoded = catch_unwind(AssertUnwindSafe(|| {
             wire::push_frame(&mut frame, KIND_TASK, Some(0), self.max_frame, |out| {
                 crate::codec::encode_into(&task, out)

@@ -38,13 +38,14 @@ type Sink<T> = Box<dyn FnOnce(Result<Vec<TaskRecord<T>>, CollectError>) + Send>;
 /// still reach the sink. [`finish`](Self::finish) collects early and returns
 /// the records instead.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::sync::mpsc;
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
 /// let (tx, rx) = mpsc::channel();
 /// {
-///     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?
+///     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?
 ///         .collect_on_drop(move |records| { let _ = tx.send(records); });
 ///     w.process_task(SimpleTask::new("one", 0.1))?;
 /// } // collected here

@@ -32,10 +32,11 @@ use crate::task::{Outcome, TaskId};
 /// it is never lost. Say so with [`detach`](Self::detach); stop the task
 /// with [`cancel`](Self::cancel).
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
-/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?;
+/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
 /// let handle = w.submit(SimpleTask::new("one", 0.0)).map_err(|e| e.to_string())?;
 /// println!("{:?}", handle.wait());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -130,10 +131,11 @@ impl<O> TaskHandle<O> {
     ///   restart budget is not charged;
     /// - already finished: nothing changes.
     ///
-    /// ```no_run
+    /// ```
+    /// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
     /// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
     ///
-    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker"))?;
+    /// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
     /// let slow = w.submit(SimpleTask::new("slow", 60.0)).map_err(|e| e.to_string())?;
     /// slow.cancel();
     /// assert!(matches!(slow.wait()?, Outcome::NotRun(_)));
@@ -234,7 +236,8 @@ impl<O> IntoFuture for TaskHandle<O> {
 /// A [`TaskHandle`] being awaited. Runtime-agnostic: it needs nothing but a
 /// waker, so tokio, smol, async-std or `futures::executor` all drive it.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
 /// async fn run(w: &WorkingProcessFacade<SimpleTask>) {
@@ -242,6 +245,10 @@ impl<O> IntoFuture for TaskHandle<O> {
 ///     let outcome = handle.await; // a TaskFuture
 ///     println!("{outcome:?}");
 /// }
+///
+/// let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+/// futures_executor::block_on(run(&w)); // or any other executor
+/// # Ok::<(), worker_facade::SpawnError>(())
 /// ```
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]

@@ -10,7 +10,7 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,8 +18,8 @@
 //!     worker_facade::worker::run_if_worker(|t: SimpleTask| Ok::<_, String>(t.solve()));
 //!
 //!     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
-//!     w.process_task(SimpleTask::new("one", 1.0))?;
-//!     w.process_task(SimpleTask::new("two", 2.5))?;
+//!     w.process_task(SimpleTask::new("one", 0.1))?;
+//!     w.process_task(SimpleTask::new("two", 0.25))?;
 //!     for record in w.collect_tasks()? {
 //!         match record.outcome {
 //!             Outcome::Completed(result) => println!("{} - {}", record.task.id, result),
@@ -43,7 +43,8 @@
 //!   [`WorkerCommand::current_exe`]. No second binary to build or find.
 //!
 //! A task type implements [`Task`], naming its output type. Both travel as
-//! serde + bincode 2.
+//! serde values through the [`codec`]: bincode 2 by default, postcard 1
+//! with the `postcard` feature.
 //!
 //! # Pools and batching
 //!
@@ -51,14 +52,15 @@
 //!   facade) that callers lease for a bounded time. Past a lease's hard
 //!   expiry its worker is killed and replaced; an executor whose worker
 //!   crashed is retired, never handed out again, and replaced.
-//! - [`WorkGrinder`]: the seed's batcher in front of the pool. Many callers —
-//!   threads, or async tasks in any runtime — submit items; a batch leaves
-//!   when the oldest item has waited `max_wait` or `batch_size_threshold`
-//!   items are pending, runs on one leased executor, and each caller gets its
-//!   own result as soon as the worker answers it. Batches run concurrently on
-//!   several executors; a crash fails only the item that was running.
+//! - [`WorkGrinder`]: the batcher of Python's `leasepool`, in front of the
+//!   pool. Many callers — threads, or async tasks in any runtime — submit
+//!   items; a batch leaves when the oldest item has waited `max_wait` or
+//!   `batch_size_threshold` items are pending, runs on one leased executor,
+//!   and each caller gets its own result as soon as the worker answers it.
+//!   Batches run concurrently on several executors; a crash fails only the
+//!   item that was running.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
 //!
@@ -134,11 +136,25 @@
 //! cost is a disabled check per event; `default-features = false` removes
 //! the dependency.
 //!
-//! # Bincode limitations
+//! # Codec limitations
 //!
-//! Bincode is not self-describing: `#[serde(flatten)]`, `#[serde(untagged)]`,
-//! `#[serde(skip_serializing_if)]` and `deserialize_any` do not work in task
-//! or output types.
+//! Neither bincode nor postcard is self-describing: `#[serde(flatten)]`,
+//! `#[serde(untagged)]`, internally tagged enums, `skip_serializing_if` and
+//! `deserialize_any` do not work in task or output types, and
+//! `skip_serializing_if` would even corrupt data silently. Encoding refuses
+//! `skip_serializing_if` and `flatten` with an error naming the attribute and
+//! the field; a decode that needs `deserialize_any` names `untagged`. Mark
+//! byte blobs `#[serde(with = "serde_bytes")]`: a plain `Vec<u8>` goes
+//! through serde byte by byte. See [`codec`].
+//!
+//! # Feature flags
+//!
+//! - `bincode` (default): the wire codec is bincode 2.
+//! - `postcard`: the wire codec is postcard 1 (wins over `bincode`; with
+//!   `default-features = false` bincode is not built at all). Build the
+//!   parent and its workers alike: the handshake refuses the other codec.
+//! - `serde`: `Serialize`/`Deserialize` for the outcome types, to store or
+//!   send them elsewhere.
 //!
 //! # Guarantees
 //!
@@ -161,62 +177,80 @@
 //!
 //! Linux 5.4 or later: workers are watched, signalled and reaped through
 //! pidfds, so a recycled pid is never hit. `PR_SET_PDEATHSIG` takes a worker
-//! down with its parent.
+//! down with its parent. On any other target the crate does not compile,
+//! with one error that says so.
 
 #![deny(missing_docs)]
 
-mod codec;
-mod command;
-mod completed;
-mod config;
-mod console;
-mod engine;
-mod error;
-mod facade;
-mod grinder;
-mod guard;
-mod handle;
-mod joinable;
-pub mod map;
-mod pool;
-mod process;
-mod progress;
-mod stats;
-mod sys;
-mod task;
-mod trace;
-mod types;
-mod wire;
+// One sentence on another target, instead of dozens of errors from system
+// calls that do not exist there: everything else is Linux only.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "worker-facade runs on Linux only (5.4 or later): it watches, signals and reaps its worker \
+     processes through pidfds, which other systems do not have; build it for a Linux target"
+);
 
-pub mod simple;
-pub mod worker;
+/// Keeps every item it is given to Linux, where the crate builds.
+macro_rules! linux_only {
+    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
+}
 
-pub use codec::CodecError;
-pub use command::{WORKER_ENV, WorkerCommand};
-pub use completed::{Completed, CompletedStream};
-pub use config::RestartPolicy;
-pub use console::{Output, OutputLine, OutputStream};
-pub use error::{CollectError, SpawnError, SubmitError, TypeDescription, WaitError};
-pub use facade::{FacadeBuilder, WorkingProcessFacade};
-pub use grinder::{
-    AfterCrash, EnqueueError, GrindHandle, GrinderBuilder, GrinderConfigError, GrinderStartError,
-    GrinderStats, ItemError, StatsTimeout, WorkError, WorkGrinder,
-};
-#[allow(deprecated)]
-pub use grinder::{GrindError, GrinderError};
-pub use guard::CollectOnDrop;
-pub use handle::{TaskFuture, TaskHandle};
-pub use map::{GrindMap, GrindMapUnordered, Map, MapUnordered};
-pub use pool::{
-    AcquireError, Lease, LeaseError, LeaseInfo, LeasedExecutorManager, PoolBuilder,
-    PoolConfigError, PoolStartError, PoolStats,
-};
-pub use stats::FacadeStats;
-pub use task::{
-    CancelReason, CrashInfo, CrashReason, ExitInfo, NotRunReason, Outcome, ResourceUsage,
-    StatusLost, Task, TaskId, TaskRecord, UnavailableReason,
-};
-pub use wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, WireError};
+linux_only! {
+    pub mod codec;
+    mod command;
+    mod completed;
+    mod config;
+    mod console;
+    mod engine;
+    mod error;
+    mod facade;
+    mod grinder;
+    mod guard;
+    mod handle;
+    mod joinable;
+    pub mod map;
+    mod pool;
+    mod process;
+    mod progress;
+    mod ring;
+    mod stats;
+    mod sys;
+    mod task;
+    mod trace;
+    mod types;
+    mod wire;
+
+    pub mod simple;
+    pub mod testing;
+    pub mod worker;
+
+    pub use codec::CodecError;
+    pub use command::{WORKER_ENV, WorkerCommand};
+    pub use completed::{Completed, CompletedStream};
+    pub use config::RestartPolicy;
+    pub use console::{Output, OutputLine, OutputStream};
+    pub use error::{CollectError, SpawnError, SubmitError, TypeDescription, WaitError};
+    pub use facade::{FacadeBuilder, WorkingProcessFacade};
+    pub use grinder::{
+        AfterCrash, EnqueueError, GrindHandle, GrinderBuilder, GrinderConfigError,
+        GrinderStartError, GrinderStats, ItemError, StatsTimeout, WorkError, WorkGrinder,
+    };
+    #[allow(deprecated)]
+    pub use grinder::{GrindError, GrinderError};
+    pub use guard::CollectOnDrop;
+    pub use handle::{TaskFuture, TaskHandle};
+    pub use map::{GrindMap, GrindMapUnordered, Map, MapUnordered};
+    pub use pool::{
+        AcquireError, Lease, LeaseError, LeaseInfo, LeasedExecutorManager, PoolBuilder,
+        PoolConfigError, PoolStartError, PoolStats,
+    };
+    pub use stats::FacadeStats;
+    pub use task::{
+        CancelReason, CrashInfo, CrashReason, ExitInfo, NotRunReason, Outcome, ResourceUsage,
+        StatusLost, Task, TaskId, TaskRecord, UnavailableReason,
+    };
+    pub use wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION, WireError};
+}
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -35,7 +35,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::command::{WORKER_ENV, WORKER_FD_ENV, WorkerCommand};
+use crate::command::{WORKER_ENV, WORKER_FD_ENV, WORKER_RING_ENV, WorkerCommand};
 use crate::error::SpawnError;
 use crate::sys::{self, Waited};
 use crate::task::{ExitInfo, StatusLost};
@@ -51,6 +51,8 @@ pub(crate) struct Spawned {
     pub(crate) stdout: Option<OwnedFd>,
     pub(crate) stderr: Option<OwnedFd>,
     pub(crate) token: [u8; TOKEN_LEN],
+    /// The parent's end of the worker's result ring.
+    pub(crate) ring: crate::ring::RingReader,
 }
 
 /// Spawns the worker `cmd` describes. Returns as soon as the process runs
@@ -63,6 +65,7 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
     };
     let (parent_end, worker_end) = UnixStream::pair().map_err(resource("socket pair"))?;
     let token = random_bytes::<TOKEN_LEN>().map_err(resource("handshake token"))?;
+    let (ring_fd, ring) = crate::ring::create().map_err(resource("result ring"))?;
     let boot = wire::encode_bootstrap(&Bootstrap {
         token,
         options: WorkerOptions {
@@ -99,6 +102,7 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
         .args(&cmd.args)
         .env(WORKER_ENV, std::process::id().to_string())
         .env(WORKER_FD_ENV, worker_end.as_raw_fd().to_string())
+        .env(WORKER_RING_ENV, ring_fd.as_raw_fd().to_string())
         .stdin(Stdio::null())
         // Its own process group: a kill reaches the worker's children too.
         .process_group(0);
@@ -114,7 +118,7 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
     if let Some(dir) = &cmd.current_dir {
         command.current_dir(dir);
     }
-    sys::prepare_child(&mut command, worker_end.as_raw_fd());
+    sys::prepare_child(&mut command, [worker_end.as_raw_fd(), ring_fd.as_raw_fd()]);
     let mut child = command.spawn().map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => SpawnError::NotFound { path: path.clone() },
         io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { path: path.clone() },
@@ -124,6 +128,7 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
         },
     })?;
     drop(worker_end);
+    drop(ring_fd); // the mapping stays; the worker has its own descriptor
     let pid = child.id();
     let pidfd = match sys::pidfd_open(pid) {
         Ok(fd) => fd,
@@ -183,6 +188,7 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
         stdout,
         stderr,
         token,
+        ring,
     })
 }
 

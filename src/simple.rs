@@ -1,5 +1,6 @@
-//! The seed's task: sleep a while, then say so. Handled by the stock
-//! `facade-worker` binary.
+//! The demonstration task of the Python `multiprocessing` queue-consumer
+//! pattern this crate comes from: sleep a while, then say so. Handled by
+//! the stock `facade-worker` binary.
 
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use crate::task::Task;
 
 /// A task that "works" by sleeping `estimated_processing_time` seconds and
 /// returns `"<id> solved after <t>"`. A task whose id is `crash` (any case)
-/// aborts the worker process, as in the seed — that is the point of it.
+/// aborts the worker process, to show what a crash looks like — that is the
+/// point of it.
 ///
 /// ```
 /// use worker_facade::simple::SimpleTask;

@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a facade's counters.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// # use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
-/// # let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::new("facade-worker")).unwrap();
+/// # let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe()).unwrap();
 /// let stats = w.stats();
 /// println!("{} in flight, {} restarts", stats.in_flight, stats.restarts);
 /// ```

@@ -225,7 +225,7 @@ pub(crate) fn borrow_open_fd(fd: RawFd) -> Option<BorrowedFd<'static>> {
 /// opened without `O_CLOEXEC`, does not reach the worker), except `keep`,
 /// the worker's end of its socket. Close-on-exec rather than close, so
 /// std's own pipe that reports a failed `exec` keeps working.
-pub(crate) fn prepare_child(command: &mut std::process::Command, keep: RawFd) {
+pub(crate) fn prepare_child(command: &mut std::process::Command, keep: [RawFd; 2]) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec. It only
     // makes raw system calls (close_range, getrlimit, fcntl), which are
@@ -235,8 +235,10 @@ pub(crate) fn prepare_child(command: &mut std::process::Command, keep: RawFd) {
             mark_cloexec_from(3);
             // F_SETFD clears a flag of a descriptor this child inherited
             // open from the parent's fork (covered by the SAFETY above).
-            if libc::fcntl(keep, libc::F_SETFD, 0) < 0 {
-                return Err(io::Error::last_os_error());
+            for fd in keep {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -336,4 +338,195 @@ mod tests {
     fn sigchld_is_not_ignored_by_default() {
         assert!(!sigchld_ignored());
     }
+}
+
+/// A shared memory region: a memfd mapped `MAP_SHARED`, the same pages in
+/// the parent and in the worker that inherits the descriptor. Only plain
+/// bytes and 64-bit atomic words ever live in it; the peer is untrusted, so
+/// nothing read from it is ever referenced in place: words are loaded,
+/// bytes are copied out.
+///
+/// # Drop
+///
+/// Unmaps the region (the descriptor is owned separately).
+#[derive(Debug)]
+pub(crate) struct SharedMap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is process-wide memory with no thread affinity; all
+// access goes through atomics or copies, never through references that
+// could alias a write.
+unsafe impl Send for SharedMap {}
+// SAFETY: as above: shared access is atomics and copies only.
+unsafe impl Sync for SharedMap {}
+
+impl SharedMap {
+    /// Makes a region of `len` bytes (zeroed) and its descriptor
+    /// (close-on-exec; the spawn keeps it open in the worker).
+    pub(crate) fn create(len: usize) -> io::Result<(OwnedFd, SharedMap)> {
+        // SAFETY: the name is a valid NUL-terminated string; memfd_create
+        // returns a new descriptor or -1.
+        let fd = unsafe { libc::memfd_create(c"worker-facade-ring".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor; we own it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("region too large"))?;
+        // SAFETY: ftruncate on our own descriptor; no memory is passed.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let map = SharedMap::map(std::os::fd::AsFd::as_fd(&fd), len)?;
+        Ok((fd, map))
+    }
+
+    /// Maps the region behind `fd`, which must be exactly `len` bytes.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMap> {
+        // SAFETY: all-zero bytes are a valid stat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is valid and writable; fstat writes only it.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 != len as u64 || len == 0
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "descriptor {} is not a region of {len} bytes",
+                    fd.as_raw_fd()
+                ),
+            ));
+        }
+        // SAFETY: a fresh shared mapping of a descriptor we checked; the
+        // kernel picks the address. The result is checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedMap { ptr, len })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The 64-bit word at byte `offset` (8-aligned, inside the region).
+    /// `offset` is one of the layout's constants, never a peer's value.
+    pub(crate) fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(
+            offset % 8 == 0 && offset + 8 <= self.len,
+            "word {offset} outside the region"
+        );
+        // SAFETY: in bounds and 8-aligned (the mapping is page-aligned); an
+        // AtomicU64 has the layout of a u64 and every bit pattern is valid.
+        // The peer's concurrent writes to the word are atomic too.
+        unsafe {
+            &*self
+                .ptr
+                .as_ptr()
+                .add(offset)
+                .cast::<std::sync::atomic::AtomicU64>()
+        }
+    }
+
+    /// Copies `dst.len()` bytes from byte `offset` out of the region.
+    pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
+        assert!(
+            offset <= self.len && dst.len() <= self.len - offset,
+            "read outside the region"
+        );
+        // SAFETY: the source range is inside the mapping (checked above) and
+        // cannot overlap `dst`, which is our own memory. The bytes may be
+        // changed by the peer meanwhile: they are plain bytes, any value is
+        // valid, and the caller validates what it copied.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        }
+    }
+
+    /// Copies `src` into the region at byte `offset`.
+    pub(crate) fn write(&self, offset: usize, src: &[u8]) {
+        assert!(
+            offset <= self.len && src.len() <= self.len - offset,
+            "write outside the region"
+        );
+        // SAFETY: the target range is inside the mapping (checked above) and
+        // cannot overlap `src`; no reference into the region exists.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
+        }
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `map` with this length and is
+        // unmapped once, here; no reference into it outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Takes the region descriptor the parent handed down (once per process).
+pub(crate) fn take_inherited_region(fd: RawFd) -> io::Result<OwnedFd> {
+    use std::sync::atomic::Ordering::SeqCst;
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if fd < 3 || TAKEN.swap(true, SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not the parent's region, or it was taken already"),
+        ));
+    }
+    // SAFETY: F_GETFD on any number only reads the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFD sets only a flag on an open descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the parent handed this descriptor to this process for the
+    // worker alone, and the flag above makes this the only place taking it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_fork() {
+    // Async-signal-safe: one atomic add, in the child right after fork.
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many times this process is a fork of the one that first asked: a
+/// facade compares it on every submission instead of calling `getpid`
+/// (a system call each time). Forks that bypass libc's `fork` are missed
+/// here; `collect_tasks` and `Drop` still compare pids.
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a child handler that only adds to an atomic;
+        // no prepare or parent handler. Called once per process.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(count_fork));
+        }
+    });
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
 }

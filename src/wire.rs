@@ -23,6 +23,11 @@
 //!                                      program made a facade instead of serving
 //! ```
 //!
+//! `protocol` is [`PROTOCOL_VERSION`] in its low 24 bits and the codec's
+//! [`codec::ID`](crate::codec::ID) in its high 8 (0 for bincode 2, 1 for
+//! postcard 1), so that a worker built with the other codec is refused by
+//! name instead of decoding garbage.
+//!
 //! The connection is a socket pair made before the worker is spawned; the
 //! worker inherits its end as a descriptor whose number is in the
 //! environment variable `WORKER_FACADE_FD`. The parent's BOOT is queued on
@@ -45,6 +50,23 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// The largest handshake frame (a HELLO with its type shapes) a parent
 /// reads, whatever the maximum frame size.
 pub(crate) const HANDSHAKE_MAX: u32 = 64 * 1024;
+/// What the handshake carries as `protocol`: the version and the codec.
+pub(crate) const PROTOCOL_WORD: u32 = PROTOCOL_VERSION | (crate::codec::ID as u32) << 24;
+
+/// A handshake's `protocol` split into the protocol version and the codec.
+pub(crate) fn split_protocol_word(word: u32) -> (u32, u8) {
+    (word & 0x00ff_ffff, (word >> 24) as u8)
+}
+
+/// The name of the codec numbered `id` on the wire.
+pub(crate) fn codec_name(id: u8) -> String {
+    match id {
+        0 => "bincode 2".into(),
+        1 => "postcard 1".into(),
+        other => format!("codec #{other}"),
+    }
+}
+
 /// The default maximum frame size: 64 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;
 /// Length of the one-time token that authenticates the worker's connection.
@@ -62,6 +84,9 @@ pub(crate) const KIND_UNDECODABLE: u8 = 0x14;
 pub(crate) const KIND_NOT_SERVING: u8 = 0x15;
 pub(crate) const KIND_SKIPPED: u8 = 0x16;
 pub(crate) const KIND_PROGRESS: u8 = 0x17;
+/// On the worker's socket: "the ring has news" (only while the parent is
+/// parked; see `ring.rs`).
+pub(crate) const KIND_WAKE: u8 = 0x18;
 pub(crate) const KIND_BOOT: u8 = 0x20;
 
 /// A frame could not be read. Reported inside the reason of the outcome of
@@ -268,6 +293,10 @@ impl<R: Read> FrameReader<R> {
     /// The stream it reads.
     pub(crate) fn get_ref(&self) -> &R {
         &self.inner
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// The stream, and the reader gone.
@@ -501,7 +530,7 @@ pub(crate) const OUTPUT_MARK: &[u8] = b"\x1fWF:";
 pub(crate) fn encode_bootstrap(boot: &Bootstrap) -> Result<Vec<u8>, crate::codec::CodecError> {
     let mut body = vec![KIND_BOOT];
     body.extend_from_slice(&MAGIC.to_le_bytes());
-    body.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    body.extend_from_slice(&PROTOCOL_WORD.to_le_bytes());
     body.extend_from_slice(&boot.token);
     crate::codec::encode_into(&boot.options, &mut body)?;
     let mut out = Vec::with_capacity(4 + body.len());
@@ -510,8 +539,8 @@ pub(crate) fn encode_bootstrap(boot: &Bootstrap) -> Result<Vec<u8>, crate::codec
     Ok(out)
 }
 
-/// A decoded BOOT frame: the parent's protocol version, the token (readable
-/// whatever the version), and the options when the version matches.
+/// A decoded BOOT frame: the parent's protocol word, the token (readable
+/// whatever the version), and the options when version and codec match.
 #[derive(Debug)]
 pub(crate) struct BootFrame {
     pub(crate) protocol: u32,
@@ -532,7 +561,7 @@ pub(crate) fn decode_bootstrap(frame: &Frame<'_>) -> Result<BootFrame, WireError
     let protocol = word(4);
     let mut token = [0; TOKEN_LEN];
     token.copy_from_slice(&r[8..fixed]);
-    let options = if protocol == PROTOCOL_VERSION {
+    let options = if protocol == PROTOCOL_WORD {
         Some(
             crate::codec::decode(&r[fixed..])
                 .map_err(|e| WireError::Malformed(format!("bootstrap options: {e}")))?,
@@ -699,15 +728,46 @@ mod tests {
         let mut r = FrameReader::new(&bytes[..], 4096);
         let frame = r.next_frame().expect("reads").expect("one frame");
         let back = decode_bootstrap(&frame).expect("decodes");
-        assert_eq!(back.protocol, PROTOCOL_VERSION);
+        assert_eq!(back.protocol, PROTOCOL_WORD);
         assert_eq!(back.token, boot.token);
         assert_eq!(back.options, Some(boot.options));
     }
 
     #[test]
+    fn the_protocol_word_carries_the_codec_and_another_codec_gets_no_options() {
+        assert_eq!(
+            split_protocol_word(PROTOCOL_WORD),
+            (PROTOCOL_VERSION, crate::codec::ID)
+        );
+        assert_eq!(codec_name(crate::codec::ID), crate::codec::NAME);
+        let boot = Bootstrap {
+            token: [3; TOKEN_LEN],
+            options: WorkerOptions {
+                max_frame: 1024,
+                parent_pid: 1,
+                core_dumps: false,
+                memory_limit: None,
+                mark_output: false,
+            },
+        };
+        let mut bytes = encode_bootstrap(&boot).expect("encodes");
+        // The high byte of the protocol word (after len, kind and magic).
+        bytes[4 + 1 + 4 + 3] ^= 1;
+        let mut r = FrameReader::new(&bytes[..], 4096);
+        let frame = r.next_frame().expect("reads").expect("one frame");
+        let back = decode_bootstrap(&frame).expect("the fixed part decodes");
+        assert_eq!(
+            split_protocol_word(back.protocol),
+            (PROTOCOL_VERSION, crate::codec::ID ^ 1)
+        );
+        assert_eq!(back.token, boot.token);
+        assert_eq!(back.options, None, "options in another codec are not read");
+    }
+
+    #[test]
     fn hello_round_trips() {
         let hello = Hello {
-            protocol: PROTOCOL_VERSION,
+            protocol: PROTOCOL_WORD,
             pid: 77,
             token: [5; TOKEN_LEN],
             crate_version: "0.1.0".into(),

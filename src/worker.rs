@@ -29,13 +29,13 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{MsgFlags, recv, send};
 
 use crate::codec;
-use crate::command::{WORKER_ENV, WORKER_FD_ENV};
+use crate::command::{WORKER_ENV, WORKER_FD_ENV, WORKER_RING_ENV};
 use crate::error::SpawnError;
 use crate::task::Task;
 use crate::wire::{
     self, FrameReader, Hello, KIND_CANCEL, KIND_CANCEL_TASK, KIND_ERR, KIND_NOT_SERVING, KIND_OK,
-    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE,
-    PROTOCOL_VERSION, PushError, WireError, WorkerOptions,
+    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE, KIND_WAKE,
+    PROTOCOL_VERSION, PROTOCOL_WORD, PushError, WireError, WorkerOptions,
 };
 
 /// Set once this process serves tasks: from then on it may make facades of
@@ -44,6 +44,8 @@ static SERVING: AtomicBool = AtomicBool::new(false);
 /// Set once this process told its parent it made a facade instead of
 /// serving.
 static ANNOUNCED: AtomicBool = AtomicBool::new(false);
+/// Set by the first call of [`run_if_worker`] that serves.
+static RUN_IF_WORKER_SERVES: AtomicBool = AtomicBool::new(false);
 
 /// How often a worker busy with tasks already buffered looks at its socket
 /// for a CANCEL (one non-blocking read at most this often).
@@ -54,14 +56,15 @@ pub const EXIT_PROTOCOL_ERROR: i32 = 70;
 
 /// Why [`try_serve`] stopped before the parent sent the terminator.
 ///
-/// ```no_run
+/// ```
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade::worker::{WorkerError, try_serve};
 ///
+/// // Run by hand (as here), not by a facade: there is no parent to serve.
 /// match try_serve(|t: SimpleTask| Ok::<_, String>(t.solve())) {
 ///     Ok(()) => {}
 ///     Err(WorkerError::NoBootstrap(_)) => eprintln!("start me through WorkingProcessFacade"),
-///     Err(other) => eprintln!("{other}"),
+///     Err(other) => panic!("{other}"),
 /// }
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,18 @@ pub enum WorkerError {
         /// The parent's version.
         parent: u32,
     },
+    /// The parent encodes tasks with another codec (one of them was built
+    /// with worker-facade's `postcard` feature, the other without); the
+    /// parent reports this too.
+    #[error(
+        "the parent encodes tasks with {parent}, this worker with {}: build both with the same \
+         worker-facade codec (the `postcard` feature on both, or on neither)",
+        crate::codec::NAME
+    )]
+    CodecMismatch {
+        /// The parent's codec.
+        parent: String,
+    },
 }
 
 /// Serves tasks of type `T` with `handler` until the parent sends the
@@ -107,6 +122,10 @@ pub enum WorkerError {
 /// with [`EXIT_PROTOCOL_ERROR`]. Use [`try_serve`] to handle that yourself.
 ///
 /// ```no_run
+/// // no_run: this is a worker binary's whole main. Run by hand rather than
+/// // by a facade, it explains that and exits with code 70, which a doctest
+/// // counts as a failure. worker-bin/main.rs is this program, and every
+/// // test that uses the stock worker runs it.
 /// use worker_facade::simple::SimpleTask;
 ///
 /// fn main() {
@@ -133,11 +152,19 @@ where
 
 /// Like [`serve`], but returns the error instead of exiting.
 ///
-/// ```no_run
+/// ```
 /// use worker_facade::simple::SimpleTask;
+/// use worker_facade::worker::{WorkerError, try_serve};
 ///
-/// fn main() -> Result<(), worker_facade::worker::WorkerError> {
-///     worker_facade::worker::try_serve(|t: SimpleTask| Ok::<_, String>(t.solve()))
+/// fn main() -> Result<(), WorkerError> {
+///     match try_serve(|t: SimpleTask| Ok::<_, String>(t.solve())) {
+///         // Run by hand (as this doctest is): say so, and end quietly.
+///         Err(WorkerError::NoBootstrap(e)) => {
+///             eprintln!("not started by a facade: {e}");
+///             Ok(())
+///         }
+///         other => other,
+///     }
 /// }
 /// ```
 ///
@@ -247,7 +274,7 @@ where
     let max = options.max_frame;
     let mut reader = FrameReader::new(&stream, max);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut writer = &stream;
+    let outlet = std::cell::RefCell::new(Outlet::new(&stream, &options)?);
     let mut looked = Instant::now();
     // What the parent cancelled, seen ahead of the tasks it concerns.
     let mut cancel_all = false;
@@ -255,7 +282,7 @@ where
     loop {
         // Never block on a read with results unsent.
         if !out.is_empty() && !reader.has_buffered_frame() {
-            writer.write_all(&out).map_err(WireError::Io)?;
+            outlet.borrow_mut().send(&out)?;
             out.clear();
         }
         // Tasks already buffered do not start once the parent cancelled
@@ -284,7 +311,7 @@ where
             _ => {}
         });
         if cancel_all {
-            writer.write_all(&out).map_err(WireError::Io)?;
+            outlet.borrow_mut().send(&out)?;
             return Ok(());
         }
         let Some(frame) = reader.next_frame()? else {
@@ -302,7 +329,7 @@ where
                 // before the task is even decoded: a crash from here on is
                 // this task's.
                 wire::push_bare(&mut out, KIND_STARTED, Some(id));
-                writer.write_all(&out).map_err(WireError::Io)?;
+                outlet.borrow_mut().send(&out)?;
                 out.clear();
                 if options.mark_output {
                     mark_output(id);
@@ -319,7 +346,7 @@ where
                         continue;
                     }
                 };
-                let progress = Progress::new(&stream, id, max);
+                let progress = Progress::new(&outlet, id, max);
                 let result = caught(|| handler(task, &progress));
                 // The last value reported goes before the result.
                 out.extend_from_slice(&progress.into_pending());
@@ -338,7 +365,7 @@ where
                 }
             }
             KIND_STOP | KIND_CANCEL => {
-                writer.write_all(&out).map_err(WireError::Io)?;
+                outlet.borrow_mut().send(&out)?;
                 return Ok(());
             }
             other => {
@@ -359,24 +386,64 @@ where
 /// Call it first thing in `main`, before anything that should only happen in
 /// the parent:
 ///
-/// ```no_run
+/// ```
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 ///
-/// fn main() {
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     worker_facade::worker::run_if_worker(|t: SimpleTask| Ok::<_, String>(t.solve()));
 ///
 ///     // Only the parent gets here.
-///     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe()).unwrap();
-///     w.process_task(SimpleTask::new("one", 0.1)).unwrap();
-///     for record in w.collect_tasks().unwrap() {
+///     let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+///     w.process_task(SimpleTask::new("one", 0.1))?;
+///     for record in w.collect_tasks()? {
 ///         println!("{} - {:?}", record.task.id, record.outcome);
 ///     }
+///     Ok(())
 /// }
 /// ```
 ///
 /// The marker is the environment variable [`WORKER_ENV`].
 /// Processes the worker itself starts inherit it unless the worker removes it
 /// from their environment.
+///
+/// In a worker, only the first call serves. A call from another thread
+/// meanwhile (tests that each begin with `run_if_worker` run on threads of
+/// their own) waits until the process ends, which it does when serving ends:
+/// it neither serves a second time nor ends the worker under the first.
+/// For tests, see [`testing`](crate::testing).
+///
+/// # With an async runtime
+///
+/// Call it in a plain `fn main`, *before* building the runtime, not inside
+/// `#[tokio::main]`: there the worker would serve from inside the runtime,
+/// and a handler that runs async code with a runtime of its own (`block_on`)
+/// panics on every task ("Cannot start a runtime from within a runtime").
+///
+/// ```
+/// use worker_facade::{Outcome, WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     // First: in the worker, this serves tasks and exits. The handler may
+///     // run async code on a runtime of its own: it is not inside one.
+///     worker_facade::worker::run_if_worker(|t: SimpleTask| {
+///         let rt = tokio::runtime::Builder::new_current_thread()
+///             .build()
+///             .map_err(|e| e.to_string())?;
+///         Ok::<_, String>(rt.block_on(async { t.solve() }))
+///     });
+///
+///     // Only the parent gets here, and builds its runtime.
+///     let runtime = tokio::runtime::Runtime::new()?;
+///     runtime.block_on(async {
+///         let w = WorkingProcessFacade::<SimpleTask>::spawn(WorkerCommand::current_exe())?;
+///         let handle = w.submit(SimpleTask::new("one", 0.0)).map_err(|e| e.to_string())?;
+///         assert_eq!(handle.await?, Outcome::Completed("one solved after 0".into()));
+///         Ok(())
+///     })
+/// }
+/// ```
+///
+/// `examples/tokio_main.rs` is the same shape, whole.
 pub fn run_if_worker<T, F, E>(handler: F)
 where
     T: Task,
@@ -384,6 +451,13 @@ where
     E: Display,
 {
     if is_worker() {
+        if RUN_IF_WORKER_SERVES.swap(true, SeqCst) {
+            // Another thread of this worker serves: the process ends when it
+            // is done, and this thread with it.
+            loop {
+                std::thread::park();
+            }
+        }
         serve(handler);
         // The worker's work is done; it must not go on into the parent's main.
         #[allow(clippy::exit)]
@@ -448,7 +522,7 @@ fn connect<T: Task>() -> Result<(UnixStream, WorkerOptions), WorkerError> {
         apply_limits(options);
     }
     let mut said = Hello {
-        protocol: PROTOCOL_VERSION,
+        protocol: PROTOCOL_WORD,
         pid: std::process::id(),
         token: boot.token,
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -466,9 +540,12 @@ fn connect<T: Task>() -> Result<(UnixStream, WorkerOptions), WorkerError> {
     (&stream).write_all(&hello).map_err(WorkerError::Connect)?;
     match boot.options {
         Some(options) => Ok((stream, options)),
-        None => Err(WorkerError::ProtocolMismatch {
-            parent: boot.protocol,
-        }),
+        None => match wire::split_protocol_word(boot.protocol) {
+            (PROTOCOL_VERSION, codec) => Err(WorkerError::CodecMismatch {
+                parent: wire::codec_name(codec),
+            }),
+            (parent, _) => Err(WorkerError::ProtocolMismatch { parent }),
+        },
     }
 }
 
@@ -679,7 +756,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(1);
 /// # let _ = handler;
 /// ```
 pub struct Progress<'a> {
-    stream: &'a UnixStream,
+    outlet: &'a std::cell::RefCell<Outlet<'a>>,
     id: u64,
     max: u32,
     state: std::cell::RefCell<ProgressState>,
@@ -699,9 +776,9 @@ impl std::fmt::Debug for Progress<'_> {
 }
 
 impl<'a> Progress<'a> {
-    fn new(stream: &'a UnixStream, id: u64, max: u32) -> Self {
+    fn new(outlet: &'a std::cell::RefCell<Outlet<'a>>, id: u64, max: u32) -> Self {
         Progress {
-            stream,
+            outlet,
             id,
             max,
             state: Default::default(),
@@ -738,15 +815,60 @@ impl<'a> Progress<'a> {
         {
             return; // kept for later
         }
-        // A failed write means the parent went away: the serving loop sees
-        // it at its next read.
-        let _ = (&*self.stream).write_all(&state.pending);
+        // A failed send means the parent went away: the serving loop sees
+        // it at its next read. (`report` is called from the handler, while
+        // the serving loop does not hold the outlet.)
+        if let Ok(mut outlet) = self.outlet.try_borrow_mut() {
+            let _ = outlet.send(&state.pending);
+        }
         state.pending.clear();
         state.last_sent = Some(now);
     }
 
     fn into_pending(self) -> Vec<u8> {
         self.state.into_inner().pending
+    }
+}
+
+/// Where the worker's messages to its parent go: the result ring (see
+/// `ring.rs`), with a WAKE on the socket when the parent sleeps.
+pub(crate) struct Outlet<'a> {
+    ring: crate::ring::RingWriter,
+    socket: &'a UnixStream,
+    parent: u32,
+}
+
+impl<'a> Outlet<'a> {
+    fn new(socket: &'a UnixStream, options: &WorkerOptions) -> Result<Self, WorkerError> {
+        let bad =
+            |e: io::Error| WorkerError::Connect(io::Error::other(format!("result ring: {e}")));
+        let fd = std::env::var(WORKER_RING_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| bad(io::Error::other(format!("{WORKER_RING_ENV} is not set"))))?;
+        let fd = crate::sys::take_inherited_region(fd).map_err(bad)?;
+        let map = crate::sys::SharedMap::map(fd.as_fd(), crate::ring::REGION_LEN).map_err(bad)?;
+        Ok(Outlet {
+            ring: crate::ring::RingWriter::new(map).map_err(bad)?,
+            socket,
+            parent: options.parent_pid,
+        })
+    }
+
+    /// Publishes `bytes` (whole frames) to the parent.
+    fn send(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let fd = self.socket.as_raw_fd();
+        let parent = self.parent;
+        let mut wake = || {
+            let mut frame = Vec::with_capacity(5);
+            wire::push_bare(&mut frame, KIND_WAKE, None);
+            // Full socket: wakes are waiting already.
+            let _ = send(fd, &frame, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
+        };
+        let mut parent_gone = || nix::unistd::getppid().as_raw() as u32 != parent;
+        self.ring
+            .send(bytes, &mut wake, &mut parent_gone)
+            .map_err(WireError::Io)
     }
 }
 

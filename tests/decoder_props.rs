@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::hand_wire::{
     KIND_ERR, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, close_and_linger, encoded, exit,
-    from_hex, honest_hello, read_boot, to_hex, try_read_frame,
+    from_hex, honest_hello, length_claim, read_boot, to_hex, try_read_frame,
 };
 use common::{capture_lines, count_library_panics, library_panics, pids_printing, vm_peak};
 use nix::errno::Errno;
@@ -158,11 +158,15 @@ fn frame(kind: u8, id: u64, payload: &[u8], skew: i64) -> Vec<u8> {
     out
 }
 
-/// Arbitrary payload bytes.
+/// Arbitrary payload bytes, or a length claim of the codec in use (of up
+/// to 2^64 bytes) with a few bytes after it: the codec must refuse a huge
+/// claimed length, not allocate it.
 fn payload() -> impl Strategy<Value = Vec<u8>> {
-    // Including first bytes 252 and 253, bincode's "a u32 / u64 length
-    // follows": the codec must refuse a huge claimed length, not allocate it.
-    proptest::collection::vec(any::<u8>(), 0..48)
+    prop_oneof![
+        3 => proptest::collection::vec(any::<u8>(), 0..48),
+        1 => (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(len, tail)| [length_claim(len), tail].concat()),
+    ]
 }
 
 /// What the worker writes: an honest start (the first `k` tasks answered),

@@ -128,19 +128,35 @@ fn review(mode: &str) -> (WorkerCommand, common::Lines) {
     common::capture_lines(WorkerCommand::current_exe().args(ARGS).env(MODE_ENV, mode))
 }
 
-fn engine_cpu_ticks() -> u64 {
-    let mut total = 0;
+fn engine_cpu_ticks() -> std::collections::BTreeMap<String, u64> {
+    let mut ticks = std::collections::BTreeMap::new();
     for e in std::fs::read_dir("/proc/self/task").unwrap() {
         let p = e.unwrap().path();
         let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
         if comm.trim() == "wf-engine" {
-            let stat = std::fs::read_to_string(p.join("stat")).unwrap();
+            // A thread that ended meanwhile has no stat any more.
+            let Ok(stat) = std::fs::read_to_string(p.join("stat")) else {
+                continue;
+            };
             let after = &stat[stat.rfind(')').unwrap() + 2..];
             let f: Vec<&str> = after.split_whitespace().collect();
-            total += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+            let t = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+            ticks.insert(p.display().to_string(), t);
         }
     }
-    total
+    ticks
+}
+
+/// CPU ticks the engine threads alive at both readings used in between
+/// (other tests of this binary start and end engines meanwhile).
+fn engine_ticks_between(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> u64 {
+    after
+        .iter()
+        .filter_map(|(tid, t)| Some(t.saturating_sub(*before.get(tid)?)))
+        .sum()
 }
 
 /// Was a bug: a worker that shuts down its read side makes every write fail
@@ -208,7 +224,7 @@ fn closed_fd_case(fork: bool) {
     thread::sleep(Duration::from_millis(500)); // settled, idle, no worker
     let before = engine_cpu_ticks();
     thread::sleep(Duration::from_secs(2));
-    let used = engine_cpu_ticks() - before;
+    let used = engine_ticks_between(&before, &engine_cpu_ticks());
     let hz = 100;
     eprintln!(
         "engine used {used} ticks ({} ms) of 2000 ms while idle",
@@ -239,7 +255,7 @@ fn a_zombie_held_by_a_tracer_neither_spins_nor_blocks_a_collect_deadline() {
     thread::sleep(Duration::from_millis(1500));
     let before = engine_cpu_ticks();
     thread::sleep(Duration::from_secs(1));
-    let used = engine_cpu_ticks() - before;
+    let used = engine_ticks_between(&before, &engine_cpu_ticks());
     eprintln!("engine: {used} ticks in 1 s");
     let (tx, rx) = mpsc::channel();
     let t0 = Instant::now();

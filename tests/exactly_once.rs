@@ -6,8 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{signal, test_worker, within};
-use nix::sys::signal::Signal;
+use common::{test_worker, within};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use proptest::prelude::*;
 use worker_facade::simple::SimpleTask;
 use worker_facade::{Outcome, RestartPolicy, WorkingProcessFacade};
@@ -75,7 +77,15 @@ proptest! {
                     }
                     Step::Kill => {
                         if let Some(pid) = w.worker_pid() {
-                            signal(pid, Signal::SIGKILL);
+                            // The worker may die and be reaped between
+                            // reading its pid and the kill (a crash task, or
+                            // the previous Kill step): then there is nothing
+                            // to kill, which is this step's "if one is
+                            // running". Any other error fails the case.
+                            match kill(Pid::from_raw(pid as i32), Signal::SIGKILL) {
+                                Ok(()) | Err(Errno::ESRCH) => {}
+                                Err(e) => panic!("kill {pid}: {e}"),
+                            }
                         }
                     }
                 }

@@ -37,6 +37,27 @@ fn seed_usage_returns_results_matched_to_tasks() {
     });
 }
 
+/// CI runs the suite once per codec and names the one it asked for in
+/// `WORKER_FACADE_EXPECT_CODEC`: the build must really use it, in the parent
+/// and in the stock worker binary (a worker of the other codec would be
+/// refused at the handshake, `hostile::hello_from_a_worker_of_the_other_codec_is_a_codec_mismatch`).
+#[test]
+fn the_parent_and_the_stock_worker_use_the_codec_ci_asked_for() {
+    if let Ok(expected) = std::env::var("WORKER_FACADE_EXPECT_CODEC") {
+        assert_eq!(worker_facade::codec::NAME, expected);
+    }
+    within(Duration::from_secs(30), || {
+        let w = WorkingProcessFacade::<SimpleTask>::spawn(stock_worker()).expect("spawn");
+        w.process_task(SimpleTask::new("codec", 0.0))
+            .expect("accepted");
+        let records = w.collect_tasks().expect("collect");
+        assert_eq!(
+            records[0].outcome,
+            Outcome::Completed("codec solved after 0".to_string())
+        );
+    });
+}
+
 #[test]
 fn hundred_thousand_tiny_tasks_all_matched() {
     within(Duration::from_secs(60), || {

@@ -23,9 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::hand_wire::{
-    KIND_CANCEL, KIND_OK, KIND_PROGRESS, KIND_STARTED, KIND_STOP, KIND_TASK, MAGIC,
-    close_and_linger, encoded, exit, frame, from_hex, hello, honest_hello, read_boot, read_frame,
-    send, sleep_forever, task_id, to_hex,
+    KIND_CANCEL, KIND_OK, KIND_PROGRESS, KIND_STARTED, KIND_STOP, KIND_TASK, MAGIC, PROTOCOL,
+    PROTOCOL_OTHER_CODEC, close_and_linger, decoded, encoded, exit, frame, from_hex, hello,
+    honest_hello, length_claim, read_boot, read_frame, send, sleep_forever, task_id, to_hex,
 };
 use common::{Lines, capture_lines, library_panics, pids_printing, vm_peak};
 use nix::errno::Errno;
@@ -100,14 +100,18 @@ fn hostile(mode: &str) -> ! {
             );
             sleep_forever()
         }
+        "other-codec" => {
+            send(&mut s, &hello(MAGIC, PROTOCOL_OTHER_CODEC, &token, "0.1.0"));
+            sleep_forever()
+        }
         "bad-token" => {
             let mut wrong = token;
             wrong[0] ^= 0xff;
-            send(&mut s, &hello(MAGIC, PROTOCOL_VERSION, &wrong, "0.1.0"));
+            send(&mut s, &hello(MAGIC, PROTOCOL, &wrong, "0.1.0"));
             sleep_forever()
         }
         "bad-magic" => {
-            send(&mut s, &hello(!MAGIC, PROTOCOL_VERSION, &token, "0.1.0"));
+            send(&mut s, &hello(!MAGIC, PROTOCOL, &token, "0.1.0"));
             sleep_forever()
         }
         "huge-hello" => {
@@ -176,11 +180,7 @@ fn hostile(mode: &str) -> ! {
                 match read_frame(&mut s) {
                     Some((KIND_TASK, rest)) => {
                         let id = task_id(&rest);
-                        let (task, _): (SimpleTask, usize) = bincode::serde::decode_from_slice(
-                            &rest[8..],
-                            bincode::config::standard(),
-                        )
-                        .expect("a SimpleTask");
+                        let task: SimpleTask = decoded(&rest[8..]);
                         let mut out = frame(KIND_STARTED, Some(id), &[]);
                         out.extend_from_slice(&frame(KIND_OK, Some(id), &encoded(&task.solve())));
                         send(&mut s, &out);
@@ -537,7 +537,8 @@ fn assert_undecodable_result_is_refused(payload: &[u8]) {
 
 #[test]
 fn undecodable_result_fails_only_its_task() {
-    // 0xff is not a valid bincode length prefix.
+    // 0xff is not a valid length prefix in bincode, nor four of them (a
+    // varint that does not end) in postcard.
     within(|| assert_undecodable_result_is_refused(&[0xff; 4]));
 }
 
@@ -547,11 +548,10 @@ fn result_that_is_not_utf8_fails_only_its_task() {
     within(|| assert_undecodable_result_is_refused(&[0x02, 0xc3, 0x28]));
 }
 
-/// bincode's varint prefix 253 announces a u64 length; this one claims 2^62
-/// bytes in a 9-byte payload.
+/// A string length of 2^62 bytes claimed in a payload of 9 bytes.
 #[test]
 fn result_claiming_a_huge_length_does_not_take_the_parent_down() {
-    within(|| assert_undecodable_result_is_refused(&u64_length_claim(1 << 62)));
+    within(|| assert_undecodable_result_is_refused(&length_claim(1 << 62)));
 }
 
 /// The same with a length above `isize::MAX`: the reader thread panics with
@@ -559,15 +559,7 @@ fn result_claiming_a_huge_length_does_not_take_the_parent_down() {
 /// waits forever for a worker that sleeps.
 #[test]
 fn result_claiming_a_length_above_isize_max_does_not_hang_the_parent() {
-    within(|| assert_undecodable_result_is_refused(&u64_length_claim(u64::MAX)));
-}
-
-/// bincode's varint encoding of a string length `len` given as a u64, with
-/// no bytes after it.
-fn u64_length_claim(len: u64) -> Vec<u8> {
-    let mut payload = vec![253u8];
-    payload.extend_from_slice(&len.to_le_bytes());
-    payload
+    within(|| assert_undecodable_result_is_refused(&length_claim(u64::MAX)));
 }
 
 /// The worker said it started task 0, then broke the protocol: task 0 was
@@ -784,6 +776,28 @@ fn hello_with_another_protocol_version_is_a_protocol_mismatch() {
             other => panic!("expected ProtocolMismatch, got {other:?}"),
         }
         assert!(err.to_string().contains("rebuild the worker"), "{err}");
+    });
+}
+
+/// A worker built with the other codec (worker-facade's `postcard` feature on
+/// one side only) is refused by name, before any task could be misread.
+#[test]
+fn hello_from_a_worker_of_the_other_codec_is_a_codec_mismatch() {
+    within(|| {
+        let err = failed_spawn("other-codec", Duration::from_secs(10));
+        match &err {
+            SpawnError::CodecMismatch { parent, worker, .. } => {
+                assert_eq!(*parent, worker_facade::codec::NAME);
+                let other = if parent.starts_with("postcard") {
+                    "bincode 2"
+                } else {
+                    "postcard 1"
+                };
+                assert_eq!(worker, other);
+            }
+            other => panic!("expected CodecMismatch, got {other:?}"),
+        }
+        assert!(err.to_string().contains("`postcard` feature"), "{err}");
     });
 }
 

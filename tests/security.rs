@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -22,8 +21,8 @@ use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use common::hand_wire::{
-    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, TOKEN_LEN, encoded, frame,
-    from_hex, honest_hello, read_boot, task_id, to_hex, try_read_frame,
+    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, RING_ENV, TOKEN_LEN, decoded,
+    encoded, frame, from_hex, honest_hello, read_boot, send, task_id, to_hex, try_read_frame,
 };
 use common::{lines_on_channel, stock_worker, within};
 use nix::fcntl::OFlag;
@@ -52,12 +51,10 @@ fn serve_honestly(stream: &mut UnixStream) {
         match kind {
             KIND_TASK => {
                 let id = task_id(&rest);
-                let (task, _): (SimpleTask, usize) =
-                    bincode::serde::decode_from_slice(&rest[8..], bincode::config::standard())
-                        .expect("a SimpleTask");
+                let task: SimpleTask = decoded(&rest[8..]);
                 let mut out = frame(KIND_STARTED, Some(id), &[]);
                 out.extend_from_slice(&frame(KIND_OK, Some(id), &encoded(&task.solve())));
-                stream.write_all(&out).expect("answer");
+                send(stream, &out);
             }
             KIND_STOP | KIND_CANCEL => return,
             kind => panic!("unexpected frame kind {kind:#04x} from the parent"),
@@ -134,7 +131,7 @@ fn security_worker(mode: &str) {
         other => panic!("unknown mode {other:?}"),
     }
     let mut s = boot.connect();
-    s.write_all(&honest_hello(&token)).expect("HELLO");
+    send(&mut s, &honest_hello(&token));
     serve_honestly(&mut s);
 }
 
@@ -394,7 +391,7 @@ fn descriptor_without_cloexec_in_the_parent_does_not_reach_the_worker() {
         // Compare by target: the worker's own socket may get the same number.
         assert!(
             !fds.iter()
-                .any(|(fd, target)| *fd > 2 && target == "/dev/null"),
+                .any(|(fd, target)| *fd > 2 && target == Path::new("/dev/null")),
             "the worker inherited our fd {} (/dev/null): {fds:?}",
             leaky.as_raw_fd()
         );
@@ -477,8 +474,8 @@ fn stock_worker_gets_no_arguments_and_only_the_marker_variable() {
             })
             .collect();
         // Everything the worker has that we do not is the marker variable,
-        // whose value is our pid, and the number of its socket's
-        // descriptor: no secret.
+        // whose value is our pid, and the numbers of its socket's and its
+        // result ring's descriptors: no secret.
         let extra: Vec<String> = environ
             .split(|b| *b == 0)
             .filter(|kv| !kv.is_empty())
@@ -486,13 +483,18 @@ fn stock_worker_gets_no_arguments_and_only_the_marker_variable() {
             .map(|kv| String::from_utf8_lossy(kv).into_owned())
             .collect();
         let marker = format!("{WORKER_ENV}={}", std::process::id());
-        assert_eq!(extra.len(), 2, "extra variables: {extra:?}");
+        assert_eq!(extra.len(), 3, "extra variables: {extra:?}");
         assert!(extra.contains(&marker), "extra variables: {extra:?}");
         let fd = extra
             .iter()
             .find_map(|kv| kv.strip_prefix(&format!("{FD_ENV}=")))
             .unwrap_or_else(|| panic!("extra variables: {extra:?}"));
         assert!(fd.parse::<i32>().is_ok_and(|fd| fd > 2), "{fd}");
+        let ring = extra
+            .iter()
+            .find_map(|kv| kv.strip_prefix(&format!("{RING_ENV}=")))
+            .unwrap_or_else(|| panic!("extra variables: {extra:?}"));
+        assert!(ring.parse::<i32>().is_ok_and(|fd| fd > 2), "{ring}");
         let temp = std::env::temp_dir().join("wf-");
         assert!(!contains(&environ, temp.as_os_str().as_encoded_bytes()));
         assert!(!contains(&cmdline, temp.as_os_str().as_encoded_bytes()));

@@ -3,7 +3,7 @@
 #![no_main]
 #![allow(dead_code)]
 
-#[path = "../../src/codec.rs"]
+#[path = "../../src/codec/mod.rs"]
 mod codec;
 #[path = "../../src/wire.rs"]
 mod wire;

@@ -5,7 +5,7 @@
 #![no_main]
 #![allow(dead_code)]
 
-#[path = "../../src/codec.rs"]
+#[path = "../../src/codec/mod.rs"]
 mod codec;
 
 use libfuzzer_sys::fuzz_target;

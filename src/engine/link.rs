@@ -28,7 +28,8 @@ use crate::process::{Reaped, Spawned, WorkerChild};
 use crate::task::CrashReason;
 use crate::wire::{
     self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK, KIND_PROGRESS,
-    KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_UNDECODABLE, Next, PROTOCOL_VERSION, TOKEN_LEN,
+    KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_UNDECODABLE, KIND_WAKE, Next, PROTOCOL_VERSION,
+    PROTOCOL_WORD, TOKEN_LEN,
 };
 
 /// Frames handled per readiness event, so one flooding worker cannot starve
@@ -65,6 +66,11 @@ pub(super) enum HandshakeFailure {
     Protocol {
         found: u32,
         version: String,
+    },
+    /// The worker speaks this protocol version but encodes with the codec
+    /// numbered `found`.
+    Codec {
+        found: u8,
     },
     Bad(String),
     /// The program was started as a worker but made a facade instead of
@@ -163,6 +169,8 @@ pub(super) enum Said<'a> {
     Skipped(u64),
     /// The running task reported progress; the value still encoded.
     Progress(u64, &'a [u8]),
+    /// On the socket: the ring has news.
+    Wake,
 }
 
 pub(super) struct Link {
@@ -183,6 +191,9 @@ pub(super) struct Link {
     token: [u8; TOKEN_LEN],
     /// The maximum frame size after the handshake.
     max_frame: u32,
+    /// The worker's result ring, read through a frame buffer of its own;
+    /// `None` once its stream ended or broke the protocol.
+    ring: Option<FrameReader<crate::ring::RingReader>>,
     /// This program's task and output types, which the worker's must match.
     types: std::sync::Arc<crate::types::Signature>,
     pub(super) phase: Phase,
@@ -225,6 +236,7 @@ impl Link {
                 max_frame.max(wire::HANDSHAKE_MAX),
             )),
             max_frame,
+            ring: Some(FrameReader::new(spawned.ring, max_frame)),
             out: Vec::new(),
             out_at: 0,
             write_failed: false,
@@ -283,6 +295,7 @@ impl Link {
 
     /// Closes the socket (the engine takes it out of its epoll set first).
     fn close_socket(&mut self) {
+        self.ring = None;
         if let Some(reader) = self.reader.take() {
             self.graveyard
                 .push(std::os::fd::OwnedFd::from(reader.into_inner()));
@@ -350,18 +363,21 @@ impl Link {
 
     /// Reads the worker's messages, handing each to `on` (which returns
     /// `Err` to say the message broke the protocol). A broken protocol ends
-    /// the worker; the end of the socket moves it on as its phase says.
+    /// the worker; the end of its stream moves it on as its phase says.
+    ///
+    /// The socket carries the handshake, then only WAKE frames; everything
+    /// else comes through the result ring, which is read after the socket
+    /// (so that its last bytes are read after the socket ended) and only
+    /// once the handshake is done.
     pub(super) fn read(
         &mut self,
         now: Instant,
         mut on: impl FnMut(&mut LinkTasks<'_>, Said<'_>) -> Result<(), String>,
     ) {
-        let Some(reader) = self.reader.as_mut() else {
-            return;
-        };
         let starting = matches!(self.phase, Phase::Starting { .. });
         let mut hello_now = false;
         let mut stop = None;
+        let mut socket_ended = false;
         let mut tasks = LinkTasks {
             inflight: &mut self.inflight,
             running: &mut self.running,
@@ -369,54 +385,104 @@ impl Link {
             ahead_bytes: &mut self.ahead_bytes,
             now,
         };
-        for _ in 0..FRAMES_PER_EVENT {
-            let frame = match reader.try_next_frame() {
-                Ok(Next::Frame(frame)) => frame,
-                Ok(Next::Pending) => break,
-                Ok(Next::End) => {
-                    stop = Some(ReadEnd::Eof);
-                    break;
+        if let Some(reader) = self.reader.as_mut() {
+            for _ in 0..FRAMES_PER_EVENT {
+                let frame = match reader.try_next_frame() {
+                    Ok(Next::Frame(frame)) => frame,
+                    Ok(Next::Pending) => break,
+                    Ok(Next::End) => {
+                        socket_ended = true;
+                        break;
+                    }
+                    Err(e) => {
+                        stop = Some(ReadEnd::Violation(crate::worker::error_chain(&e)));
+                        break;
+                    }
+                };
+                let said = match parse(&frame, &self.token, &self.types) {
+                    Ok(said) => said,
+                    Err(Parsed::Violation(v)) => {
+                        stop = Some(ReadEnd::Violation(v));
+                        break;
+                    }
+                    Err(Parsed::Handshake(failure)) => {
+                        stop = Some(ReadEnd::Handshake(failure));
+                        break;
+                    }
+                };
+                match (&said, starting && !hello_now) {
+                    (Said::Hello, true) => {
+                        hello_now = true;
+                        reader.set_max(self.max_frame);
+                    }
+                    (_, true) => {
+                        stop = Some(ReadEnd::Handshake(HandshakeFailure::Bad(format!(
+                            "{said:?} before the handshake"
+                        ))));
+                        break;
+                    }
+                    (Said::Wake, false) => {}
+                    (_, false) => {
+                        stop = Some(ReadEnd::Violation(format!(
+                            "{said:?} on the socket, where only wakes may come"
+                        )));
+                        break;
+                    }
                 }
-                Err(e) => {
-                    stop = Some(ReadEnd::Violation(crate::worker::error_chain(&e)));
-                    break;
-                }
-            };
-            let said = match parse(&frame, &self.token, &self.types) {
-                Ok(said) => said,
-                Err(Parsed::Violation(v)) => {
-                    stop = Some(ReadEnd::Violation(v));
-                    break;
-                }
-                Err(Parsed::Handshake(failure)) => {
-                    stop = Some(ReadEnd::Handshake(failure));
-                    break;
-                }
-            };
-            match (&said, starting && !hello_now) {
-                (Said::Hello, true) => {
-                    hello_now = true;
-                    reader.set_max(self.max_frame);
-                    continue;
-                }
-                (_, true) => {
-                    stop = Some(ReadEnd::Handshake(HandshakeFailure::Bad(format!(
-                        "{said:?} before the handshake"
-                    ))));
-                    break;
-                }
-                (Said::Hello, false) => {
-                    stop = Some(ReadEnd::Violation("a second HELLO".into()));
-                    break;
-                }
-                (_, false) => {}
             }
-            if let Err(v) = on(&mut tasks, said) {
-                stop = Some(ReadEnd::Violation(v));
-                break;
-            }
+            reader.shrink();
         }
-        reader.shrink();
+        if stop.is_none() && (!starting || hello_now) {
+            if let Some(ring) = self.ring.as_mut() {
+                if socket_ended || self.reader.is_none() {
+                    ring.get_mut().end();
+                }
+                let mut ring_ended = false;
+                for _ in 0..FRAMES_PER_EVENT {
+                    let frame = match ring.try_next_frame() {
+                        Ok(Next::Frame(frame)) => frame,
+                        Ok(Next::Pending) => break,
+                        Ok(Next::End) => {
+                            ring_ended = true;
+                            break;
+                        }
+                        Err(e) => {
+                            stop = Some(ReadEnd::Violation(crate::worker::error_chain(&e)));
+                            break;
+                        }
+                    };
+                    let said = match parse(&frame, &self.token, &self.types) {
+                        Ok(Said::Hello | Said::Wake) => {
+                            stop = Some(ReadEnd::Violation(
+                                "a handshake message in the result ring".into(),
+                            ));
+                            break;
+                        }
+                        Ok(said) => said,
+                        Err(Parsed::Violation(v)) => {
+                            stop = Some(ReadEnd::Violation(v));
+                            break;
+                        }
+                        Err(Parsed::Handshake(_)) => {
+                            stop = Some(ReadEnd::Violation(
+                                "a handshake message in the result ring".into(),
+                            ));
+                            break;
+                        }
+                    };
+                    if let Err(v) = on(&mut tasks, said) {
+                        stop = Some(ReadEnd::Violation(v));
+                        break;
+                    }
+                }
+                ring.shrink();
+                if ring_ended && stop.is_none() {
+                    stop = Some(ReadEnd::Eof);
+                }
+            }
+        } else if socket_ended && stop.is_none() {
+            stop = Some(ReadEnd::Eof);
+        }
         if hello_now {
             self.phase = Phase::Running;
             self.ready_at = Some(now);
@@ -439,6 +505,23 @@ impl Link {
                     self.end(Cause::Parent(CrashReason::ProtocolViolation(violation)));
                 }
             }
+        }
+    }
+
+    /// Whether the result ring holds bytes not read yet.
+    pub(super) fn ring_has_data(&self) -> bool {
+        self.ring.as_ref().is_some_and(|r| r.get_ref().has_data())
+    }
+
+    /// Tells the worker the parent is about to sleep; `true` if its ring
+    /// has data already (the parent must not sleep then).
+    pub(super) fn park(&self) -> bool {
+        self.ring.as_ref().is_some_and(|r| r.get_ref().park())
+    }
+
+    pub(super) fn unpark(&self) {
+        if let Some(r) = &self.ring {
+            r.get_ref().unpark();
         }
     }
 
@@ -799,11 +882,17 @@ fn parse<'a>(
         KIND_HELLO => {
             let hello = wire::decode_hello(frame)
                 .map_err(|e| Parsed::Handshake(HandshakeFailure::Bad(e.to_string())))?;
-            if hello.protocol != PROTOCOL_VERSION {
-                return Err(Parsed::Handshake(HandshakeFailure::Protocol {
-                    found: hello.protocol,
-                    version: hello.crate_version,
-                }));
+            match wire::split_protocol_word(hello.protocol) {
+                _ if hello.protocol == PROTOCOL_WORD => {}
+                (PROTOCOL_VERSION, found) => {
+                    return Err(Parsed::Handshake(HandshakeFailure::Codec { found }));
+                }
+                (found, _) => {
+                    return Err(Parsed::Handshake(HandshakeFailure::Protocol {
+                        found,
+                        version: hello.crate_version,
+                    }));
+                }
             }
             if &hello.token != token {
                 return Err(Parsed::Handshake(HandshakeFailure::Bad(
@@ -826,6 +915,7 @@ fn parse<'a>(
         KIND_ERR => with_id(frame).map(|(id, p)| Said::Err(id, p)),
         KIND_UNDECODABLE => with_id(frame).map(|(id, p)| Said::Undecodable(id, p)),
         KIND_PROGRESS => with_id(frame).map(|(id, p)| Said::Progress(id, p)),
+        KIND_WAKE if frame.rest.is_empty() => Ok(Said::Wake),
         KIND_SKIPPED => match with_id(frame)? {
             (id, []) => Ok(Said::Skipped(id)),
             (id, _) => Err(Parsed::Violation(format!(

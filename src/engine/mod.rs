@@ -461,6 +461,10 @@ impl<T: Task> Engine<T> {
                 continue;
             };
             link.on_deadline(now, DRAIN_LIMIT);
+            if link.is_exited() {
+                // Reaped (see the Pidfd event): no longer a running pid.
+                self.stats.set_pid(i, 0);
+            }
             bury(&self.epoll, link);
             if let Some((id, limit)) = running_over_limit(link, &self.ledger, &self.cfg, now) {
                 timed_out.push((i, id, limit));
@@ -567,7 +571,15 @@ impl<T: Task> Engine<T> {
             }
             None => EpollTimeout::NONE,
         };
-        let timeout = if self.inbox.park() {
+        // Workers wake a parked parent only: say so, and do not sleep if a
+        // ring got news meanwhile.
+        let mut news = false;
+        for slot in &self.slots {
+            if let Some(link) = &slot.link {
+                news |= link.park();
+            }
+        }
+        let timeout = if self.inbox.park() && !news {
             timeout
         } else {
             EpollTimeout::ZERO
@@ -597,6 +609,18 @@ impl<T: Task> Engine<T> {
         }
         self.ready = ready;
         self.inbox.unpark(woken);
+        // Every ring is drained on every turn, woken or not: a busy parent
+        // is never woken, so it must look.
+        for i in 0..self.slots.len() {
+            let Some(link) = &self.slots[i].link else {
+                continue;
+            };
+            link.unpark();
+            if link.ring_has_data() {
+                let generation = link.generation;
+                self.on_ready(i, generation, Source::Socket, EpollFlags::EPOLLIN, now);
+            }
+        }
     }
 
     fn on_ready(
@@ -698,6 +722,11 @@ impl<T: Task> Engine<T> {
                 // holds the zombie).
                 let _ = epoll.delete(link.pidfd());
                 link.on_exit(now, DRAIN_LIMIT);
+                if link.is_exited() {
+                    // Reaped: its pid may be anyone's now. It must not be
+                    // published as running while the socket still drains.
+                    stats.set_pid(slot, 0);
+                }
             }
             Source::Pipe(stream) => {
                 let mut sink = Sink {
@@ -1238,7 +1267,7 @@ fn on_said<T: Task>(
         Ok(())
     };
     match said {
-        Said::Hello | Said::Progress(..) => Ok(()),
+        Said::Hello | Said::Wake | Said::Progress(..) => Ok(()),
         Said::Started(id) => tasks.start(id),
         Said::Ok(id, payload) => {
             answer(tasks, id)?;
@@ -1333,6 +1362,11 @@ fn spawn_error(cfg: &Config, end: &End, crash: CrashInfo) -> SpawnError {
                 worker_version: version.clone(),
             }
         }
+        Cause::Handshake(HandshakeFailure::Codec { found }) => SpawnError::CodecMismatch {
+            path,
+            parent: crate::codec::NAME,
+            worker: crate::wire::codec_name(*found),
+        },
         Cause::Handshake(HandshakeFailure::Bad(detail)) => SpawnError::BadHandshake {
             path,
             detail: detail.clone(),

@@ -37,16 +37,18 @@ pub enum AfterCrash {
 
 /// Configures a [`WorkGrinder`]; [`build`](Self::build) checks the values.
 ///
-/// The defaults are the seed's: `max_wait` 10 s, `batch_size_threshold` 20,
-/// `lease` 60 s, `owner_prefix` `"work-grinder"`.
+/// The defaults are those of Python's `leasepool` `WorkGrinder`: `max_wait`
+/// 10 s, `batch_size_threshold` 20, `lease` 60 s, `owner_prefix`
+/// `"work-grinder"`.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
 ///
 /// let pool = Arc::new(
-///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("facade-worker")).build()?,
+///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe()).build()?,
 /// );
 /// let grinder = WorkGrinder::builder(pool)
 ///     .max_wait(Duration::from_millis(50))
@@ -101,8 +103,8 @@ impl<T: Task> GrinderBuilder<T> {
         self
     }
 
-    /// [`max_wait`](Self::max_wait) in seconds, as the seed takes it. Must be
-    /// finite and more than zero.
+    /// [`max_wait`](Self::max_wait) in seconds, as `leasepool` takes it
+    /// (`max_wait_seconds`). Must be finite and more than zero.
     pub fn max_wait_seconds(mut self, seconds: f64) -> Self {
         self.max_wait = seconds;
         self
@@ -124,8 +126,8 @@ impl<T: Task> GrinderBuilder<T> {
         self
     }
 
-    /// [`lease`](Self::lease) in seconds, as the seed takes it. Must be
-    /// finite and more than zero.
+    /// [`lease`](Self::lease) in seconds, as `leasepool` takes it
+    /// (`lease_seconds`). Must be finite and more than zero.
     pub fn lease_seconds(mut self, seconds: f64) -> Self {
         self.lease = seconds;
         self

@@ -77,7 +77,7 @@ struct Channels<T: Task> {
 }
 
 /// Batches work from many callers onto executors leased from a
-/// [`LeasedExecutorManager`] — the seed's `WorkGrinder`, in Rust.
+/// [`LeasedExecutorManager`] — Python `leasepool`'s `WorkGrinder`, in Rust.
 ///
 /// A batch is dispatched when the oldest pending item has waited `max_wait`,
 /// or as soon as `batch_size_threshold` items are pending. Each batch runs on
@@ -92,7 +92,7 @@ struct Channels<T: Task> {
 ///   the same handle, to [`wait`](GrindHandle::wait) on;
 ///   [`stats_from_thread`](Self::stats_from_thread) likewise.
 ///
-/// Unlike the seed, there is no owning event loop: **every method works from
+/// Unlike `leasepool`'s, there is no owning event loop: **every method works from
 /// any thread and any runtime**, and the library depends on none.
 ///
 /// A crash inside a batch fails only the item that was running; the items
@@ -115,12 +115,13 @@ struct Channels<T: Task> {
 ///
 /// # Example
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::sync::Arc;
 /// use worker_facade::{LeasedExecutorManager, WorkGrinder, WorkerCommand, simple::SimpleTask};
 ///
 /// let pool = Arc::new(
-///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("target/debug/facade-worker"))
+///     LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe())
 ///         .max_executors(2)
 ///         .build()?,
 /// );
@@ -171,12 +172,12 @@ impl<T: Task> fmt::Debug for WorkGrinder<T> {
 }
 
 impl<T: Task> WorkGrinder<T> {
-    /// A builder with the seed's defaults, leasing from `manager`.
+    /// A builder with `leasepool`'s defaults, leasing from `manager`.
     pub fn builder(manager: Arc<LeasedExecutorManager<T>>) -> GrinderBuilder<T> {
         GrinderBuilder::new(manager)
     }
 
-    /// A grinder with the seed's defaults (`max_wait` 10 s, batches of 20,
+    /// A grinder with `leasepool`'s defaults (`max_wait` 10 s, batches of 20,
     /// 60 s leases, owner prefix `"work-grinder"`).
     pub fn new(manager: Arc<LeasedExecutorManager<T>>) -> Self {
         let settings = Settings {
@@ -417,7 +418,7 @@ impl<T: Task> WorkGrinder<T> {
 
     /// Submission for plain threads: queues `task` and returns its
     /// [`GrindHandle`], whose [`wait`](GrindHandle::wait) blocks the thread
-    /// until the result is in (the Python original's `submit_from_thread`,
+    /// until the result is in (`leasepool`'s `submit_from_thread`,
     /// which returns a `concurrent.futures.Future`). The same as
     /// [`enqueue`](Self::enqueue), which already works from any thread.
     ///
@@ -457,7 +458,7 @@ impl<T: Task> WorkGrinder<T> {
         GrindMapUnordered::new(self, tasks.into_iter())
     }
 
-    /// Queues `task` and awaits its result — the Python original's
+    /// Queues `task` and awaits its result — `leasepool`'s
     /// `await grinder.submit(...)`. Never blocks the thread polling it;
     /// works on any runtime. The task is queued at the first poll.
     ///
@@ -503,7 +504,7 @@ impl<T: Task> WorkGrinder<T> {
         }
     }
 
-    /// The seed's thread-safe stats: the same data as
+    /// `leasepool`'s thread-safe stats: the same data as
     /// [`stats`](Self::stats), waiting at most `timeout` for the scheduler's
     /// answer (`None`: as long as it takes).
     ///

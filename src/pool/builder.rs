@@ -19,11 +19,12 @@ use super::{LeasedExecutorManager, Phase, PoolConfigError};
 /// [`RestartPolicy::Never`]: a crashed worker retires its executor, and the
 /// manager replaces it with a fresh one.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::time::Duration;
 /// use worker_facade::{LeasedExecutorManager, WorkerCommand, simple::SimpleTask};
 ///
-/// let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("target/debug/facade-worker"))
+/// let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe())
 ///     .min_executors(1)
 ///     .max_executors(4)
 ///     .idle_timeout(Duration::from_secs(30))

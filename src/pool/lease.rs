@@ -41,11 +41,12 @@ pub(crate) enum Revoked {
 /// reach their handles, but the next lessee's tasks wait behind them: wait
 /// for your handles before releasing.
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::time::Duration;
 /// use worker_facade::{LeasedExecutorManager, Outcome, WorkerCommand, simple::SimpleTask};
 ///
-/// # let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("facade-worker")).build()?;
+/// # let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe()).build()?;
 /// # pool.start()?;
 /// let lease = pool.acquire(Duration::from_secs(10), "report-job")?;
 /// let handles: Vec<_> = ["a", "b"]

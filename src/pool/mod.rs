@@ -146,11 +146,12 @@ impl<T: Task> Drop for AbandonStart<'_, T> {
 ///
 /// # Example
 ///
-/// ```no_run
+/// ```
+/// # worker_facade::worker::run_if_worker(|t: worker_facade::simple::SimpleTask| Ok::<_, String>(t.solve()));
 /// use std::time::Duration;
 /// use worker_facade::{LeasedExecutorManager, WorkerCommand, simple::SimpleTask};
 ///
-/// let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::new("target/debug/facade-worker"))
+/// let pool = LeasedExecutorManager::<SimpleTask>::builder(WorkerCommand::current_exe())
 ///     .max_executors(2)
 ///     .build()?;
 /// pool.start()?;

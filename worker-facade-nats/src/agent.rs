@@ -21,7 +21,7 @@ use crate::local::{LocalResult, LocalWorkers};
 use crate::reasons;
 use crate::server::Server;
 use crate::store::Recorded;
-use crate::wire::{self, PROTOCOL_VERSION, StoredOutcome, TaskMeta, TaskType};
+use crate::wire::{self, PROTOCOL_WORD, StoredOutcome, TaskMeta, TaskType};
 
 /// How long one pull request waits for tasks before asking again.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
@@ -58,6 +58,7 @@ type Hook = Arc<dyn Fn(&RecordedTask) + Send + Sync>;
 /// Configures an [`Agent`].
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use std::time::Duration;
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 /// use worker_facade_nats::{Agent, Cluster};
@@ -220,6 +221,7 @@ impl<T: Task> AgentBuilder<T> {
 /// # Example
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 /// use worker_facade_nats::Agent;
 ///
@@ -612,11 +614,20 @@ async fn handle<T: Task>(ctx: Arc<Ctx<T>>, msg: jetstream::Message, held: OwnedS
 
 /// The outcome of a task that must not run here, if it must not.
 fn decide<T: Task>(ctx: &Ctx<T>, meta: &TaskMeta, attempt: u32) -> Option<Outcome<T::Output>> {
-    if meta.protocol != PROTOCOL_VERSION {
+    if wire::only_the_codec_differs(meta.protocol) {
         return Some(reasons::refused(&format!(
-            "the task was sent with protocol {}, this agent speaks {PROTOCOL_VERSION}; run \
-             agents and clients of the same worker-facade-nats version",
-            meta.protocol
+            "the task was sent with {}, this agent speaks {}; build agents and clients with \
+             the same worker-facade codec (its `postcard` feature on both, or on neither)",
+            wire::describe_protocol(meta.protocol),
+            wire::describe_protocol(PROTOCOL_WORD)
+        )));
+    }
+    if meta.protocol != PROTOCOL_WORD {
+        return Some(reasons::refused(&format!(
+            "the task was sent with {}, this agent speaks {}; run agents and clients of the \
+             same worker-facade-nats version",
+            wire::describe_protocol(meta.protocol),
+            wire::describe_protocol(PROTOCOL_WORD)
         )));
     }
     if meta.fingerprint != ctx.task_type.fingerprint {

@@ -21,7 +21,7 @@ use crate::handle::RemoteHandle;
 use crate::reasons;
 use crate::server::Server;
 use crate::wire::{
-    self, HEADER_ALLOWANCE, PROTOCOL_VERSION, StoredOutcome, StoredTask, TaskMeta, TaskType,
+    self, HEADER_ALLOWANCE, PROTOCOL_WORD, StoredOutcome, StoredTask, TaskMeta, TaskType,
 };
 
 /// Set in the task counter once the client accepts no more tasks.
@@ -80,6 +80,7 @@ where
 /// Configures a [`RemoteFacade`].
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use std::time::Duration;
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade_nats::{Cluster, RemoteFacade};
@@ -210,6 +211,7 @@ fn fresh_job_name() -> String {
 /// # Example
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::{Outcome, simple::SimpleTask};
 /// use worker_facade_nats::{Cluster, RemoteFacade};
 ///
@@ -700,7 +702,7 @@ impl<T: Task> ClientState<T> {
         let meta = TaskMeta {
             job: self.job.clone(),
             id,
-            protocol: PROTOCOL_VERSION,
+            protocol: PROTOCOL_WORD,
             task_type: self.task_type.name.clone(),
             fingerprint: self.task_type.fingerprint,
             deadline_ms,

@@ -5,6 +5,7 @@ use std::io;
 /// The server could not be reached or prepared.
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade_nats::{ConnectError, RemoteFacade, StartError};
 ///

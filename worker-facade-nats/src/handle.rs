@@ -26,6 +26,7 @@ use worker_facade::{Outcome, TaskId, WaitError};
 /// with [`detach`](Self::detach).
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade_nats::RemoteFacade;
 ///
@@ -149,6 +150,7 @@ impl<O> IntoFuture for RemoteHandle<O> {
 /// runtime drives it.
 ///
 /// ```no_run
+/// // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 /// use worker_facade::simple::SimpleTask;
 /// use worker_facade_nats::RemoteFacade;
 ///

@@ -17,6 +17,7 @@
 //! another argument):
 //!
 //! ```no_run
+//! // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 //! use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
 //! use worker_facade_nats::{Agent, Cluster};
 //!
@@ -35,6 +36,7 @@
 //! The client, anywhere:
 //!
 //! ```no_run
+//! // no_run: needs a NATS JetStream server (tests/cluster.rs starts its own).
 //! use worker_facade::{Outcome, simple::SimpleTask};
 //! use worker_facade_nats::{Cluster, RemoteFacade};
 //!
@@ -105,9 +107,13 @@
 //!
 //! # Codec
 //!
-//! Tasks and outcomes travel as serde + bincode 2, as between a local facade
-//! and its workers, with the same limitations (no `#[serde(flatten)]`,
-//! `untagged` or other self-describing features).
+//! Tasks and outcomes travel through `worker_facade::codec`, as between a
+//! local facade and its workers (bincode 2, or postcard 1 with
+//! worker-facade's `postcard` feature; build agents and clients with the
+//! same one, or they refuse each other's tasks by name), with the same
+//! limitations: no `#[serde(flatten)]`, `untagged` or `skip_serializing_if`
+//! (see `worker_facade::codec`). Mark byte blobs `#[serde(with =
+//! "serde_bytes")]`.
 
 #![deny(missing_docs)]
 

@@ -6,24 +6,46 @@
 //! headers, readable whatever the body's layout: an agent of another version
 //! or task type refuses it with a clear outcome instead of decoding garbage.
 //! Stored values begin with a fixed 16-byte prefix for the same reason:
-//! `WFNO`, the protocol version (u32, little-endian) and the task type's
-//! fingerprint (u64, little-endian). Bodies are serde + bincode 2.
+//! `WFNO`, the protocol word (u32, little-endian) and the task type's
+//! fingerprint (u64, little-endian). Bodies are encoded by
+//! `worker_facade::codec` (bincode 2, or postcard 1 with worker-facade's
+//! `postcard` feature), as between a local facade and its workers; the
+//! protocol word names the codec in its high byte and the version in the
+//! rest, so that an agent or client built with the other codec refuses by
+//! name instead of decoding garbage.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use worker_facade::{Outcome, Task};
+use worker_facade::{Outcome, Task, codec};
 
 /// The version of this crate's messages. Agents and clients of other
 /// versions refuse each other's tasks with a clear outcome.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// What task messages and stored values carry as their protocol: the
+/// version in the low 24 bits, the codec's number in the high 8.
+pub(crate) const PROTOCOL_WORD: u32 = PROTOCOL_VERSION | (codec::ID as u32) << 24;
+
+/// A protocol word in words: "protocol 1, postcard 1".
+pub(crate) fn describe_protocol(word: u32) -> String {
+    let codec = match word >> 24 {
+        0 => "bincode 2".to_string(),
+        1 => "postcard 1".to_string(),
+        other => format!("codec #{other}"),
+    };
+    format!("protocol {}, {codec}", word & 0x00ff_ffff)
+}
+
+/// Whether `word` differs from ours in its codec alone.
+pub(crate) fn only_the_codec_differs(word: u32) -> bool {
+    word != PROTOCOL_WORD && word & 0x00ff_ffff == PROTOCOL_VERSION
+}
+
 const MAGIC: &[u8; 4] = b"WFNO";
 const PREFIX_LEN: usize = 16;
-/// The largest body decoded, before anything is allocated for it.
-const DECODE_LIMIT: usize = 64 << 20;
 
 pub(crate) const H_MSG_ID: &str = "Nats-Msg-Id";
 const H_PROTOCOL: &str = "Wf-Protocol";
@@ -143,6 +165,9 @@ impl TaskMeta {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct StoredTask {
     pub(crate) deadline_ms: Option<u64>,
+    /// One byte string, not a sequence of bytes: the same bytes on the wire
+    /// in both codecs, written and read in one piece.
+    #[serde(with = "serde_bytes")]
     pub(crate) payload: Vec<u8>,
 }
 
@@ -161,7 +186,12 @@ pub(crate) struct StoredOutcome<O> {
 pub(crate) enum DecodeError {
     #[error("not a worker-facade-nats record (no WFNO prefix)")]
     NotOurs,
-    #[error("written by protocol version {found}, this program speaks {PROTOCOL_VERSION}")]
+    #[error(
+        "written with {}, this program reads {}: run agents and clients of the same \
+         worker-facade-nats version, built with the same worker-facade codec",
+        describe_protocol(*found),
+        describe_protocol(PROTOCOL_WORD)
+    )]
     Protocol { found: u32 },
     #[error("written for another task type (fingerprint {found:016x}, expected {expected:016x})")]
     TaskType { found: u64, expected: u64 },
@@ -169,13 +199,9 @@ pub(crate) enum DecodeError {
     Body(String),
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<DECODE_LIMIT>()
-}
-
 /// The bytes of a task's body.
 pub(crate) fn encode_task<T: Serialize>(task: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(task, config()).map_err(|e| e.to_string())
+    codec::encode(task).map_err(|e| e.to_string())
 }
 
 /// A task's body decoded.
@@ -187,9 +213,9 @@ pub(crate) fn decode_task<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String
 pub(crate) fn encode_stored<V: Serialize>(fingerprint: u64, value: &V) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&PROTOCOL_WORD.to_le_bytes());
     out.extend_from_slice(&fingerprint.to_le_bytes());
-    let body = bincode::serde::encode_to_vec(value, config()).map_err(|e| e.to_string())?;
+    let body = codec::encode(value).map_err(|e| e.to_string())?;
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -208,7 +234,7 @@ pub(crate) fn decode_stored<V: DeserializeOwned>(
     let mut word = [0u8; 4];
     word.copy_from_slice(&prefix[4..8]);
     let protocol = u32::from_le_bytes(word);
-    if protocol != PROTOCOL_VERSION {
+    if protocol != PROTOCOL_WORD {
         return Err(DecodeError::Protocol { found: protocol });
     }
     let mut long = [0u8; 8];
@@ -223,15 +249,10 @@ pub(crate) fn decode_stored<V: DeserializeOwned>(
     decode_body(body)
 }
 
+/// A body decoded; a length inside it is never believed beyond the bytes
+/// there are (the codec's guarantee).
 fn decode_body<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, DecodeError> {
-    match bincode::serde::decode_from_slice(bytes, config()) {
-        Ok((value, used)) if used == bytes.len() => Ok(value),
-        Ok((_, used)) => Err(DecodeError::Body(format!(
-            "{} trailing bytes after the value",
-            bytes.len() - used
-        ))),
-        Err(e) => Err(DecodeError::Body(e.to_string())),
-    }
+    codec::decode(bytes).map_err(|e| DecodeError::Body(e.to_string()))
 }
 
 /// Now, in milliseconds since the Unix epoch.
@@ -253,7 +274,7 @@ mod tests {
         let meta = TaskMeta {
             job: "j-1".into(),
             id: 7,
-            protocol: PROTOCOL_VERSION,
+            protocol: PROTOCOL_WORD,
             task_type: "t".into(),
             fingerprint: 0xdead_beef,
             deadline_ms: Some(123),
@@ -282,8 +303,18 @@ mod tests {
         old[4] = 9;
         assert_eq!(
             decode_stored::<StoredOutcome<String>>(ty.fingerprint, &old).err(),
-            Some(DecodeError::Protocol { found: 9 })
+            Some(DecodeError::Protocol {
+                found: PROTOCOL_WORD & !0xff | 9
+            })
         );
+        // Written by a program built with the other codec: refused by name.
+        let mut other = bytes.clone();
+        other[7] ^= 1;
+        let err = decode_stored::<StoredOutcome<String>>(ty.fingerprint, &other)
+            .expect_err("another codec");
+        assert!(matches!(err, DecodeError::Protocol { .. }), "{err:?}");
+        assert!(err.to_string().contains("bincode 2"), "{err}");
+        assert!(err.to_string().contains("postcard 1"), "{err}");
         assert_eq!(
             decode_stored::<StoredOutcome<String>>(ty.fingerprint, b"garbage").err(),
             Some(DecodeError::NotOurs)
@@ -306,6 +337,40 @@ mod tests {
         let bytes = encode_stored(5, &rec).expect("encodes");
         let back: StoredOutcome<String> = decode_stored(5, &bytes).expect("decodes");
         assert_eq!(back.outcome, Outcome::NotRun(NotRunReason::DeadlineExpired));
+    }
+
+    #[test]
+    fn the_protocol_word_names_the_codec() {
+        assert_eq!(
+            describe_protocol(PROTOCOL_WORD),
+            format!("protocol {PROTOCOL_VERSION}, {}", codec::NAME)
+        );
+        assert!(only_the_codec_differs(PROTOCOL_WORD ^ 1 << 24));
+        assert!(!only_the_codec_differs(PROTOCOL_WORD));
+        assert!(!only_the_codec_differs(PROTOCOL_WORD + 1));
+    }
+
+    #[test]
+    fn a_stored_task_is_the_same_bytes_as_before_its_payload_became_a_byte_string() {
+        // The layout of `StoredTask` when its payload was a plain Vec<u8>.
+        #[derive(Serialize)]
+        struct Plain {
+            deadline_ms: Option<u64>,
+            payload: Vec<u8>,
+        }
+        let payload = vec![1, 2, 3, 255];
+        let now = StoredTask {
+            deadline_ms: Some(5),
+            payload: payload.clone(),
+        };
+        assert_eq!(
+            codec::encode(&now).expect("encodes"),
+            codec::encode(&Plain {
+                deadline_ms: Some(5),
+                payload
+            })
+            .expect("encodes")
+        );
     }
 
     #[test]
