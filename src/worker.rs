@@ -859,11 +859,11 @@ impl<'a> Outlet<'a> {
     fn send(&mut self, bytes: &[u8]) -> Result<(), WireError> {
         let fd = self.socket.as_raw_fd();
         let parent = self.parent;
+        // `len = 1, kind = WAKE`: built once, not on every wake.
+        const WAKE: [u8; 5] = [1, 0, 0, 0, KIND_WAKE];
         let mut wake = || {
-            let mut frame = Vec::with_capacity(5);
-            wire::push_bare(&mut frame, KIND_WAKE, None);
             // Full socket: wakes are waiting already.
-            let _ = send(fd, &frame, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
+            let _ = send(fd, &WAKE, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
         };
         let mut parent_gone = || nix::unistd::getppid().as_raw() as u32 != parent;
         self.ring
