@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::command::WorkerCommand;
 use crate::completed::Completed;
 use crate::config::{Config, RestartPolicy};
-use crate::engine::{Command, Engine, Notify, Outbox, Reclaimed, Submission};
+use crate::engine::{Command, Engine, Entry, Notify, Outbox, Reclaimed, Refusal};
 use crate::error::{CollectError, SpawnError, SubmitError};
 use crate::guard::CollectOnDrop;
 use crate::handle::TaskHandle;
@@ -25,6 +25,16 @@ use crate::wire::{self, KIND_TASK, PushError};
 
 /// Set in the task counter once the facade accepts no more tasks.
 const CLOSED: u64 = 1 << 63;
+use std::cell::Cell;
+
+/// A thread's encoding buffer is kept between submissions up to this size.
+const ENCODE_BUFFER_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    /// Where a submitter encodes its task's frame (see `send`): reused, so
+    /// a submission allocates nothing.
+    static ENCODE_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
 
 /// Worker processes behind a handle: tasks go in without blocking, outcomes
 /// come back matched to their IDs, and a crash of a worker never reaches the
@@ -622,13 +632,33 @@ impl<T: Task> WorkingProcessFacade<T> {
         if self.is_closed() {
             return Err(SubmitError::Closed(task));
         }
-        // Encoded here, on the caller's thread: the task's `Serialize` is the
-        // caller's code, and a slow or panicking one delays or fails only
-        // this call. The ID is patched in once it is assigned.
-        // Room for a small task's frame at once: no reallocation.
-        let mut frame = Vec::with_capacity(64);
+        // Encoded here, on the caller's thread, outside every lock: the
+        // task's `Serialize` is the caller's code, and a slow or panicking
+        // one delays or fails only this call. Into this thread's buffer,
+        // reused (no allocation per task): taken out of its cell, so that a
+        // `Serialize` that itself submits finds it empty and uses a fresh
+        // one, and put back after. The ID is patched in once assigned.
+        let mut frame = ENCODE_BUFFER.try_with(Cell::take).unwrap_or_default();
+        let sent = self.encode_and_submit(&mut frame, task, notify, timeout, progress);
+        frame.clear();
+        if frame.capacity() <= ENCODE_BUFFER_KEEP {
+            let _ = ENCODE_BUFFER.try_with(|cell| cell.set(frame));
+        }
+        sent
+    }
+
+    /// [`send`](Self::send)'s work, with `frame` the buffer to encode into.
+    fn encode_and_submit(
+        &self,
+        frame: &mut Vec<u8>,
+        task: T,
+        notify: Option<Notify<T>>,
+        timeout: Option<Duration>,
+        progress: Option<Arc<ProgressCell>>,
+    ) -> Result<TaskId, SubmitError<T>> {
+        frame.clear();
         let encoded = catch_unwind(AssertUnwindSafe(|| {
-            wire::push_frame(&mut frame, KIND_TASK, Some(0), self.max_frame, |out| {
+            wire::push_frame(frame, KIND_TASK, Some(0), self.max_frame, |out| {
                 crate::codec::encode_into(&task, out)
             })
         }));
@@ -653,29 +683,18 @@ impl<T: Task> WorkingProcessFacade<T> {
                 });
             }
         }
-        let id = self.counter.fetch_add(1, Ordering::AcqRel);
-        if id & CLOSED != 0 {
-            return Err(SubmitError::Closed(task));
-        }
-        wire::set_frame_id(&mut frame, id);
-        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        let sub = Submission {
-            id,
-            task,
-            frame,
-            notify,
-            timeout,
-            progress,
+        let entry = Entry::new(task, notify, timeout, progress);
+        let assign = || {
+            let id = self.counter.fetch_add(1, Ordering::AcqRel);
+            (id & CLOSED == 0).then_some(id)
         };
-        match self.tx.send(Command::Task(sub)) {
-            Ok(()) => Ok(TaskId(id)),
-            Err(cmd) => {
+        // Counted before the engine can settle it.
+        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        match self.tx.submit(frame, entry, assign) {
+            Ok(id) => Ok(TaskId(id)),
+            Err((entry, Refusal::Closed | Refusal::EngineGone)) => {
                 self.stats.submitted.fetch_sub(1, Ordering::Relaxed);
-                match cmd {
-                    Command::Task(sub) => Err(SubmitError::Closed(sub.task)),
-                    // Only tasks are sent here.
-                    _ => unreachable!("send() only sends tasks"),
-                }
+                Err(SubmitError::Closed(entry.task))
             }
         }
     }

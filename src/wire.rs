@@ -203,6 +203,12 @@ pub(crate) fn set_frame_id(frame: &mut [u8], id: u64) {
     }
 }
 
+/// The task ID of a frame made by [`push_frame`] with an ID.
+pub(crate) fn frame_id(frame: &[u8]) -> Option<u64> {
+    let id = frame.get(5..13)?;
+    Some(u64::from_le_bytes(id.try_into().ok()?))
+}
+
 /// Why [`push_frame`] refused a frame.
 #[derive(Debug)]
 pub(crate) enum PushError<E> {

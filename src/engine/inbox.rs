@@ -1,5 +1,15 @@
-//! How callers reach the engine: a channel of [`Command`]s and a waker that
-//! costs no system call while the engine is busy.
+//! How callers reach the engine: a tray of submitted tasks, a channel of
+//! other [`Command`]s, and a waker that costs no system call while the
+//! engine is busy.
+//!
+//! Tasks do not go through the channel: a submitter appends its task and
+//! its encoded frame to the tray under a lock (the ID is assigned under the
+//! same lock, so IDs reach the engine in order), and the engine swaps the
+//! whole tray for an empty one once per turn. A stream of tasks costs the
+//! engine one lock per turn instead of one channel operation per task, and
+//! no allocation: both sides reuse the tray's buffers. The engine takes the
+//! channel's commands *before* the tray, so a command about a task (a
+//! cancel) never comes before the task itself.
 //!
 //! The engine sets `parked` before it waits and checks the channel once
 //! more; a caller pushes its command and then takes `parked` (a swap), and
@@ -9,14 +19,62 @@
 //! unseen while the engine sleeps, and a stream of submissions to a busy
 //! engine is channel pushes only.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst, fence};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::Command;
+use super::ledger::Entry;
 use crate::task::Task;
+
+/// A frame at least this large travels in its own buffer, never copied
+/// into the tray.
+pub(crate) const LARGE_FRAME: usize = 16 * 1024;
+
+/// Tasks submitted since the engine last took the tray, in ID order.
+pub(crate) struct Batch<T: Task> {
+    /// The frames of the tasks without a buffer of their own, back to back.
+    pub(crate) frames: Vec<u8>,
+    pub(crate) tasks: Vec<Submission<T>>,
+}
+
+impl<T: Task> Default for Batch<T> {
+    fn default() -> Self {
+        Batch {
+            frames: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+}
+
+/// One accepted task in a [`Batch`].
+pub(crate) struct Submission<T: Task> {
+    pub(crate) id: u64,
+    pub(crate) entry: Entry<T>,
+    /// A large frame, in its own buffer; `None`: the next one in
+    /// [`Batch::frames`].
+    pub(crate) own_frame: Option<Vec<u8>>,
+}
+
+struct Tray<T: Task> {
+    batch: Batch<T>,
+    /// The engine has ended: nothing submitted now would be seen.
+    closed: bool,
+}
+
+struct Shared<T: Task> {
+    tray: Mutex<Tray<T>>,
+    waker: Waker,
+}
+
+impl<T: Task> Shared<T> {
+    fn tray(&self) -> std::sync::MutexGuard<'_, Tray<T>> {
+        // Nothing panics while holding it; a poisoned tray is still whole.
+        self.tray.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Waker {
@@ -42,31 +100,77 @@ impl Waker {
 /// The callers' side: clone it into every handle that talks to the engine.
 pub(crate) struct Outbox<T: Task> {
     tx: Sender<Command<T>>,
-    waker: Arc<Waker>,
+    shared: Arc<Shared<T>>,
 }
 
 impl<T: Task> Clone for Outbox<T> {
     fn clone(&self) -> Self {
         Outbox {
             tx: self.tx.clone(),
-            waker: self.waker.clone(),
+            shared: self.shared.clone(),
         }
     }
+}
+
+/// Why [`Outbox::submit`] refused a task.
+pub(crate) enum Refusal {
+    /// `assign` gave no ID: submission is closed.
+    Closed,
+    /// The engine has ended.
+    EngineGone,
 }
 
 impl<T: Task> Outbox<T> {
     /// Sends `cmd`; gives it back if the engine is gone.
     pub(crate) fn send(&self, cmd: Command<T>) -> Result<(), Command<T>> {
         self.tx.send(cmd).map_err(|e| e.0)?;
-        self.waker.wake();
+        self.shared.waker.wake();
         Ok(())
+    }
+
+    /// Puts a task in the tray. `frame` is its whole TASK frame with a
+    /// placeholder ID: `assign` gives the ID, under the tray's lock, and
+    /// the frame is copied into the tray (or, when large, taken, leaving
+    /// `frame` empty). The task is handed back if refused.
+    pub(crate) fn submit(
+        &self,
+        frame: &mut Vec<u8>,
+        entry: Entry<T>,
+        assign: impl FnOnce() -> Option<u64>,
+    ) -> Result<u64, (Entry<T>, Refusal)> {
+        let mut tray = self.shared.tray();
+        if tray.closed {
+            return Err((entry, Refusal::EngineGone));
+        }
+        let Some(id) = assign() else {
+            return Err((entry, Refusal::Closed));
+        };
+        crate::wire::set_frame_id(frame, id);
+        let own_frame = if frame.len() >= LARGE_FRAME {
+            Some(std::mem::take(frame))
+        } else {
+            tray.batch.frames.extend_from_slice(frame);
+            None
+        };
+        let first = tray.batch.tasks.is_empty();
+        tray.batch.tasks.push(Submission {
+            id,
+            entry,
+            own_frame,
+        });
+        drop(tray);
+        if first {
+            // A tray with tasks in it already has had its wake.
+            self.shared.waker.wake();
+        }
+        Ok(id)
     }
 }
 
 /// The engine's side.
 pub(crate) struct Inbox<T: Task> {
     rx: Receiver<Command<T>>,
-    waker: Arc<Waker>,
+    shared: Arc<Shared<T>>,
 }
 
 /// What [`Inbox::try_recv`] found.
@@ -86,13 +190,29 @@ impl<T: Task> Inbox<T> {
         }
     }
 
+    /// Swaps the tray's tasks for `spare`'s (which must be empty): the
+    /// tasks submitted since the last call, in ID order.
+    pub(crate) fn take(&self, spare: &mut Batch<T>) {
+        let mut tray = self.shared.tray();
+        std::mem::swap(&mut tray.batch, spare);
+    }
+
+    /// The engine has ended: later submissions are refused. Returns what
+    /// was submitted meanwhile (nothing, unless the engine ends by a bug).
+    pub(crate) fn close(&self) -> Batch<T> {
+        let mut tray = self.shared.tray();
+        tray.closed = true;
+        std::mem::take(&mut tray.batch)
+    }
+
     /// Says the engine is about to wait. `false` if mail arrived meanwhile
     /// (then it must not wait).
     pub(crate) fn park(&self) -> bool {
-        self.waker.parked.store(true, SeqCst);
+        let waker = &self.shared.waker;
+        waker.parked.store(true, SeqCst);
         fence(SeqCst);
-        if !self.rx.is_empty() {
-            self.waker.parked.store(false, SeqCst);
+        if !self.rx.is_empty() || !self.shared.tray().batch.tasks.is_empty() {
+            waker.parked.store(false, SeqCst);
             return false;
         }
         true
@@ -100,30 +220,37 @@ impl<T: Task> Inbox<T> {
 
     /// After the wait: no longer parked; the eventfd emptied if it fired.
     pub(crate) fn unpark(&self, woken: bool) {
-        self.waker.parked.store(false, SeqCst);
+        let waker = &self.shared.waker;
+        waker.parked.store(false, SeqCst);
         if woken {
-            let _ = self.waker.fd.read();
+            let _ = waker.fd.read();
         }
     }
 
     pub(crate) fn waker(&self) -> &Waker {
-        &self.waker
+        &self.shared.waker
     }
 }
 
 /// A connected pair.
 pub(crate) fn inbox<T: Task>() -> std::io::Result<(Outbox<T>, Inbox<T>)> {
     let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-    let waker = Arc::new(Waker {
-        fd,
-        parked: AtomicBool::new(false),
+    let shared = Arc::new(Shared {
+        tray: Mutex::new(Tray {
+            batch: Batch::default(),
+            closed: false,
+        }),
+        waker: Waker {
+            fd,
+            parked: AtomicBool::new(false),
+        },
     });
     let (tx, rx) = unbounded();
     Ok((
         Outbox {
             tx,
-            waker: waker.clone(),
+            shared: shared.clone(),
         },
-        Inbox { rx, waker },
+        Inbox { rx, shared },
     ))
 }

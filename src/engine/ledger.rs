@@ -6,30 +6,117 @@
 //! whose outcome went to its handle is forgotten at once, and
 //! [`Ledger::take_records`] returns every other task exactly once, in
 //! submission order.
+//!
+//! ## Layout
+//!
+//! The facade hands out IDs in order (0, 1, 2, ...), and tasks mostly
+//! finish in about that order, so the ledger is a deque indexed by
+//! `id - base`: accepting is a push, finding is an index, and settling
+//! empties a slot and pops the empty ones at the front. A queued tiny task
+//! costs its own size and a pointer ([`Entry`]); what only some tasks have
+//! (a handle, a time limit, progress, retries) lives behind that pointer.
+//!
+//! A task that runs for long keeps the slots behind it: once more than half
+//! of the deque (and more than [`STRAGGLER_SLACK`] slots) is empty, the
+//! live tasks at its front move to a map of stragglers and the empty slots
+//! go. Each task moves at most once, so memory stays proportional to the
+//! tasks without an outcome, whatever the order they finish in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::progress::ProgressCell;
 use crate::task::{NotRunReason, Outcome, Task, TaskId, TaskRecord};
+
+/// Empty slots tolerated behind a long-running task before the live ones
+/// in front of them move to the stragglers (a handful in unit tests, so
+/// that the property test below goes through the stragglers too).
+const STRAGGLER_SLACK: usize = if cfg!(test) { 4 } else { 4096 };
 
 /// An accepted task the ledger holds until it has its outcome.
 pub(crate) struct Entry<T: Task> {
     /// The original task, handed back in its record.
     pub(crate) task: T,
-    /// Its TASK frame, encoded on the submitter's thread: sent again as it
-    /// is if a worker dies before starting it.
-    pub(crate) frame: Vec<u8>,
+    /// What a task sent with `process_task` does not have.
+    more: Option<Box<More<T>>>,
+}
+
+/// The rarer parts of an [`Entry`].
+struct More<T: Task> {
     /// Where the outcome goes, for a task sent with `submit`.
-    pub(crate) notify: Option<Notify<T>>,
+    notify: Option<Notify<T>>,
     /// Its own time limit, overriding the facade's.
-    pub(crate) timeout: Option<Duration>,
+    timeout: Option<Duration>,
     /// Runs of it that crashed a worker (for `retries`).
-    pub(crate) attempts: u32,
+    attempts: u32,
     /// The caller cancelled it while a worker held it.
-    pub(crate) cancelled: bool,
+    cancelled: bool,
     /// Where its progress reports go, for a task sent with a handle.
-    pub(crate) progress: Option<std::sync::Arc<crate::progress::ProgressCell>>,
+    progress: Option<Arc<ProgressCell>>,
+}
+
+impl<T: Task> Entry<T> {
+    pub(crate) fn new(
+        task: T,
+        notify: Option<Notify<T>>,
+        timeout: Option<Duration>,
+        progress: Option<Arc<ProgressCell>>,
+    ) -> Self {
+        let more = (notify.is_some() || timeout.is_some() || progress.is_some()).then(|| {
+            Box::new(More {
+                notify,
+                timeout,
+                attempts: 0,
+                cancelled: false,
+                progress,
+            })
+        });
+        Entry { task, more }
+    }
+
+    fn more(&mut self) -> &mut More<T> {
+        self.more.get_or_insert_with(|| {
+            Box::new(More {
+                notify: None,
+                timeout: None,
+                attempts: 0,
+                cancelled: false,
+                progress: None,
+            })
+        })
+    }
+
+    /// Its own time limit, if it has one.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.more.as_ref().and_then(|m| m.timeout)
+    }
+
+    /// Where its progress reports go, if anywhere.
+    pub(crate) fn progress(&self) -> Option<&Arc<ProgressCell>> {
+        self.more.as_ref().and_then(|m| m.progress.as_ref())
+    }
+
+    /// Whether the caller cancelled it while a worker held it.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.more.as_ref().is_some_and(|m| m.cancelled)
+    }
+
+    pub(crate) fn mark_cancelled(&mut self) {
+        self.more().cancelled = true;
+    }
+
+    /// Counts one more run that crashed a worker; returns the count.
+    pub(crate) fn crashed_once_more(&mut self) -> u32 {
+        let more = self.more();
+        more.attempts += 1;
+        more.attempts
+    }
+
+    fn into_parts(self) -> (T, Option<Notify<T>>) {
+        (self.task, self.more.and_then(|m| m.notify))
+    }
 }
 
 /// Who waits for a task's outcome.
@@ -84,7 +171,15 @@ pub(crate) enum Delivered {
 }
 
 pub(crate) struct Ledger<T: Task> {
-    pending: HashMap<u64, Entry<T>, BuildHasherDefault<IdHasher>>,
+    /// Task `base + i` is `slots[i]`; `None` once settled (or never
+    /// accepted). The front slot is never `None`.
+    slots: VecDeque<Option<Entry<T>>>,
+    base: u64,
+    /// `Some` slots.
+    live: usize,
+    /// Tasks without an outcome whose IDs are below `base` (see the module
+    /// docs).
+    stragglers: HashMap<u64, Entry<T>, BuildHasherDefault<IdHasher>>,
     /// Settled tasks whose outcome no handle took, for `collect_tasks`.
     records: Vec<TaskRecord<T>>,
     /// Once `completed()` was called: where those records go instead, as
@@ -95,7 +190,10 @@ pub(crate) struct Ledger<T: Task> {
 impl<T: Task> Ledger<T> {
     pub(crate) fn new() -> Self {
         Ledger {
-            pending: HashMap::default(),
+            slots: VecDeque::new(),
+            base: 0,
+            live: 0,
+            stragglers: HashMap::default(),
             records: Vec::new(),
             sink: None,
         }
@@ -125,44 +223,93 @@ impl<T: Task> Ledger<T> {
         Delivered::ForCollect
     }
 
-    /// Accepts task `id`. `false` (and nothing recorded) if the ID is taken.
+    /// Accepts task `id`. `false` (and nothing recorded) if the ID is taken:
+    /// IDs come in increasing order, so one at or below the newest accepted
+    /// is refused.
     pub(crate) fn accept(&mut self, id: u64, entry: Entry<T>) -> bool {
-        if self.pending.contains_key(&id) {
+        if self.slots.is_empty() && id >= self.base {
+            self.base = id;
+        }
+        let end = self.base + self.slots.len() as u64;
+        if id < end || self.stragglers.contains_key(&id) {
             return false;
         }
-        self.pending.insert(id, entry);
+        for _ in end..id {
+            self.slots.push_back(None); // an ID never used (not expected)
+        }
+        self.slots.push_back(Some(entry));
+        self.live += 1;
         true
     }
 
     /// The task if it is still waiting for its outcome.
     pub(crate) fn get(&self, id: u64) -> Option<&Entry<T>> {
-        self.pending.get(&id)
+        match id.checked_sub(self.base) {
+            Some(i) => self.slots.get(usize::try_from(i).ok()?)?.as_ref(),
+            None => self.stragglers.get(&id),
+        }
     }
 
     pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Entry<T>> {
-        self.pending.get_mut(&id)
+        match id.checked_sub(self.base) {
+            Some(i) => self.slots.get_mut(usize::try_from(i).ok()?)?.as_mut(),
+            None => self.stragglers.get_mut(&id),
+        }
     }
 
     /// Whether task `id` is accepted and still without an outcome.
     #[cfg(test)]
     pub(crate) fn is_pending(&self, id: u64) -> bool {
-        self.pending.contains_key(&id)
+        self.get(id).is_some()
+    }
+
+    /// Takes task `id` out, if it is still waiting for its outcome.
+    fn remove(&mut self, id: u64) -> Option<Entry<T>> {
+        let Some(i) = id.checked_sub(self.base) else {
+            return self.stragglers.remove(&id);
+        };
+        let entry = self.slots.get_mut(usize::try_from(i).ok()?)?.take()?;
+        self.live -= 1;
+        self.trim();
+        Some(entry)
+    }
+
+    /// Pops the empty slots at the front; moves live ones that hold back
+    /// too many empty slots to the stragglers.
+    fn trim(&mut self) {
+        loop {
+            while let Some(None) = self.slots.front() {
+                self.slots.pop_front();
+                self.base += 1;
+            }
+            let empty = self.slots.len() - self.live;
+            if empty <= STRAGGLER_SLACK.max(self.live) {
+                return;
+            }
+            while let Some(Some(_)) = self.slots.front() {
+                if let Some(Some(entry)) = self.slots.pop_front() {
+                    self.stragglers.insert(self.base, entry);
+                    self.live -= 1;
+                }
+                self.base += 1;
+            }
+        }
     }
 
     /// Gives task `id` its one outcome. `None` (and the outcome dropped) if
     /// the task is unknown or already settled.
     pub(crate) fn settle(&mut self, id: u64, outcome: Outcome<T::Output>) -> Option<Delivered> {
-        let entry = self.pending.remove(&id)?;
-        let (task, outcome) = match entry.notify {
+        let (task, notify) = self.remove(id)?.into_parts();
+        let (task, outcome) = match notify {
             Some(Notify::Handle(tx)) => match tx.send(outcome) {
                 Ok(()) => return Some(Delivered::ToHandle),
-                Err(back) => (entry.task, back.into_inner()),
+                Err(back) => (task, back.into_inner()),
             },
             Some(Notify::Reclaim(tx)) => {
                 let (back, kept) = if matches!(outcome, Outcome::NotRun(_)) {
-                    (Some(entry.task), None)
+                    (Some(task), None)
                 } else {
-                    (None, Some(entry.task))
+                    (None, Some(task))
                 };
                 match tx.send(Reclaimed {
                     outcome,
@@ -178,7 +325,7 @@ impl<T: Task> Ledger<T> {
                     }
                 }
             }
-            None => (entry.task, outcome),
+            None => (task, outcome),
         };
         Some(self.keep(TaskRecord {
             id: TaskId(id),
@@ -189,7 +336,7 @@ impl<T: Task> Ledger<T> {
 
     /// Tasks still waiting for an outcome.
     pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
+        self.live + self.stragglers.len()
     }
 
     /// Every record kept for collection, in submission order, and the ledger
@@ -197,7 +344,14 @@ impl<T: Task> Ledger<T> {
     /// reported rather than lost.
     pub(crate) fn take_records(&mut self) -> Vec<TaskRecord<T>> {
         let mut records = std::mem::take(&mut self.records);
-        for (id, entry) in self.pending.drain() {
+        let base = self.base;
+        let slots = std::mem::take(&mut self.slots)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((base + i as u64, e?)));
+        let lost: Vec<(u64, Entry<T>)> = slots.chain(self.stragglers.drain()).collect();
+        self.live = 0;
+        for (id, entry) in lost {
             records.push(TaskRecord {
                 id: TaskId(id),
                 task: entry.task,
@@ -232,16 +386,7 @@ mod tests {
         } else {
             (None, None)
         };
-        let e = Entry {
-            task: Job(n),
-            frame: Vec::new(),
-            notify,
-            timeout: None,
-            attempts: 0,
-            cancelled: false,
-            progress: None,
-        };
-        (e, rx)
+        (Entry::new(Job(n), notify, None, None), rx)
     }
 
     #[derive(Debug, Clone)]
@@ -340,15 +485,7 @@ mod tests {
         let mut waiters = Vec::new();
         for id in 0..2u64 {
             let (tx, rx) = oneshot::channel();
-            let e = Entry {
-                task: Job(id as u32),
-                frame: Vec::new(),
-                notify: Some(Notify::Reclaim(tx)),
-                timeout: None,
-                attempts: 0,
-                cancelled: false,
-                progress: None,
-            };
+            let e = Entry::new(Job(id as u32), Some(Notify::Reclaim(tx)), None, None);
             assert!(ledger.accept(id, e));
             waiters.push(rx);
         }
@@ -383,10 +520,39 @@ mod tests {
         }
         assert_eq!(ledger.pending(), 0);
         assert!(ledger.records.is_empty());
-        assert!(
-            ledger.pending.capacity() < 64,
-            "{}",
-            ledger.pending.capacity()
-        );
+        assert!(ledger.slots.capacity() < 64, "{}", ledger.slots.capacity());
+        assert!(ledger.stragglers.is_empty());
+    }
+
+    #[test]
+    fn a_task_that_never_ends_holds_back_no_memory_behind_it() {
+        let mut ledger = Ledger::<Job>::new();
+        let mut stuck = Vec::new();
+        for id in 0..100_000u64 {
+            let (e, rx) = entry(id as u32, true);
+            assert!(ledger.accept(id, e));
+            if id % 25_000 == 0 {
+                stuck.push((id, rx)); // these four never finish (yet)
+                continue;
+            }
+            assert_eq!(
+                ledger.settle(id, Outcome::Completed(1)),
+                Some(Delivered::ToHandle)
+            );
+        }
+        assert_eq!(ledger.pending(), 4);
+        assert!(ledger.slots.len() <= 2 * STRAGGLER_SLACK, "{}", ledger.slots.len());
+        for (id, rx) in stuck {
+            assert!(ledger.get(id).is_some(), "task {id} is still known");
+            assert!(!ledger.accept(id, entry(0, false).0), "its ID stays taken");
+            assert_eq!(
+                ledger.settle(id, Outcome::Completed(id as u32)),
+                Some(Delivered::ToHandle)
+            );
+            assert_eq!(rx.and_then(|rx| rx.try_recv().ok()), Some(Outcome::Completed(id as u32)));
+            assert_eq!(ledger.settle(id, Outcome::Completed(0)), None, "settled once");
+        }
+        assert_eq!(ledger.pending(), 0);
+        assert!(ledger.take_records().is_empty());
     }
 }

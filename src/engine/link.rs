@@ -199,6 +199,8 @@ pub(super) struct Link {
     pub(super) phase: Phase,
     /// Tasks sent and not yet answered, oldest first.
     pub(super) inflight: VecDeque<u64>,
+    /// Their frames, for the next worker if this one dies first.
+    held: Held,
     /// The task it said it started, and when.
     pub(super) running: Option<(u64, Instant)>,
     /// Tasks sent over its life (for recycling).
@@ -248,6 +250,7 @@ impl Link {
                 deadline: handshake,
             },
             inflight: VecDeque::new(),
+            held: Held::default(),
             running: None,
             sent: 0,
             ready_at: None,
@@ -284,9 +287,11 @@ impl Link {
         matches!(self.phase, Phase::Exited { .. }) && self.reader.is_none()
     }
 
-    /// Queues task `id`'s frame for the worker.
+    /// Queues task `id`'s frame for the worker, and holds a copy until it
+    /// is answered.
     pub(super) fn send_task(&mut self, id: u64, frame: &[u8]) {
         self.queue(frame);
+        self.held.push(frame);
         self.inflight.push_back(id);
         self.sent += 1;
         self.ahead.push_back(frame.len());
@@ -380,6 +385,7 @@ impl Link {
         let mut socket_ended = false;
         let mut tasks = LinkTasks {
             inflight: &mut self.inflight,
+            held: &mut self.held,
             running: &mut self.running,
             ahead: &mut self.ahead,
             ahead_bytes: &mut self.ahead_bytes,
@@ -774,6 +780,7 @@ impl Link {
             stderr_tail: tail,
             alloc_failed,
             inflight: std::mem::take(&mut self.inflight),
+            frames: std::mem::take(&mut self.held).into_frames(),
             running: self.running.map(|(id, _)| id),
             ready: self.ready_at.is_some(),
         }
@@ -789,6 +796,8 @@ pub(super) struct End {
     pub(super) alloc_failed: bool,
     /// Tasks sent and never answered, oldest first.
     pub(super) inflight: VecDeque<u64>,
+    /// Their frames, back to back, in the same order.
+    pub(super) frames: Vec<u8>,
     /// The one among them it had started.
     pub(super) running: Option<u64>,
     /// Whether it ever completed the handshake.
@@ -798,6 +807,7 @@ pub(super) struct End {
 /// A link's task bookkeeping, handed to the engine with each message.
 pub(super) struct LinkTasks<'a> {
     pub(super) inflight: &'a mut VecDeque<u64>,
+    held: &'a mut Held,
     pub(super) running: &'a mut Option<(u64, Instant)>,
     ahead: &'a mut VecDeque<usize>,
     ahead_bytes: &'a mut usize,
@@ -828,6 +838,7 @@ impl LinkTasks<'_> {
             return Err(format!("worker skipped task #{id} out of order"));
         }
         self.inflight.pop_front();
+        self.held.pop();
         self.not_ahead();
         Ok(())
     }
@@ -841,6 +852,7 @@ impl LinkTasks<'_> {
             ));
         }
         self.inflight.pop_front();
+        self.held.pop();
         let ran = self
             .running
             .take()
@@ -850,6 +862,45 @@ impl LinkTasks<'_> {
             self.not_ahead();
         }
         Ok(ran)
+    }
+}
+
+/// The frames of the tasks a worker holds, back to back, oldest first (the
+/// engine's own frames: their length words are trusted).
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    /// Where the oldest starts.
+    at: usize,
+}
+
+impl Held {
+    fn push(&mut self, frame: &[u8]) {
+        self.bytes.extend_from_slice(frame);
+    }
+
+    /// Forgets the oldest frame.
+    fn pop(&mut self) {
+        let len = match self.bytes.get(self.at..).and_then(|b| b.first_chunk::<4>()) {
+            Some(word) => 4 + u32::from_le_bytes(*word) as usize,
+            None => return,
+        };
+        self.at = (self.at + len).min(self.bytes.len());
+        if self.at == self.bytes.len() {
+            self.bytes.clear();
+            self.at = 0;
+            if self.bytes.capacity() > 4 << 20 {
+                self.bytes = Vec::new();
+            }
+        } else if self.at >= 64 * 1024 && self.at * 2 >= self.bytes.len() {
+            self.bytes.drain(..self.at);
+            self.at = 0;
+        }
+    }
+
+    fn into_frames(mut self) -> Vec<u8> {
+        self.bytes.drain(..self.at);
+        self.bytes
     }
 }
 

@@ -11,8 +11,8 @@ mod inbox;
 mod ledger;
 mod link;
 mod policy;
+mod queue;
 
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
-use inbox::{Inbox, Mail};
-pub(crate) use inbox::{Outbox, inbox};
-use ledger::{Entry, Ledger};
+use inbox::{Batch, Inbox, Mail};
+pub(crate) use inbox::{Outbox, Refusal, inbox};
+pub(crate) use ledger::Entry;
+use ledger::Ledger;
 pub(crate) use ledger::{Notify, Reclaimed};
+use queue::Queue;
 use link::{Cause, End, HandshakeFailure, Link, LinkTasks, Said, StopWhy};
 use policy::{Refused, RestartBudget};
 
@@ -64,9 +66,9 @@ const STDERR_RETRY: Duration = Duration::from_millis(5);
 /// How long the engine's end waits for stderr to take the last lines.
 const STDERR_LAST_WAIT: Duration = Duration::from_millis(100);
 
-/// What callers send the engine.
+/// What callers send the engine, besides tasks (which come through the
+/// inbox's tray).
 pub(crate) enum Command<T: Task> {
-    Task(Submission<T>),
     Collect {
         expected: u64,
         deadline: Option<Instant>,
@@ -87,17 +89,6 @@ pub(crate) enum Command<T: Task> {
     },
     /// Hand every record no handle takes to this channel, as it settles.
     Completed(flume::Sender<TaskRecord<T>>),
-}
-
-/// A task, encoded already on its submitter's thread.
-pub(crate) struct Submission<T: Task> {
-    pub(crate) id: u64,
-    pub(crate) task: T,
-    /// The whole TASK frame.
-    pub(crate) frame: Vec<u8>,
-    pub(crate) notify: Option<Notify<T>>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) progress: Option<Arc<crate::progress::ProgressCell>>,
 }
 
 /// Where the facade is in its life.
@@ -194,7 +185,11 @@ pub(crate) struct Engine<T: Task> {
     ready: Vec<(u64, EpollFlags)>,
     ledger: Ledger<T>,
     /// Accepted tasks not yet sent to a worker, in order.
-    queue: VecDeque<u64>,
+    queue: Queue,
+    /// The inbox's tray, swapped in each turn (its buffers reused).
+    spare: Batch<T>,
+    /// Commands taken in this turn (the buffer reused).
+    commands: Vec<Command<T>>,
     received: u64,
     slots: Vec<Slot>,
     window: usize,
@@ -248,7 +243,9 @@ impl<T: Task> Engine<T> {
             events: vec![EpollEvent::empty(); 64],
             ready: Vec::with_capacity(64),
             ledger: Ledger::new(),
-            queue: VecDeque::new(),
+            queue: Queue::default(),
+            spare: Batch::default(),
+            commands: Vec::new(),
             received: 0,
             slots,
             dead: None,
@@ -304,43 +301,73 @@ impl<T: Task> Engine<T> {
         if self.startup.is_some() {
             return; // the constructor has not returned: nobody can send yet
         }
+        // Commands first, then the tasks: a command about a task was sent
+        // after the task was in the tray, so the task is taken with it.
+        let mut commands = std::mem::take(&mut self.commands);
+        let mut closed = false;
         for _ in 0..COMMAND_BATCH {
             match self.inbox.try_recv() {
-                Mail::Command(cmd) => self.on_command(cmd, now),
-                Mail::Empty => return,
+                Mail::Command(cmd) => commands.push(cmd),
+                Mail::Empty => break,
                 Mail::Closed => {
-                    self.on_drop(now);
-                    return;
+                    closed = true;
+                    break;
                 }
             }
         }
+        self.take_tasks();
+        for cmd in commands.drain(..) {
+            self.on_command(cmd, now);
+        }
+        self.commands = commands;
+        if closed {
+            self.on_drop(now);
+        }
+    }
+
+    /// Accepts the tasks submitted since the last turn.
+    fn take_tasks(&mut self) {
+        let mut batch = std::mem::take(&mut self.spare);
+        self.inbox.take(&mut batch);
+        let Batch { frames, tasks } = &mut batch;
+        let mut at = 0;
+        for sub in tasks.drain(..) {
+            self.received += 1;
+            let id = sub.id;
+            let frame_at = at;
+            if sub.own_frame.is_none() {
+                let len = frames
+                    .get(at..at + 4)
+                    .and_then(|w| w.try_into().ok())
+                    .map_or(0, |w: [u8; 4]| 4 + u32::from_le_bytes(w) as usize);
+                at = (at + len).min(frames.len());
+            }
+            if !self.ledger.accept(id, sub.entry) {
+                continue;
+            }
+            if let Some(reason) = &self.dead {
+                let reason = reason.clone();
+                self.finish(id, Outcome::NotRun(reason));
+                continue;
+            }
+            match sub.own_frame {
+                Some(frame) => self.queue.push_back_owned(frame),
+                None => self.queue.push_back(&frames[frame_at..at]),
+            }
+        }
+        frames.clear();
+        // A burst's buffers are not kept for ever.
+        if frames.capacity() > 1 << 20 {
+            *frames = Vec::new();
+        }
+        if tasks.capacity() > 1 << 14 {
+            *tasks = Vec::new();
+        }
+        self.spare = batch;
     }
 
     fn on_command(&mut self, cmd: Command<T>, now: Instant) {
         match cmd {
-            Command::Task(sub) => {
-                self.received += 1;
-                let id = sub.id;
-                let entry = Entry {
-                    task: sub.task,
-                    frame: sub.frame,
-                    notify: sub.notify,
-                    timeout: sub.timeout,
-                    attempts: 0,
-                    cancelled: false,
-                    progress: sub.progress,
-                };
-                if !self.ledger.accept(id, entry) {
-                    return;
-                }
-                match &self.dead {
-                    Some(reason) => {
-                        let reason = reason.clone();
-                        self.finish(id, Outcome::NotRun(reason));
-                    }
-                    None => self.queue.push_back(id),
-                }
-            }
             Command::Collect {
                 expected,
                 deadline,
@@ -375,20 +402,17 @@ impl<T: Task> Engine<T> {
         if self.ledger.get(id).is_none() {
             return; // settled already, or never accepted
         }
-        if let Some(at) = self.queue.iter().position(|&q| q == id) {
-            self.queue.remove(at);
-            self.finish(
-                id,
-                Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
-            );
-            return;
-        }
         let Some(link) = self
             .slots
             .iter_mut()
             .filter_map(|s| s.link.as_mut())
             .find(|l| l.inflight.contains(&id))
         else {
+            // Queued: its frame stays, skipped when its turn comes.
+            self.finish(
+                id,
+                Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
+            );
             return;
         };
         if link.running.is_some_and(|(running, _)| running == id) {
@@ -402,7 +426,7 @@ impl<T: Task> Engine<T> {
             link.cancel_task(id);
             if let Some(entry) = self.ledger.get_mut(id) {
                 // If the worker starts it before it reads the request.
-                entry.cancelled = true;
+                entry.mark_cancelled();
             }
         }
     }
@@ -412,12 +436,8 @@ impl<T: Task> Engine<T> {
         if matches!(self.lifecycle, Lifecycle::Dropped) {
             return;
         }
-        // Tasks sent before the drop are already in the channel.
-        while let Mail::Command(cmd) = self.inbox.try_recv() {
-            if let Command::Task(_) = cmd {
-                self.on_command(cmd, now);
-            }
-        }
+        // Tasks sent before the drop are already in the tray.
+        self.take_tasks();
         self.lifecycle = Lifecycle::Dropped;
         self.set_dead(NotRunReason::Cancelled(CancelReason::FacadeDropped));
         let grace = self.cfg.grace;
@@ -429,7 +449,7 @@ impl<T: Task> Engine<T> {
     }
 
     fn set_dead(&mut self, reason: NotRunReason) {
-        for id in std::mem::take(&mut self.queue) {
+        for id in self.queue.drain_ids() {
             self.finish(id, Outcome::NotRun(reason.clone()));
         }
         self.dead.get_or_insert(reason);
@@ -669,7 +689,7 @@ impl<T: Task> Engine<T> {
                                         "progress for task #{id}, which it is not running"
                                     ));
                                 }
-                                let cell = ledger.get(id).and_then(|e| e.progress.as_ref());
+                                let cell = ledger.get(id).and_then(|e| e.progress());
                                 if let Some(cell) = cell {
                                     if cell.store(bytes) {
                                         progress.notify(cell.clone());
@@ -704,7 +724,7 @@ impl<T: Task> Engine<T> {
                     // A task cancelled while its request was on the way,
                     // started anyway (and not finished by now): stop it.
                     for id in started {
-                        if ledger.get(id).is_some_and(|e| e.cancelled)
+                        if ledger.get(id).is_some_and(|e| e.cancelled())
                             && link.running.is_some_and(|(r, _)| r == id)
                         {
                             link.end_gently(Cause::Cancelled, now.checked_add(cfg.term_grace));
@@ -816,20 +836,34 @@ impl<T: Task> Engine<T> {
         // The task it was running crashed it; the ones it never started go
         // to the next worker.
         let mut unstarted = Vec::new();
+        let mut frames = Vec::new();
+        let mut at = 0;
         for id in end.inflight.iter().copied() {
-            if Some(id) != end.running {
-                unstarted.push(id);
-                continue;
-            }
-            let Some(entry) = self.ledger.get_mut(id) else {
-                continue; // timed out already
+            let frame = match end.frames.get(at..at + 4).and_then(|w| w.first_chunk::<4>()) {
+                Some(word) => {
+                    let len = 4 + u32::from_le_bytes(*word) as usize;
+                    let frame = end.frames.get(at..at + len).unwrap_or_default();
+                    at += len;
+                    frame
+                }
+                None => &[],
             };
-            entry.attempts += 1;
-            if policy::retry(entry.attempts, self.cfg.retries) && self.dead.is_none() {
-                unstarted.push(id); // opt-in retry, bounded
-            } else {
-                self.finish(id, Outcome::Crashed(crash.clone()));
+            if self.ledger.get(id).is_none() {
+                continue; // settled already (timed out, cancelled)
             }
+            if Some(id) == end.running {
+                let Some(entry) = self.ledger.get_mut(id) else {
+                    continue;
+                };
+                let attempts = entry.crashed_once_more();
+                if !(policy::retry(attempts, self.cfg.retries) && self.dead.is_none()) {
+                    self.finish(id, Outcome::Crashed(crash.clone()));
+                    continue;
+                }
+                // opt-in retry, bounded
+            }
+            unstarted.push(id);
+            frames.extend_from_slice(frame);
         }
         match &end.cause {
             Cause::ByItself => trace::worker_crashed(slot, &crash, end.running, unstarted.len()),
@@ -840,14 +874,14 @@ impl<T: Task> Engine<T> {
             Cause::Parent(_) => trace::worker_killed(slot, &crash, end.running),
             _ => {}
         }
-        for id in unstarted.into_iter().rev() {
-            match &self.dead {
-                Some(reason) => {
-                    let reason = reason.clone();
-                    self.finish(id, Outcome::NotRun(reason));
+        match &self.dead {
+            Some(reason) => {
+                let reason = reason.clone();
+                for id in unstarted {
+                    self.finish(id, Outcome::NotRun(reason.clone()));
                 }
-                None => self.queue.push_front(id),
             }
+            None => self.queue.push_front(frames, unstarted.len()),
         }
         if matches!(end.cause, Cause::Cancelled) {
             // Stopped to cancel its task: replaced, whatever the policy.
@@ -1063,6 +1097,8 @@ impl<T: Task> Engine<T> {
 
     /// Starts a replacement in every free place while work is waiting.
     fn ensure_workers(&mut self, now: Instant) {
+        let ledger = &self.ledger;
+        self.queue.prune(|id| ledger.get(id).is_some());
         if self.dead.is_some() || self.queue.is_empty() {
             return;
         }
@@ -1104,11 +1140,11 @@ impl<T: Task> Engine<T> {
         // Each task goes to the least loaded worker that may take it, so an
         // idle worker is always served before work is sent ahead to a busy
         // one (a slow task does not gather a queue while others wait).
-        while let Some(&id) = self.queue.front() {
-            let Some(entry) = self.ledger.get(id) else {
-                self.queue.pop_front();
+        while let Some((id, frame_len)) = self.queue.front() {
+            if self.ledger.get(id).is_none() {
+                self.queue.pop_front(); // cancelled while it waited
                 continue;
-            };
+            }
             let mut best: Option<(usize, usize)> = None;
             for (i, slot) in self.slots.iter().enumerate() {
                 let Some(link) = slot.link.as_ref() else {
@@ -1129,7 +1165,7 @@ impl<T: Task> Engine<T> {
                     // Little enough sent ahead that a CANCEL behind it is
                     // seen by the worker before any of it starts.
                     || (link.ahead_bytes > 0
-                        && link.ahead_bytes + entry.frame.len() > link::AHEAD_BYTES)
+                        && link.ahead_bytes + frame_len > link::AHEAD_BYTES)
                 {
                     continue;
                 }
@@ -1143,8 +1179,10 @@ impl<T: Task> Engine<T> {
             let Some(link) = self.slots[i].link.as_mut() else {
                 break;
             };
-            self.queue.pop_front();
-            link.send_task(id, &entry.frame);
+            let Some(frame) = self.queue.pop_front() else {
+                break;
+            };
+            link.send_task(id, frame.bytes());
             if policy::recycle_due(link.sent, per_worker) {
                 link.stop(StopWhy::Recycle, now, grace);
             }
@@ -1200,8 +1238,10 @@ impl<T: Task> Engine<T> {
 
 impl<T: Task> Drop for Engine<T> {
     /// A panic in the engine (a bug) still leaves no process behind: every
-    /// link's `Drop` kills and reaps its worker.
+    /// link's `Drop` kills and reaps its worker. Submissions are refused
+    /// from now on.
     fn drop(&mut self) {
+        drop(self.inbox.close());
         for slot in &mut self.slots {
             slot.link = None;
         }
@@ -1325,7 +1365,7 @@ fn task_deadline<T: Task>(link: &Link, ledger: &Ledger<T>, cfg: &Config) -> Opti
         return None;
     }
     let (id, started) = link.running?;
-    let limit = ledger.get(id)?.timeout.or(cfg.task_timeout)?;
+    let limit = ledger.get(id)?.timeout().or(cfg.task_timeout)?;
     started.checked_add(limit)
 }
 
@@ -1340,7 +1380,7 @@ fn running_over_limit<T: Task>(
         return None;
     }
     let (id, _) = link.running?;
-    let limit = ledger.get(id)?.timeout.or(cfg.task_timeout)?;
+    let limit = ledger.get(id)?.timeout().or(cfg.task_timeout)?;
     Some((id, limit))
 }
 
