@@ -191,9 +191,16 @@ impl<T: Task> Inbox<T> {
     }
 
     /// Swaps the tray's tasks for `spare`'s (which must be empty): the
-    /// tasks submitted since the last call, in ID order.
-    pub(crate) fn take(&self, spare: &mut Batch<T>) {
-        let mut tray = self.shared.tray();
+    /// tasks submitted since the last call, in ID order. Unless `wait`,
+    /// nothing is taken while a submitter holds the tray: the engine looks
+    /// again on its next turn rather than wait for one.
+    pub(crate) fn take(&self, spare: &mut Batch<T>, wait: bool) {
+        let mut tray = match self.shared.tray.try_lock() {
+            Ok(tray) => tray,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if wait => self.shared.tray(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         std::mem::swap(&mut tray.batch, spare);
     }
 
@@ -211,7 +218,13 @@ impl<T: Task> Inbox<T> {
         let waker = &self.shared.waker;
         waker.parked.store(true, SeqCst);
         fence(SeqCst);
-        if !self.rx.is_empty() || !self.shared.tray().batch.tasks.is_empty() {
+        let tray_empty = match self.shared.tray.try_lock() {
+            Ok(tray) => tray.batch.tasks.is_empty(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().batch.tasks.is_empty(),
+            // A submitter is putting a task there.
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        };
+        if !self.rx.is_empty() || !tray_empty {
             waker.parked.store(false, SeqCst);
             return false;
         }

@@ -191,6 +191,10 @@ pub(crate) struct Engine<T: Task> {
     /// Commands taken in this turn (the buffer reused).
     commands: Vec<Command<T>>,
     received: u64,
+    /// Answers read from the workers.
+    answers: u64,
+    /// `received + answers` when the engine last waited.
+    seen_at_wait: u64,
     slots: Vec<Slot>,
     window: usize,
     /// The tasks' average run time (exponentially weighted), for how far
@@ -247,6 +251,8 @@ impl<T: Task> Engine<T> {
             spare: Batch::default(),
             commands: Vec::new(),
             received: 0,
+            answers: 0,
+            seen_at_wait: 0,
             slots,
             dead: None,
             lifecycle: Lifecycle::Open,
@@ -315,7 +321,9 @@ impl<T: Task> Engine<T> {
                 }
             }
         }
-        self.take_tasks();
+        // The tasks a command may be about must be taken, even if a
+        // submitter holds the tray this instant.
+        self.take_tasks(!commands.is_empty() || closed);
         for cmd in commands.drain(..) {
             self.on_command(cmd, now);
         }
@@ -325,10 +333,11 @@ impl<T: Task> Engine<T> {
         }
     }
 
-    /// Accepts the tasks submitted since the last turn.
-    fn take_tasks(&mut self) {
+    /// Accepts the tasks submitted since the last turn (`wait`: even if
+    /// that means waiting for a submitter to let go of the tray).
+    fn take_tasks(&mut self, wait: bool) {
         let mut batch = std::mem::take(&mut self.spare);
-        self.inbox.take(&mut batch);
+        self.inbox.take(&mut batch, wait);
         let Batch { frames, tasks } = &mut batch;
         let mut at = 0;
         for sub in tasks.drain(..) {
@@ -437,7 +446,7 @@ impl<T: Task> Engine<T> {
             return;
         }
         // Tasks sent before the drop are already in the tray.
-        self.take_tasks();
+        self.take_tasks(true);
         self.lifecycle = Lifecycle::Dropped;
         self.set_dead(NotRunReason::Cancelled(CancelReason::FacadeDropped));
         let grace = self.cfg.grace;
@@ -591,15 +600,23 @@ impl<T: Task> Engine<T> {
             }
             None => EpollTimeout::NONE,
         };
+        // While tasks or answers stream, look again at once rather than
+        // sleep: every submitter or worker that finds the engine parked pays
+        // a system call to wake it. One turn with nothing new, and it parks.
+        let seen = self.received + self.answers;
+        let streaming = seen != self.seen_at_wait;
+        self.seen_at_wait = seen;
         // Workers wake a parked parent only: say so, and do not sleep if a
         // ring got news meanwhile.
-        let mut news = false;
-        for slot in &self.slots {
-            if let Some(link) = &slot.link {
-                news |= link.park();
+        let mut news = streaming;
+        if !streaming {
+            for slot in &self.slots {
+                if let Some(link) = &slot.link {
+                    news |= link.park();
+                }
             }
         }
-        let timeout = if self.inbox.park() && !news {
+        let timeout = if !news && self.inbox.park() {
             timeout
         } else {
             EpollTimeout::ZERO
@@ -660,6 +677,7 @@ impl<T: Task> Engine<T> {
             stderr,
             service,
             progress,
+            answers,
             ..
         } = self;
         let Some((link, budget)) = slots
@@ -718,6 +736,7 @@ impl<T: Task> Engine<T> {
                             }
                         }
                     }
+                    *answers += settled.len() as u64;
                     for (id, outcome) in settled {
                         settle(ledger, stats, id, outcome);
                     }
