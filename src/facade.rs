@@ -34,6 +34,8 @@ thread_local! {
     /// Where a submitter encodes its task's frame (see `send`): reused, so
     /// a submission allocates nothing.
     static ENCODE_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// The size of the last frame this thread encoded, if it was large.
+    static LAST_LARGE_FRAME: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Worker processes behind a handle: tasks go in without blocking, outcomes
@@ -639,6 +641,13 @@ impl<T: Task> WorkingProcessFacade<T> {
         // `Serialize` that itself submits finds it empty and uses a fresh
         // one, and put back after. The ID is patched in once assigned.
         let mut frame = ENCODE_BUFFER.try_with(Cell::take).unwrap_or_default();
+        // A large frame leaves with its buffer: the next one starts from
+        // nothing, so room for one as large as the last is made at once
+        // rather than by doubling (a copy each time).
+        let last = LAST_LARGE_FRAME.try_with(Cell::get).unwrap_or(0);
+        if last > frame.capacity() {
+            frame = self.tx.large_buffer(last);
+        }
         let sent = self.encode_and_submit(&mut frame, task, notify, timeout, progress);
         frame.clear();
         if frame.capacity() <= ENCODE_BUFFER_KEEP {
@@ -683,6 +692,9 @@ impl<T: Task> WorkingProcessFacade<T> {
                 });
             }
         }
+        let len = frame.len();
+        let large = if len >= crate::engine::LARGE_FRAME { len } else { 0 };
+        let _ = LAST_LARGE_FRAME.try_with(|c| c.set(large));
         let entry = Entry::new(task, notify, timeout, progress);
         let assign = || {
             let id = self.counter.fetch_add(1, Ordering::AcqRel);

@@ -30,8 +30,8 @@ use super::ledger::Entry;
 use crate::task::Task;
 
 /// A frame at least this large travels in its own buffer, never copied
-/// into the tray.
-pub(crate) const LARGE_FRAME: usize = 16 * 1024;
+/// into the tray (nor anywhere else on its way to the socket).
+pub(crate) const LARGE_FRAME: usize = super::outbound::SHARED_FRAME;
 
 /// Tasks submitted since the engine last took the tray, in ID order.
 pub(crate) struct Batch<T: Task> {
@@ -67,7 +67,15 @@ struct Tray<T: Task> {
 struct Shared<T: Task> {
     tray: Mutex<Tray<T>>,
     waker: Waker,
+    /// Buffers of large frames the workers have answered, for the next
+    /// large frames: fresh memory would cost a page fault per 4 KiB.
+    recycled: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Large-frame buffers kept for reuse, at most, and the largest kept: an
+/// idle facade holds no more than 16 MiB of them.
+const RECYCLED: usize = 4;
+const RECYCLED_MAX: usize = 4 << 20;
 
 impl<T: Task> Shared<T> {
     fn tray(&self) -> std::sync::MutexGuard<'_, Tray<T>> {
@@ -126,6 +134,20 @@ impl<T: Task> Outbox<T> {
         self.tx.send(cmd).map_err(|e| e.0)?;
         self.shared.waker.wake();
         Ok(())
+    }
+
+    /// An empty buffer with room for `len` bytes: a recycled one when
+    /// there is one large enough.
+    pub(crate) fn large_buffer(&self, len: usize) -> Vec<u8> {
+        let mut recycled = self
+            .shared
+            .recycled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match recycled.iter().position(|b| b.capacity() >= len) {
+            Some(i) => recycled.swap_remove(i),
+            None => Vec::with_capacity(len),
+        }
     }
 
     /// Puts a task in the tray. `frame` is its whole TASK frame with a
@@ -204,6 +226,19 @@ impl<T: Task> Inbox<T> {
         std::mem::swap(&mut tray.batch, spare);
     }
 
+    /// Keeps the buffer of a large frame a worker answered for a later one.
+    pub(crate) fn recycle(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut recycled = self
+            .shared
+            .recycled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if recycled.len() < RECYCLED && buffer.capacity() <= RECYCLED_MAX {
+            recycled.push(buffer);
+        }
+    }
+
     /// The engine has ended: later submissions are refused. Returns what
     /// was submitted meanwhile (nothing, unless the engine ends by a bug).
     pub(crate) fn close(&self) -> Batch<T> {
@@ -257,6 +292,7 @@ pub(crate) fn inbox<T: Task>() -> std::io::Result<(Outbox<T>, Inbox<T>)> {
             fd,
             parked: AtomicBool::new(false),
         },
+        recycled: Mutex::new(Vec::new()),
     });
     let (tx, rx) = unbounded();
     Ok((

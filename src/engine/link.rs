@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{MsgFlags, send};
 
+use super::outbound::{Frame, Held, Outgoing};
 use crate::console::Console;
 use crate::process::{Reaped, Spawned, WorkerChild};
 use crate::task::CrashReason;
@@ -180,8 +181,7 @@ pub(super) struct Link {
     /// the worker broke the protocol (nothing more it says is believed).
     reader: Option<FrameReader<UnixStream>>,
     /// Bytes queued for the socket and not yet written.
-    out: Vec<u8>,
-    out_at: usize,
+    out: Outgoing,
     /// Whether writing failed (the worker hung up): nothing more is queued.
     write_failed: bool,
     /// Whether the socket is registered for writability (the engine keeps
@@ -239,8 +239,7 @@ impl Link {
             )),
             max_frame,
             ring: Some(FrameReader::new(spawned.ring, max_frame)),
-            out: Vec::new(),
-            out_at: 0,
+            out: Outgoing::default(),
             write_failed: false,
             out_armed: false,
             console: Console::new(pid, spawned.stdout, spawned.stderr, output),
@@ -289,9 +288,11 @@ impl Link {
 
     /// Queues task `id`'s frame for the worker, and holds a copy until it
     /// is answered.
-    pub(super) fn send_task(&mut self, id: u64, frame: &[u8]) {
-        self.queue(frame);
-        self.held.push(frame);
+    pub(super) fn send_task(&mut self, id: u64, frame: Frame<'_>) {
+        if !self.write_failed {
+            self.out.push(&frame);
+        }
+        self.held.push(&frame);
         self.inflight.push_back(id);
         self.sent += 1;
         self.ahead.push_back(frame.len());
@@ -310,13 +311,13 @@ impl Link {
     /// Queues a frame for the worker.
     pub(super) fn queue(&mut self, frame: &[u8]) {
         if !self.write_failed {
-            self.out.extend_from_slice(frame);
+            self.out.push(&Frame::Small(frame));
         }
     }
 
     /// Bytes queued and not yet written.
     pub(super) fn unsent(&self) -> usize {
-        self.out.len() - self.out_at
+        self.out.unsent()
     }
 
     /// Writes as much of the queue as the socket takes now. `MSG_NOSIGNAL`:
@@ -327,18 +328,17 @@ impl Link {
             _ => {
                 // The socket is gone: nothing queued can reach the worker.
                 self.write_failed = true;
-                self.out = Vec::new();
-                self.out_at = 0;
+                self.out.clear();
                 return;
             }
         };
-        while self.out_at < self.out.len() {
+        while self.out.unsent() > 0 {
             match send(
                 fd,
-                &self.out[self.out_at..],
+                self.out.next(),
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             ) {
-                Ok(n) => self.out_at += n,
+                Ok(n) => self.out.advance(n),
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(nix::errno::Errno::EAGAIN) => break,
                 Err(_) => {
@@ -346,8 +346,7 @@ impl Link {
                     // read, but nothing more reaches it, so it must exit by
                     // itself soon or be ended.
                     self.write_failed = true;
-                    self.out = Vec::new();
-                    self.out_at = 0;
+                    self.out.clear();
                     if matches!(self.phase, Phase::Running | Phase::Stopping { .. }) {
                         self.phase = Phase::Hungup {
                             kill_at: Instant::now().checked_add(EOF_LIMIT),
@@ -355,13 +354,6 @@ impl Link {
                     }
                     return;
                 }
-            }
-        }
-        if self.out_at == self.out.len() {
-            self.out.clear();
-            self.out_at = 0;
-            if self.out.capacity() > 4 << 20 {
-                self.out = Vec::new();
             }
         }
     }
@@ -512,6 +504,11 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Buffers of the large frames answered since the last call.
+    pub(super) fn take_spent(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.held.spent)
     }
 
     /// Whether the result ring holds bytes not read yet.
@@ -862,45 +859,6 @@ impl LinkTasks<'_> {
             self.not_ahead();
         }
         Ok(ran)
-    }
-}
-
-/// The frames of the tasks a worker holds, back to back, oldest first (the
-/// engine's own frames: their length words are trusted).
-#[derive(Default)]
-struct Held {
-    bytes: Vec<u8>,
-    /// Where the oldest starts.
-    at: usize,
-}
-
-impl Held {
-    fn push(&mut self, frame: &[u8]) {
-        self.bytes.extend_from_slice(frame);
-    }
-
-    /// Forgets the oldest frame.
-    fn pop(&mut self) {
-        let len = match self.bytes.get(self.at..).and_then(|b| b.first_chunk::<4>()) {
-            Some(word) => 4 + u32::from_le_bytes(*word) as usize,
-            None => return,
-        };
-        self.at = (self.at + len).min(self.bytes.len());
-        if self.at == self.bytes.len() {
-            self.bytes.clear();
-            self.at = 0;
-            if self.bytes.capacity() > 4 << 20 {
-                self.bytes = Vec::new();
-            }
-        } else if self.at >= 64 * 1024 && self.at * 2 >= self.bytes.len() {
-            self.bytes.drain(..self.at);
-            self.at = 0;
-        }
-    }
-
-    fn into_frames(mut self) -> Vec<u8> {
-        self.bytes.drain(..self.at);
-        self.bytes
     }
 }
 

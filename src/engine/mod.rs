@@ -10,6 +10,7 @@
 mod inbox;
 mod ledger;
 mod link;
+mod outbound;
 mod policy;
 mod queue;
 
@@ -22,11 +23,11 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use inbox::{Batch, Inbox, Mail};
-pub(crate) use inbox::{Outbox, Refusal, inbox};
+pub(crate) use inbox::{LARGE_FRAME, Outbox, Refusal, inbox};
 pub(crate) use ledger::Entry;
 use ledger::Ledger;
 pub(crate) use ledger::{Notify, Reclaimed};
-use queue::Queue;
+use queue::{Queue, Taken};
 use link::{Cause, End, HandshakeFailure, Link, LinkTasks, Said, StopWhy};
 use policy::{Refused, RestartBudget};
 
@@ -365,13 +366,10 @@ impl<T: Task> Engine<T> {
             }
         }
         frames.clear();
-        // A burst's buffers are not kept for ever.
-        if frames.capacity() > 1 << 20 {
-            *frames = Vec::new();
-        }
-        if tasks.capacity() > 1 << 14 {
-            *tasks = Vec::new();
-        }
+        // A burst's buffers are not kept for ever, but a stream's are: a
+        // tray grown from nothing again costs its submitter page faults.
+        frames.shrink_to(1 << 20);
+        tasks.shrink_to(1 << 14);
         self.spare = batch;
     }
 
@@ -603,8 +601,10 @@ impl<T: Task> Engine<T> {
         // While tasks or answers stream, look again at once rather than
         // sleep: every submitter or worker that finds the engine parked pays
         // a system call to wake it. One turn with nothing new, and it parks.
+        // (One task or answer is a round trip, not a stream: sleeping at
+        // once lets the worker have the CPU they may share.)
         let seen = self.received + self.answers;
-        let streaming = seen != self.seen_at_wait;
+        let streaming = seen > self.seen_at_wait + 1;
         self.seen_at_wait = seen;
         // Workers wake a parked parent only: say so, and do not sleep if a
         // ring got news meanwhile.
@@ -678,6 +678,7 @@ impl<T: Task> Engine<T> {
             service,
             progress,
             answers,
+            inbox,
             ..
         } = self;
         let Some((link, budget)) = slots
@@ -737,6 +738,9 @@ impl<T: Task> Engine<T> {
                         }
                     }
                     *answers += settled.len() as u64;
+                    for buffer in link.take_spent() {
+                        inbox.recycle(buffer);
+                    }
                     for (id, outcome) in settled {
                         settle(ledger, stats, id, outcome);
                     }
@@ -1198,10 +1202,21 @@ impl<T: Task> Engine<T> {
             let Some(link) = self.slots[i].link.as_mut() else {
                 break;
             };
-            let Some(frame) = self.queue.pop_front() else {
+            let Some(taken) = self.queue.pop_front() else {
                 break;
             };
-            link.send_task(id, frame.bytes());
+            let owned;
+            let frame = match taken {
+                Taken::Owned(v) if v.len() >= outbound::SHARED_FRAME => {
+                    outbound::Frame::Large(Arc::new(v))
+                }
+                Taken::Owned(v) => {
+                    owned = v;
+                    outbound::Frame::Small(&owned)
+                }
+                Taken::Borrowed(b) => outbound::Frame::Small(b),
+            };
+            link.send_task(id, frame);
             if policy::recycle_due(link.sent, per_worker) {
                 link.stop(StopWhy::Recycle, now, grace);
             }

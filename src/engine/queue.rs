@@ -38,6 +38,7 @@ pub(crate) enum Taken<'a> {
     Owned(Vec<u8>),
 }
 
+#[cfg(test)]
 impl Taken<'_> {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
