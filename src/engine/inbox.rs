@@ -95,7 +95,13 @@ impl Waker {
     pub(crate) fn wake(&self) {
         fence(SeqCst);
         if self.parked.swap(false, SeqCst) {
-            let _ = self.fd.write(1);
+            // The engine never reads the counter (its epoll is
+            // edge-triggered): only a counter at its maximum, after some
+            // 2^64 wakes, refuses a write, and is emptied first.
+            if self.fd.write(1).is_err() {
+                let _ = self.fd.read();
+                let _ = self.fd.write(1);
+            }
         }
     }
 
@@ -266,13 +272,9 @@ impl<T: Task> Inbox<T> {
         true
     }
 
-    /// After the wait: no longer parked; the eventfd emptied if it fired.
-    pub(crate) fn unpark(&self, woken: bool) {
-        let waker = &self.shared.waker;
-        waker.parked.store(false, SeqCst);
-        if woken {
-            let _ = waker.fd.read();
-        }
+    /// After the wait: no longer parked.
+    pub(crate) fn unpark(&self) {
+        self.shared.waker.parked.store(false, SeqCst);
     }
 
     pub(crate) fn waker(&self) -> &Waker {

@@ -427,6 +427,13 @@ impl Link {
                         break;
                     }
                 }
+                // A wake says "look at the ring", which is read below in
+                // any case: no second read of the socket just to hear that
+                // it would block (a level-triggered epoll reports whatever
+                // follows, the end of the stream included).
+                if !starting && !reader.has_buffered_frame() {
+                    break;
+                }
             }
             reader.shrink();
         }
