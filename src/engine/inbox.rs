@@ -82,6 +82,10 @@ impl<T: Task> Shared<T> {
         // Nothing panics while holding it; a poisoned tray is still whole.
         self.tray.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn recycled(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.recycled.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[derive(Debug)]
@@ -145,11 +149,7 @@ impl<T: Task> Outbox<T> {
     /// An empty buffer with room for `len` bytes: a recycled one when
     /// there is one large enough.
     pub(crate) fn large_buffer(&self, len: usize) -> Vec<u8> {
-        let mut recycled = self
-            .shared
-            .recycled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut recycled = self.shared.recycled();
         match recycled.iter().position(|b| b.capacity() >= len) {
             Some(i) => recycled.swap_remove(i),
             None => Vec::with_capacity(len),
@@ -235,11 +235,7 @@ impl<T: Task> Inbox<T> {
     /// Keeps the buffer of a large frame a worker answered for a later one.
     pub(crate) fn recycle(&self, mut buffer: Vec<u8>) {
         buffer.clear();
-        let mut recycled = self
-            .shared
-            .recycled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut recycled = self.shared.recycled();
         if recycled.len() < RECYCLED && buffer.capacity() <= RECYCLED_MAX {
             recycled.push(buffer);
         }
