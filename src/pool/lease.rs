@@ -139,6 +139,14 @@ impl<T: Task> Lease<T> {
         self.revoked.get().copied()
     }
 
+    /// Where [`revocation`](Self::revocation) is read from, to read it
+    /// where the lease itself is not (the grinder answers each item from
+    /// the executor's engine thread, and the lease stays with its
+    /// scheduler).
+    pub(crate) fn revocation_cell(&self) -> Arc<OnceLock<Revoked>> {
+        self.revoked.clone()
+    }
+
     /// Queues `task` on the leased executor and returns the handle its
     /// outcome will arrive on. Never blocks.
     ///
