@@ -38,7 +38,7 @@ pub(super) enum Control {
     Landed(u64),
 }
 
-/// A batch that holds one of the `concurrency` places.
+/// A batch past the queue: asking for a lease, holding one, or running.
 struct Active<T: Task> {
     number: u64,
     stage: Stage<T>,
@@ -52,7 +52,13 @@ enum Stage<T: Task> {
         items: Vec<Item<T>>,
         answer: Receiver<Result<Lease<T>, AcquireError>>,
     },
+    /// The standby's lease, granted while every place is still taken. That
+    /// happens only when the places are the pool's every executor and one
+    /// of them was just released by a batch landing: the batch starts as
+    /// soon as this thread hears of that landing.
+    Held { items: Vec<Item<T>>, lease: Lease<T> },
     /// Queued on the leased executor; answered from its engine thread.
+    /// It holds one of the `concurrency` places.
     Running {
         lease: Lease<T>,
         flight: Arc<Flight<T>>,
@@ -169,7 +175,7 @@ impl<T: Task> Scheduler<T> {
                 .enumerate()
                 .filter_map(|(at, batch)| match &batch.stage {
                     Stage::Leasing { answer, .. } => Some((sel.recv(answer), at)),
-                    Stage::Running { .. } => None,
+                    Stage::Held { .. } | Stage::Running { .. } => None,
                 })
                 .collect();
             let op = match deadline {
@@ -192,7 +198,7 @@ impl<T: Task> Scheduler<T> {
                     let found = leasing.iter().find(|(i, _)| *i == index).and_then(|&(_, at)| {
                         match &self.active[at].stage {
                             Stage::Leasing { answer, .. } => Some((at, op.recv(answer).ok())),
-                            Stage::Running { .. } => None,
+                            Stage::Held { .. } | Stage::Running { .. } => None,
                         }
                     });
                     match found {
@@ -245,7 +251,7 @@ impl<T: Task> Scheduler<T> {
                     }
                     for batch in std::mem::take(&mut self.active) {
                         match batch.stage {
-                            Stage::Leasing { items, .. } => {
+                            Stage::Leasing { items, .. } | Stage::Held { items, .. } => {
                                 self.fail_all(items, &WorkError::Cancelled);
                                 self.done += 1;
                             }
@@ -356,14 +362,43 @@ impl<T: Task> Scheduler<T> {
         }
     }
 
-    /// Gives the free places to the oldest queued batches.
+    /// Asks for leases for the oldest queued batches: one per free place,
+    /// and one more, the standby, when the places are the pool's every
+    /// executor (see [`Stage::Held`]).
     fn start_queued(&mut self) {
-        while self.active.len() < self.settings.concurrency {
+        while self.active.len() < self.lease_limit() {
             let Some((number, items)) = self.queued.pop_front() else {
                 return;
             };
             self.lease_for(number, items);
         }
+    }
+
+    /// How many batches may ask for or hold a lease at once.
+    ///
+    /// When `concurrency` covers every executor the pool may run, a
+    /// standby request waits in the pool's queue behind the running
+    /// batches and is granted the moment one of them lands: the executor
+    /// goes straight to the next batch (released from the engine's thread,
+    /// granted by the pool), without waiting for this thread to hear of the
+    /// landing first; that saves one thread wake-up per batch between two
+    /// batches on an executor. With fewer places than executors, a granted
+    /// standby could hold an executor idle that other lessees could use,
+    /// so there is none.
+    fn lease_limit(&self) -> usize {
+        let places = self.settings.concurrency;
+        if places >= self.manager.max_executors() {
+            places + 1
+        } else {
+            places
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.active
+            .iter()
+            .filter(|b| matches!(b.stage, Stage::Running { .. }))
+            .count()
     }
 
     /// Asks the pool for a lease for batch `number` (new, or what is left
@@ -409,20 +444,14 @@ impl<T: Task> Scheduler<T> {
             return;
         };
         match answer.unwrap_or(Err(AcquireError::Stopped)) {
-            Ok(lease) => {
-                let flight = Flight::launch(
-                    batch.number,
-                    &lease,
-                    items,
-                    &self.settings,
-                    &self.counters,
-                    &self.control_tx,
-                );
-                self.active.push(Active {
-                    number: batch.number,
-                    stage: Stage::Running { lease, flight },
-                });
+            Ok(lease) if self.running() < self.settings.concurrency => {
+                self.launch(batch.number, lease, items);
             }
+            // The standby's lease, while every place is still taken.
+            Ok(lease) => self.active.push(Active {
+                number: batch.number,
+                stage: Stage::Held { items, lease },
+            }),
             Err(e) => {
                 self.fail_all(items, &WorkError::NoExecutor(e));
                 self.done += 1;
@@ -431,8 +460,25 @@ impl<T: Task> Scheduler<T> {
         }
     }
 
-    /// Every item of batch `number` is answered or kept: release its lease
-    /// and run what did not run on a fresh one.
+    /// Queues batch `number` on its leased executor: it takes a place.
+    fn launch(&mut self, number: u64, lease: Lease<T>, items: Vec<Item<T>>) {
+        let flight = Flight::launch(
+            number,
+            &lease,
+            items,
+            &self.settings,
+            &self.counters,
+            &self.control_tx,
+        );
+        self.active.push(Active {
+            number,
+            stage: Stage::Running { lease, flight },
+        });
+    }
+
+    /// Every item of batch `number` is answered or kept, and its lease was
+    /// released as the last one settled: start the held batch in its
+    /// place, and run what did not run on a fresh executor.
     fn landed(&mut self, number: u64) {
         let Some(at) = self
             .active
@@ -442,9 +488,20 @@ impl<T: Task> Scheduler<T> {
             return;
         };
         let batch = self.active.swap_remove(at);
+        if let Some(held) = self
+            .active
+            .iter()
+            .position(|b| matches!(b.stage, Stage::Held { .. }))
+        {
+            let held = self.active.swap_remove(held);
+            if let Stage::Held { items, lease } = held.stage {
+                self.launch(held.number, lease, items);
+            }
+        }
         if let Stage::Running { lease, flight } = batch.stage {
             let again = flight.take_again();
-            // Released before the re-run asks for a fresh executor.
+            // Already released (the flight did as it landed): this drops
+            // only what the lease held here, off the engine's thread.
             drop(lease);
             if again.is_empty() {
                 self.done += 1;
