@@ -404,13 +404,19 @@ impl<T: Task> Scheduler<T> {
     /// Asks the pool for a lease for batch `number` (new, or what is left
     /// of it to run again), which takes a place; or ends the batch when
     /// nothing of it is left to run.
-    fn lease_for(&mut self, number: u64, items: Vec<Item<T>>) {
-        // Items cancelled through their handles while waiting.
-        let (cancelled, items): (Vec<_>, Vec<_>) = items
-            .into_iter()
-            .partition(|item| item.reply.is_cancelled());
-        for item in cancelled {
-            item.reply.send_cancelled(&self.counters);
+    fn lease_for(&mut self, number: u64, mut items: Vec<Item<T>>) {
+        // Items cancelled through their handles while waiting (rare: the
+        // batch is only rebuilt when there are some).
+        if items.iter().any(|item| item.reply.is_cancelled()) {
+            let mut kept = Vec::with_capacity(items.len());
+            for item in items {
+                if item.reply.is_cancelled() {
+                    item.reply.send_cancelled(&self.counters);
+                } else {
+                    kept.push(item);
+                }
+            }
+            items = kept;
         }
         if items.is_empty() {
             self.done += 1;
