@@ -292,10 +292,18 @@ impl<T: Task> Wake for Slot<T> {
         let Some(slot) = armed.as_mut() else {
             return;
         };
-        // Polled with this slot again, so that a wake-up with nothing in
-        // the channel (none is expected) leaves it armed.
-        let waker = Waker::from(self.clone());
-        let got = match Pin::new(&mut slot.answer).poll(&mut Context::from_waker(&waker)) {
+        // With the outcome in, the poll is sure to take it; otherwise (the
+        // sender dropped, or a wake-up with nothing there, which none is
+        // expected to be) polled with this slot again, so that it stays
+        // armed.
+        let own;
+        let waker = if slot.answer.has_message() {
+            Waker::noop()
+        } else {
+            own = Waker::from(self.clone());
+            &own
+        };
+        let got = match Pin::new(&mut slot.answer).poll(&mut Context::from_waker(waker)) {
             Poll::Pending => return,
             Poll::Ready(got) => got.ok(),
         };
