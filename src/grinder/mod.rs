@@ -12,8 +12,11 @@
 //! channel in the same wait), and when it comes, queues the whole batch on
 //! the executor in one go. No thread waits on a batch: each item's result
 //! goes to its caller from the executor's engine thread the moment the
-//! facade settles it (`flight.rs`), and the scheduler hears only that the
-//! batch has landed, to release its lease and re-run what did not run.
+//! facade settles it (`flight.rs`). The last item to settle gives the lease
+//! back to the pool at once, and when the places are all the pool's
+//! executors one more batch is already waiting in the pool's queue, so the
+//! executor goes straight to it; the scheduler hears that the batch has
+//! landed, drops its lease and re-runs what did not run.
 //!
 //! Every accepted item is answered exactly once: each carries a one-shot
 //! reply that, if it were ever dropped unanswered, would answer

@@ -93,7 +93,9 @@ pub(super) struct Scheduler<T: Task> {
     cancelling: bool,
     /// Batches cut and waiting for a place, oldest first.
     queued: VecDeque<(u64, Vec<Item<T>>)>,
-    /// At most `concurrency` batches leasing or running.
+    /// Batches asking for a lease, holding one or running: at most
+    /// `concurrency` running, and at most one more than that in all (see
+    /// [`Scheduler::lease_limit`]).
     active: Vec<Active<T>>,
     dispatched: u64,
     done: u64,
