@@ -210,6 +210,72 @@ fn batches_run_concurrently_on_several_executors() {
 }
 
 #[test]
+fn with_fewer_places_than_executors_a_waiting_batch_leaves_the_spare_one_to_others() {
+    let _watchdog =
+        watchdog("with_fewer_places_than_executors_a_waiting_batch_leaves_the_spare_one_to_others");
+    let pool = pool(2);
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(1)
+        .concurrency(1)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let hung = grinder
+        .enqueue(SimpleTask::new("hung", FOREVER))
+        .expect("accepted");
+    let waiting = grinder
+        .enqueue(SimpleTask::new("waiting", 0.0))
+        .expect("accepted");
+    let give_up = std::time::Instant::now() + HANG_GUARD;
+    while grinder.stats().batches_in_flight < 2 {
+        assert!(std::time::Instant::now() < give_up, "both batches cut");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // The one place is taken by the hung batch; the second batch waits for
+    // it, and holds no lease meanwhile: the pool's second executor is free.
+    let other = pool
+        .try_acquire(Duration::from_secs(60), "other")
+        .expect("the spare executor is not held by the grinder");
+    assert_eq!(waiting.try_wait().err(), Some(WaitError::Timeout));
+    other.release();
+    pool.stop();
+    assert_stopped_by_the_pool(result(&hung));
+    assert_stopped_by_the_pool(result(&waiting));
+    grinder.stop(false);
+}
+
+#[test]
+fn batches_on_one_executor_follow_each_other_and_each_item_is_answered() {
+    let _watchdog = watchdog("batches_on_one_executor_follow_each_other_and_each_item_is_answered");
+    // One executor, one place: each batch after the first asks for the
+    // executor ahead and gets it as the batch before it lands.
+    let pool = pool(1);
+    let grinder = by_size(&pool, 2);
+    let ids: Vec<String> = (0..40).map(|i| format!("item-{i}")).collect();
+    let handles: Vec<_> = ids
+        .iter()
+        .map(|id| grinder.enqueue(SimpleTask::new(id, 0.0)).expect("accepted"))
+        .collect();
+    for (id, handle) in ids.iter().zip(&handles) {
+        assert_eq!(result(handle).expect("completed"), solved(id));
+    }
+    grinder.stop(false);
+    let stats = grinder.stats();
+    assert_eq!(
+        (
+            stats.batches_dispatched,
+            stats.batches_in_flight,
+            stats.completed
+        ),
+        (20, 0, 40),
+        "{stats:?}"
+    );
+    assert_eq!(pool.stats().leased, 0, "every batch's lease went back");
+    pool.stop();
+}
+
+#[test]
 fn a_hung_item_whose_lease_expires_is_killed_and_answered_lease_expired() {
     let _watchdog =
         watchdog("a_hung_item_whose_lease_expires_is_killed_and_answered_lease_expired");

@@ -6,11 +6,17 @@
 //! thread (`wf-grinder`) through a channel and get a [`GrindHandle`] back at
 //! once. The scheduler keeps the pending items in arrival order and cuts a
 //! batch when `batch_size_threshold` items are pending or the oldest has
-//! waited `max_wait` — a deadline on its channel wait, no sleeping. Batches go
-//! to runner threads (`wf-grinder-runner-N`, one per executor the pool may
-//! run), so several batches run at once on several executors. A runner leases
-//! one executor per batch, queues the whole batch on it in one go, and hands
-//! each item's result to its caller the moment the worker answers it.
+//! waited `max_wait` — a deadline on its channel wait, no sleeping. Up to
+//! `concurrency` batches hold a place at once, each on its own executor: the
+//! scheduler asks the pool for a lease per batch (the answer is one more
+//! channel in the same wait), and when it comes, queues the whole batch on
+//! the executor in one go. No thread waits on a batch: each item's result
+//! goes to its caller from the executor's engine thread the moment the
+//! facade settles it (`flight.rs`). The last item to settle gives the lease
+//! back to the pool at once, and when the places are all the pool's
+//! executors one more batch is already waiting in the pool's queue, so the
+//! executor goes straight to it; the scheduler hears that the batch has
+//! landed, drops its lease and re-runs what did not run.
 //!
 //! Every accepted item is answered exactly once: each carries a one-shot
 //! reply that, if it were ever dropped unanswered, would answer
@@ -18,14 +24,13 @@
 
 mod builder;
 mod error;
+mod flight;
 mod handle;
-mod runner;
 mod scheduler;
 mod stats;
 
 use crate::map::{GrindMap, GrindMapUnordered};
 use std::fmt;
-use std::io;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -62,7 +67,7 @@ struct Settings {
     owner_prefix: String,
     concurrency: usize,
     after_crash: AfterCrash,
-    /// The `grinder` span its scheduler and runners run in.
+    /// The `grinder` span its scheduler runs in.
     span: crate::trace::Span,
 }
 
@@ -210,14 +215,14 @@ impl<T: Task> WorkGrinder<T> {
         self.life.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts the scheduler and runner threads. The executor manager must be
-    /// started already.
+    /// Starts the scheduler thread. The executor manager must be started
+    /// already.
     ///
     /// # Errors
     ///
     /// [`GrinderStartError`]: `AlreadyStarted`; `Stopped` (build a new
     /// grinder); `ManagerNotStarted` (start the pool first); `Thread` when its
-    /// threads could not be created.
+    /// thread could not be created.
     pub fn start(&self) -> Result<(), GrinderStartError> {
         let mut life = self.lock_life();
         match self.phase.load(Ordering::Acquire) {
@@ -232,7 +237,6 @@ impl<T: Task> WorkGrinder<T> {
         let (control_tx, control) = unbounded();
         let (cancels_tx, cancels) = unbounded();
         let (finished_tx, finished) = unbounded::<()>();
-        let (ready_tx, ready) = oneshot::channel();
         let scheduler = Scheduler::new(
             self,
             items,
@@ -242,21 +246,8 @@ impl<T: Task> WorkGrinder<T> {
             finished_tx,
         );
         let span = self.settings.span.clone();
-        let thread = joinable::spawn("wf-grinder", move || span.run(|| scheduler.run(ready_tx)))
+        let thread = joinable::spawn("wf-grinder", move || span.run(|| scheduler.run()))
             .map_err(GrinderStartError::Thread)?;
-        match ready.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(GrinderStartError::Thread(e));
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(GrinderStartError::Thread(io::Error::other(
-                    "the grinder's scheduler thread ended while starting",
-                )));
-            }
-        }
         // Only `start` sets it, once, under the lock, while NOT_STARTED.
         let _ = self.channels.set(Channels {
             items: items_tx,
@@ -275,7 +266,7 @@ impl<T: Task> WorkGrinder<T> {
     /// or answers every item not yet on a worker [`WorkError::Cancelled`]
     /// (`cancel_pending = true`; this also stops batches waiting for a
     /// lease). Waits for the batches already on a worker, then for the
-    /// grinder's threads to end: this blocks; in async code use
+    /// grinder's thread to end: this blocks; in async code use
     /// [`stop_async`](Self::stop_async).
     ///
     /// Calling it again (say, with `cancel_pending = true` while a drain is
@@ -302,9 +293,8 @@ impl<T: Task> WorkGrinder<T> {
     }
 
     /// Like [`stop`](Self::stop), as a future that never blocks the thread
-    /// polling it: the grinder's threads drain or cancel and wait for the
-    /// batches on workers, and the future awaits their end, then joins
-    /// them. Once it has resolved, dropping the grinder does not block.
+    /// polling it: the grinder's thread drains or cancels and waits for the
+    /// batches on workers, and the future awaits its end, then joins it. Once it has resolved, dropping the grinder does not block.
     ///
     /// Stopping starts at the first poll; dropping the future then does
     /// not undo it (the grinder's drop or a later `stop` finishes it).

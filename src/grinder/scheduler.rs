@@ -1,20 +1,21 @@
 //! The scheduler thread: takes items in arrival order, cuts batches by size
-//! or age, and hands them to the runners.
+//! or age, leases an executor for each (at most `concurrency` at once) and
+//! queues the batch on it. The items' results go to their callers from the
+//! executors' engine threads (see [`flight`](super::flight)); the scheduler
+//! hears only when a batch has landed, to release its lease.
 
-use std::collections::BTreeMap;
-use std::io;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Select, Sender, unbounded};
+use crossbeam_channel::{Receiver, Select, Sender};
 
-use crate::pool::LeasedExecutorManager;
+use crate::pool::{AcquireError, Lease, LeasedExecutorManager};
 use crate::task::Task;
 
+use super::flight::Flight;
 use super::handle::Reply;
-use super::runner::Runner;
 use super::stats::Counters;
 use super::{GrinderStats, Settings, WorkError, WorkGrinder};
 
@@ -26,16 +27,42 @@ pub(super) struct Item<T: Task> {
     pub(super) dispatches: u32,
 }
 
-pub(super) struct Batch<T: Task> {
-    pub(super) number: u64,
-    pub(super) items: Vec<Item<T>>,
+/// What the grinder and its batches tell the scheduler, besides items.
+pub(super) enum Control {
+    Stop {
+        expected: u64,
+        cancel: bool,
+    },
+    Stats(oneshot::Sender<GrinderStats>),
+    /// Every item of this batch is answered or kept to run again.
+    Landed(u64),
 }
 
-/// What the grinder and its runners tell the scheduler, besides items.
-pub(super) enum Control {
-    Stop { expected: u64, cancel: bool },
-    Stats(oneshot::Sender<GrinderStats>),
-    BatchDone,
+/// A batch past the queue: asking for a lease, holding one, or running.
+struct Active<T: Task> {
+    number: u64,
+    stage: Stage<T>,
+}
+
+/// Where an active batch is.
+enum Stage<T: Task> {
+    /// Asked the pool for a lease; a lease answered after the batch stops
+    /// listening is dropped with `answer` and goes back to the pool.
+    Leasing {
+        items: Vec<Item<T>>,
+        answer: Receiver<Result<Lease<T>, AcquireError>>,
+    },
+    /// The standby's lease, granted while every place is still taken. That
+    /// happens only when the places are the pool's every executor and one
+    /// of them was just released by a batch landing: the batch starts as
+    /// soon as this thread hears of that landing.
+    Held { items: Vec<Item<T>>, lease: Lease<T> },
+    /// Queued on the leased executor; answered from its engine thread.
+    /// It holds one of the `concurrency` places.
+    Running {
+        lease: Lease<T>,
+        flight: Arc<Flight<T>>,
+    },
 }
 
 /// What woke the scheduler.
@@ -43,6 +70,8 @@ enum Got<T: Task> {
     Item(Item<T>),
     Control(Control),
     Cancel(u64),
+    /// The pool's answer for the active batch at this index.
+    Lease(usize, Option<Result<Lease<T>, AcquireError>>),
     Gone,
     Nothing,
 }
@@ -53,7 +82,7 @@ pub(super) struct Scheduler<T: Task> {
     manager: Arc<LeasedExecutorManager<T>>,
     items: Receiver<Item<T>>,
     control: Receiver<Control>,
-    /// For the runners' `BatchDone`.
+    /// For the batches' `Landed`.
     control_tx: Sender<Control>,
     cancels: Receiver<u64>,
     /// Pending items by acceptance number: the first is the oldest.
@@ -62,10 +91,12 @@ pub(super) struct Scheduler<T: Task> {
     /// Set by `stop`: how many items were accepted in all.
     stop: Option<u64>,
     cancelling: bool,
-    batches: Option<Sender<Batch<T>>>,
-    /// Dropped to tell the runners to cancel.
-    cancel: Option<Sender<()>>,
-    runners: Vec<JoinHandle<()>>,
+    /// Batches cut and waiting for a place, oldest first.
+    queued: VecDeque<(u64, Vec<Item<T>>)>,
+    /// Batches asking for a lease, holding one or running: at most
+    /// `concurrency` running, and at most one more than that in all (see
+    /// [`Scheduler::lease_limit`]).
+    active: Vec<Active<T>>,
     dispatched: u64,
     done: u64,
     counters: Arc<Counters>,
@@ -75,7 +106,7 @@ pub(super) struct Scheduler<T: Task> {
 }
 
 impl<T: Task> Scheduler<T> {
-    /// The scheduler of `grinder`, with nothing pending and no runner yet.
+    /// The scheduler of `grinder`, with nothing pending and no batch yet.
     pub(super) fn new(
         grinder: &WorkGrinder<T>,
         items: Receiver<Item<T>>,
@@ -95,9 +126,8 @@ impl<T: Task> Scheduler<T> {
             received: 0,
             stop: None,
             cancelling: false,
-            batches: None,
-            cancel: None,
-            runners: Vec::new(),
+            queued: VecDeque::new(),
+            active: Vec::new(),
             dispatched: 0,
             done: 0,
             counters: grinder.counters.clone(),
@@ -106,13 +136,7 @@ impl<T: Task> Scheduler<T> {
         }
     }
 
-    pub(super) fn run(mut self, ready: oneshot::Sender<Result<(), io::Error>>) {
-        if let Err(e) = self.start_runners() {
-            self.end();
-            let _ = ready.send(Err(e));
-            return;
-        }
-        let _ = ready.send(Ok(()));
+    pub(super) fn run(mut self) {
         loop {
             self.dispatch_ready(Instant::now());
             if self.finished() {
@@ -123,35 +147,8 @@ impl<T: Task> Scheduler<T> {
         self.end();
     }
 
-    fn start_runners(&mut self) -> io::Result<()> {
-        let (batches_tx, batches) = unbounded();
-        let (cancel_tx, cancel) = unbounded();
-        self.batches = Some(batches_tx);
-        self.cancel = Some(cancel_tx);
-        for n in 0..self.settings.concurrency {
-            let runner = Runner {
-                manager: self.manager.clone(),
-                settings: self.settings.clone(),
-                batches: batches.clone(),
-                cancel: cancel.clone(),
-                control: self.control_tx.clone(),
-                counters: self.counters.clone(),
-            };
-            let span = self.settings.span.clone();
-            let handle = thread::Builder::new()
-                .name(format!("wf-grinder-runner-{n}"))
-                .spawn(move || span.run(|| runner.run()))?;
-            self.runners.push(handle);
-        }
-        Ok(())
-    }
-
-    /// Lets the runners finish, joins them and leaves the last figures.
+    /// Leaves the last figures.
     fn end(&mut self) {
-        self.batches = None;
-        for runner in self.runners.drain(..) {
-            let _ = runner.join();
-        }
         let mut stats = self.snapshot(Instant::now());
         stats.started = false;
         stats.stopping = false;
@@ -162,7 +159,8 @@ impl<T: Task> Scheduler<T> {
     fn finished(&self) -> bool {
         self.stop.is_some_and(|expected| self.received >= expected)
             && self.pending.is_empty()
-            && self.done >= self.dispatched
+            && self.queued.is_empty()
+            && self.active.is_empty()
     }
 
     fn wait_and_handle(&mut self) {
@@ -172,6 +170,16 @@ impl<T: Task> Scheduler<T> {
             let items = sel.recv(&self.items);
             let control = sel.recv(&self.control);
             let cancels = sel.recv(&self.cancels);
+            // The operation index of each batch waiting for a lease.
+            let leasing: Vec<(usize, usize)> = self
+                .active
+                .iter()
+                .enumerate()
+                .filter_map(|(at, batch)| match &batch.stage {
+                    Stage::Leasing { answer, .. } => Some((sel.recv(answer), at)),
+                    Stage::Held { .. } | Stage::Running { .. } => None,
+                })
+                .collect();
             let op = match deadline {
                 Some(d) => sel.select_deadline(d).ok(),
                 None => Some(sel.select()),
@@ -187,7 +195,20 @@ impl<T: Task> Scheduler<T> {
                 Some(op) if op.index() == cancels => {
                     op.recv(&self.cancels).map_or(Got::Gone, Got::Cancel)
                 }
-                Some(_) => Got::Nothing,
+                Some(op) => {
+                    let index = op.index();
+                    let found = leasing.iter().find(|(i, _)| *i == index).and_then(|&(_, at)| {
+                        match &self.active[at].stage {
+                            Stage::Leasing { answer, .. } => Some((at, op.recv(answer).ok())),
+                            Stage::Held { .. } | Stage::Running { .. } => None,
+                        }
+                    });
+                    match found {
+                        Some((at, answer)) => Got::Lease(at, answer),
+                        // Every selected operation is one of the above.
+                        None => Got::Nothing,
+                    }
+                }
             }
         };
         self.on(got);
@@ -221,10 +242,26 @@ impl<T: Task> Scheduler<T> {
                 self.stop.get_or_insert(expected);
                 if cancel && !self.cancelling {
                     self.cancelling = true;
-                    // Runners cancel the batches not yet on a worker.
-                    self.cancel = None;
                     for (_, item) in std::mem::take(&mut self.pending) {
                         item.reply.send(&self.counters, Err(WorkError::Cancelled));
+                    }
+                    // The batches not yet on a worker are cancelled too;
+                    // those on one run to their end.
+                    for (_, items) in std::mem::take(&mut self.queued) {
+                        self.fail_all(items, &WorkError::Cancelled);
+                        self.done += 1;
+                    }
+                    for batch in std::mem::take(&mut self.active) {
+                        match batch.stage {
+                            Stage::Leasing { items, .. } | Stage::Held { items, .. } => {
+                                self.fail_all(items, &WorkError::Cancelled);
+                                self.done += 1;
+                            }
+                            running @ Stage::Running { .. } => self.active.push(Active {
+                                number: batch.number,
+                                stage: running,
+                            }),
+                        }
                     }
                 }
             }
@@ -239,7 +276,8 @@ impl<T: Task> Scheduler<T> {
                 }
                 let _ = reply.send(self.snapshot(Instant::now()));
             }
-            Got::Control(Control::BatchDone) => self.done += 1,
+            Got::Control(Control::Landed(number)) => self.landed(number),
+            Got::Lease(at, answer) => self.leased(at, answer),
             Got::Gone => {
                 // The grinder is gone without stopping (it cannot be: its
                 // drop stops it). Cancel what is left rather than spin.
@@ -277,10 +315,16 @@ impl<T: Task> Scheduler<T> {
         )
     }
 
+    /// Cuts the batches that are due and starts as many as have a place.
+    fn dispatch_ready(&mut self, now: Instant) {
+        self.cut_ready(now);
+        self.start_queued();
+    }
+
     /// Cuts batches: full ones while enough items are pending, and one of
     /// what is there once the oldest item has waited `max_wait` (or at once
     /// when draining).
-    fn dispatch_ready(&mut self, now: Instant) {
+    fn cut_ready(&mut self, now: Instant) {
         let threshold = self.settings.threshold;
         let flush = self.stop.is_some();
         loop {
@@ -316,16 +360,172 @@ impl<T: Task> Scheduler<T> {
                 .max()
                 .unwrap_or_default();
             crate::trace::batch_dispatched(self.dispatched, items.len(), waited);
-            let batch = Batch {
-                number: self.dispatched,
-                items,
+            self.queued.push_back((self.dispatched, items));
+        }
+    }
+
+    /// Asks for leases for the oldest queued batches: one per free place,
+    /// and one more, the standby, when the places are the pool's every
+    /// executor (see [`Stage::Held`]).
+    fn start_queued(&mut self) {
+        while self.active.len() < self.lease_limit() {
+            let Some((number, items)) = self.queued.pop_front() else {
+                return;
             };
-            let sent = self.batches.as_ref().map(|tx| tx.send(batch));
-            if !matches!(sent, Some(Ok(()))) {
-                // No runner is left (they only end when told to): the items'
-                // replies answer `Lost` as they drop.
+            self.lease_for(number, items);
+        }
+    }
+
+    /// How many batches may ask for or hold a lease at once.
+    ///
+    /// When `concurrency` covers every executor the pool may run, a
+    /// standby request waits in the pool's queue behind the running
+    /// batches and is granted the moment one of them lands: the executor
+    /// goes straight to the next batch (released from the engine's thread,
+    /// granted by the pool), without waiting for this thread to hear of the
+    /// landing first; that saves one thread wake-up per batch between two
+    /// batches on an executor. With fewer places than executors, a granted
+    /// standby could hold an executor idle that other lessees could use,
+    /// so there is none.
+    fn lease_limit(&self) -> usize {
+        let places = self.settings.concurrency;
+        if places >= self.manager.max_executors() {
+            places + 1
+        } else {
+            places
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.active
+            .iter()
+            .filter(|b| matches!(b.stage, Stage::Running { .. }))
+            .count()
+    }
+
+    /// Asks the pool for a lease for batch `number` (new, or what is left
+    /// of it to run again), which takes a place; or ends the batch when
+    /// nothing of it is left to run.
+    fn lease_for(&mut self, number: u64, mut items: Vec<Item<T>>) {
+        // Items cancelled through their handles while waiting (rare: the
+        // batch is only rebuilt when there are some).
+        if items.iter().any(|item| item.reply.is_cancelled()) {
+            let mut kept = Vec::with_capacity(items.len());
+            for item in items {
+                if item.reply.is_cancelled() {
+                    item.reply.send_cancelled(&self.counters);
+                } else {
+                    kept.push(item);
+                }
+            }
+            items = kept;
+        }
+        if items.is_empty() {
+            self.done += 1;
+            return;
+        }
+        if self.cancelling {
+            self.fail_all(items, &WorkError::Cancelled);
+            self.done += 1;
+            return;
+        }
+        let owner = format!("{}-{number}", self.settings.owner_prefix);
+        match self.manager.request(self.settings.lease, owner, true, None) {
+            Ok(answer) => self.active.push(Active {
+                number,
+                stage: Stage::Leasing { items, answer },
+            }),
+            Err(e) => {
+                self.fail_all(items, &WorkError::NoExecutor(e));
                 self.done += 1;
             }
+        }
+    }
+
+    /// The pool answered the active batch at `at`: queue it on its
+    /// executor, or fail it.
+    fn leased(&mut self, at: usize, answer: Option<Result<Lease<T>, AcquireError>>) {
+        let batch = self.active.swap_remove(at);
+        let Stage::Leasing { items, .. } = batch.stage else {
+            // Only a leasing batch has an answer to take.
+            self.active.push(batch);
+            return;
+        };
+        match answer.unwrap_or(Err(AcquireError::Stopped)) {
+            Ok(lease) if self.running() < self.settings.concurrency => {
+                self.launch(batch.number, lease, items);
+            }
+            // The standby's lease, while every place is still taken.
+            Ok(lease) => self.active.push(Active {
+                number: batch.number,
+                stage: Stage::Held { items, lease },
+            }),
+            Err(e) => {
+                self.fail_all(items, &WorkError::NoExecutor(e));
+                self.done += 1;
+                self.start_queued();
+            }
+        }
+    }
+
+    /// Queues batch `number` on its leased executor: it takes a place.
+    fn launch(&mut self, number: u64, lease: Lease<T>, items: Vec<Item<T>>) {
+        let flight = Flight::launch(
+            number,
+            &lease,
+            items,
+            &self.settings,
+            &self.counters,
+            &self.control_tx,
+        );
+        self.active.push(Active {
+            number,
+            stage: Stage::Running { lease, flight },
+        });
+    }
+
+    /// Every item of batch `number` is answered or kept, and its lease was
+    /// released as the last one settled: start the held batch in its
+    /// place, and run what did not run on a fresh executor.
+    fn landed(&mut self, number: u64) {
+        let Some(at) = self
+            .active
+            .iter()
+            .position(|b| b.number == number && matches!(b.stage, Stage::Running { .. }))
+        else {
+            return;
+        };
+        let batch = self.active.swap_remove(at);
+        if let Some(held) = self
+            .active
+            .iter()
+            .position(|b| matches!(b.stage, Stage::Held { .. }))
+        {
+            let held = self.active.swap_remove(held);
+            if let Stage::Held { items, lease } = held.stage {
+                self.launch(held.number, lease, items);
+            }
+        }
+        if let Stage::Running { lease, flight } = batch.stage {
+            let again = flight.take_again();
+            // Already released (the flight did as it landed): this drops
+            // only what the lease held here, off the engine's thread.
+            drop(lease);
+            if again.is_empty() {
+                self.done += 1;
+            } else {
+                self.counters
+                    .rerun
+                    .fetch_add(again.len() as u64, Ordering::Relaxed);
+                self.lease_for(number, again);
+            }
+        }
+        self.start_queued();
+    }
+
+    fn fail_all(&self, items: Vec<Item<T>>, error: &WorkError) {
+        for item in items {
+            item.reply.send(&self.counters, Err(error.clone()));
         }
     }
 

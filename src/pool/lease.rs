@@ -139,6 +139,14 @@ impl<T: Task> Lease<T> {
         self.revoked.get().copied()
     }
 
+    /// Where [`revocation`](Self::revocation) is read from, to read it
+    /// where the lease itself is not (the grinder answers each item from
+    /// the executor's engine thread, and the lease stays with its
+    /// scheduler).
+    pub(crate) fn revocation_cell(&self) -> Arc<OnceLock<Revoked>> {
+        self.revoked.clone()
+    }
+
     /// Queues `task` on the leased executor and returns the handle its
     /// outcome will arrive on. Never blocks.
     ///
@@ -214,6 +222,18 @@ impl<T: Task> Lease<T> {
             .map_err(|err| self.refused(err))
     }
 
+    /// What gives this lease back from wherever the lease itself is not
+    /// (the grinder releases a batch's lease from the executor's engine
+    /// thread the moment its last item settles, where dropping the lease —
+    /// and the facade it holds — must not happen). Releasing twice is
+    /// harmless: the manager forgets a lease at its first release.
+    pub(crate) fn releaser(&self) -> Releaser<T> {
+        Releaser {
+            id: self.id,
+            manager: self.manager.clone(),
+        }
+    }
+
     /// The task back if the lease takes work now; the refusal otherwise.
     fn still_open(&self, task: T) -> Result<T, LeaseError<T>> {
         match self.revocation() {
@@ -261,6 +281,21 @@ impl<T: Task> Lease<T> {
 
     /// Gives the executor back to the pool. The same as dropping the lease.
     pub fn release(self) {}
+}
+
+/// Releases one lease without holding it: see [`Lease::releaser`].
+pub(crate) struct Releaser<T: Task> {
+    id: u64,
+    manager: Sender<Msg<T>>,
+}
+
+impl<T: Task> Releaser<T> {
+    /// Gives the lease back to the pool, as dropping it would. The lease
+    /// itself must take no more work.
+    pub(crate) fn release(&self) {
+        // A manager that has ended no longer needs to hear about it.
+        let _ = self.manager.send(Msg::Release { id: self.id });
+    }
 }
 
 impl<T: Task> Drop for Lease<T> {

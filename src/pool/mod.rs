@@ -41,7 +41,7 @@ use crate::task::Task;
 pub use builder::PoolBuilder;
 pub use error::{AcquireError, LeaseError, PoolConfigError, PoolStartError};
 pub use lease::Lease;
-pub(crate) use lease::Revoked;
+pub(crate) use lease::{Releaser, Revoked};
 pub use stats::{LeaseInfo, PoolStats};
 
 use manager::{LeaseReply, Manager, Msg, spawner};
