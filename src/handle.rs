@@ -45,7 +45,7 @@ use crate::task::{Outcome, TaskId};
               instead; call .detach() to say so, or .cancel() to stop it"]
 pub struct TaskHandle<O> {
     id: TaskId,
-    rx: oneshot::Receiver<Outcome<O>>,
+    rx: oneshot::Receiver<Delivery<O>>,
     /// Set once a wait returned the outcome.
     taken: Cell<bool>,
     cancel: Canceller,
@@ -54,6 +54,32 @@ pub struct TaskHandle<O> {
 
 /// Asks the facade's engine to cancel a task by its raw ID.
 pub(crate) type Canceller = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// What the engine sends a handle: the outcome, and how to give it back
+/// (with the task, which only the closure knows) if the handle is dropped
+/// before a wait took it. The engine has forgotten the task by then; a
+/// handle dropped the moment its outcome arrived would otherwise lose it.
+pub(crate) struct Delivery<O> {
+    pub(crate) outcome: Outcome<O>,
+    pub(crate) give_back: Option<GiveBack<O>>,
+}
+
+/// Turns an outcome no handle took into a record for `collect_tasks`.
+pub(crate) type GiveBack<O> = Box<dyn FnOnce(Outcome<O>) + Send>;
+
+impl<O> Delivery<O> {
+    /// The outcome, taken by a wait: nothing to give back.
+    fn taken(self) -> Outcome<O> {
+        self.outcome
+    }
+
+    /// Nobody took it: back to the facade's records.
+    fn unclaimed(self) {
+        if let Some(give_back) = self.give_back {
+            give_back(self.outcome);
+        }
+    }
+}
 
 impl<O> std::fmt::Debug for TaskHandle<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,7 +92,7 @@ impl<O> std::fmt::Debug for TaskHandle<O> {
 impl<O> TaskHandle<O> {
     pub(crate) fn new(
         id: TaskId,
-        rx: oneshot::Receiver<Outcome<O>>,
+        rx: oneshot::Receiver<Delivery<O>>,
         cancel: Canceller,
         progress: Arc<ProgressCell>,
     ) -> Self {
@@ -161,7 +187,12 @@ impl<O> TaskHandle<O> {
         if self.taken.get() {
             return Err(WaitError::AlreadyTaken);
         }
-        self.rx.recv().map_err(|_| WaitError::Disconnected)
+        self.take(
+            self.rx
+                .recv_ref()
+                .map(Delivery::taken)
+                .map_err(|_| WaitError::Disconnected),
+        )
     }
 
     /// The outcome if it has arrived, without blocking.
@@ -172,7 +203,7 @@ impl<O> TaskHandle<O> {
     /// [`WaitError::AlreadyTaken`] if an earlier wait returned it;
     /// [`WaitError::Disconnected`] if it can never arrive.
     pub fn try_wait(&self) -> Result<Outcome<O>, WaitError> {
-        self.take(self.rx.try_recv().map_err(|e| match e {
+        self.take(self.rx.try_recv().map(Delivery::taken).map_err(|e| match e {
             oneshot::TryRecvError::Empty => WaitError::Timeout,
             oneshot::TryRecvError::Disconnected => WaitError::Disconnected,
         }))
@@ -187,7 +218,12 @@ impl<O> TaskHandle<O> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.wait_deadline(deadline),
             None if self.taken.get() => Err(WaitError::AlreadyTaken),
-            None => self.take(self.rx.recv_ref().map_err(|_| WaitError::Disconnected)),
+            None => self.take(
+                self.rx
+                    .recv_ref()
+                    .map(Delivery::taken)
+                    .map_err(|_| WaitError::Disconnected),
+            ),
         }
     }
 
@@ -202,7 +238,7 @@ impl<O> TaskHandle<O> {
         if self.taken.get() {
             return Err(WaitError::AlreadyTaken);
         }
-        self.take(self.rx.recv_deadline(deadline).map_err(|e| match e {
+        self.take(self.rx.recv_deadline(deadline).map(Delivery::taken).map_err(|e| match e {
             oneshot::RecvTimeoutError::Timeout => WaitError::Timeout,
             oneshot::RecvTimeoutError::Disconnected => WaitError::Disconnected,
         }))
@@ -226,9 +262,26 @@ impl<O> IntoFuture for TaskHandle<O> {
     type Output = Result<Outcome<O>, WaitError>;
     type IntoFuture = TaskFuture<O>;
 
-    fn into_future(self) -> TaskFuture<O> {
+    fn into_future(mut self) -> TaskFuture<O> {
+        // The receiver moves to the future; the handle, dropped now, keeps
+        // a closed one (so its `Drop` gives nothing back twice).
+        let (closed_tx, closed) = oneshot::channel();
+        drop(closed_tx);
+        let rx = std::mem::replace(&mut self.rx, closed);
         TaskFuture {
-            rx: (!self.taken.get()).then(|| self.rx.into_future()),
+            rx: (!self.taken.get()).then(|| rx.into_future()),
+        }
+    }
+}
+
+impl<O> Drop for TaskHandle<O> {
+    /// An outcome that arrived and that no wait took goes to the facade's
+    /// records (see the type's docs); the task goes on running otherwise.
+    fn drop(&mut self) {
+        if !self.taken.get() {
+            if let Ok(delivery) = self.rx.try_recv() {
+                delivery.unclaimed();
+            }
         }
     }
 }
@@ -250,11 +303,34 @@ impl<O> IntoFuture for TaskHandle<O> {
 /// futures_executor::block_on(run(&w)); // or any other executor
 /// # Ok::<(), worker_facade::SpawnError>(())
 /// ```
-#[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct TaskFuture<O> {
     /// `None` once the outcome was taken.
-    rx: Option<oneshot::AsyncReceiver<Outcome<O>>>,
+    rx: Option<oneshot::AsyncReceiver<Delivery<O>>>,
+}
+
+impl<O> std::fmt::Debug for TaskFuture<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskFuture")
+            .field("taken", &self.rx.is_none())
+            .finish()
+    }
+}
+
+impl<O> Drop for TaskFuture<O> {
+    /// As a dropped [`TaskHandle`]: an outcome that arrived and was not
+    /// returned goes to the facade's records.
+    fn drop(&mut self) {
+        let Some(rx) = self.rx.as_mut() else {
+            return;
+        };
+        if rx.has_message() {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(Ok(delivery)) = Pin::new(rx).poll(&mut cx) {
+                delivery.unclaimed();
+            }
+        }
+    }
 }
 
 impl<O> Future for TaskFuture<O> {
@@ -268,7 +344,7 @@ impl<O> Future for TaskFuture<O> {
         };
         let got = std::task::ready!(Pin::new(rx).poll(cx));
         self.rx = None;
-        Poll::Ready(got.map_err(|_| WaitError::Disconnected))
+        Poll::Ready(got.map(Delivery::taken).map_err(|_| WaitError::Disconnected))
     }
 }
 
@@ -276,18 +352,60 @@ impl<O> Future for TaskFuture<O> {
 mod tests {
     use super::*;
 
-    fn handle() -> (oneshot::Sender<Outcome<String>>, TaskHandle<String>) {
+    fn handle() -> (oneshot::Sender<Delivery<String>>, TaskHandle<String>) {
         let (tx, rx) = oneshot::channel();
         let cancel: Canceller = Arc::new(|_| {});
         let cell = Arc::new(ProgressCell::new(None));
         (tx, TaskHandle::new(TaskId(3), rx, cancel, cell))
     }
 
+    fn delivery(outcome: Outcome<String>) -> Delivery<String> {
+        Delivery {
+            outcome,
+            give_back: None,
+        }
+    }
+
+    /// A handle dropped with its outcome delivered and not taken gives it
+    /// back; one that took it, or never had it, gives nothing.
+    #[test]
+    fn a_dropped_handle_gives_back_only_an_outcome_no_wait_took() {
+        let given = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let with_give_back = |outcome: &str| {
+            let given = given.clone();
+            Delivery {
+                outcome: Outcome::Completed(outcome.to_string()),
+                give_back: Some(Box::new(move |o: Outcome<String>| {
+                    given.lock().expect("not poisoned").push(o)
+                }) as GiveBack<String>),
+            }
+        };
+        let (tx, h) = handle();
+        assert!(tx.send(with_give_back("unread")).is_ok());
+        drop(h);
+        let (tx, h) = handle();
+        assert!(tx.send(with_give_back("read")).is_ok());
+        assert!(h.try_wait().is_ok());
+        drop(h);
+        let (tx, h) = handle();
+        assert!(tx.send(with_give_back("unread future")).is_ok());
+        drop(h.into_future());
+        let (_tx, h) = handle();
+        drop(h);
+        assert_eq!(
+            *given.lock().expect("not poisoned"),
+            vec![
+                Outcome::Completed("unread".to_string()),
+                Outcome::Completed("unread future".to_string())
+            ]
+        );
+    }
+
     #[test]
     fn an_outcome_taken_once_is_already_taken_for_every_later_wait() {
         let (tx, h) = handle();
         assert_eq!(h.try_wait(), Err(WaitError::Timeout));
-        assert!(tx.send(Outcome::Completed("done".into())).is_ok());
+        assert!(tx.send(delivery(Outcome::Completed("done".into()))).is_ok());
         assert_eq!(h.try_wait(), Ok(Outcome::Completed("done".into())));
         assert_eq!(h.try_wait(), Err(WaitError::AlreadyTaken));
         assert_eq!(
@@ -304,7 +422,7 @@ mod tests {
     #[test]
     fn a_future_polled_after_its_outcome_says_already_taken() {
         let (tx, h) = handle();
-        assert!(tx.send(Outcome::Failed("no".into())).is_ok());
+        assert!(tx.send(delivery(Outcome::Failed("no".into()))).is_ok());
         let mut future = h.into_future();
         assert_eq!(
             futures_executor::block_on(&mut future),

@@ -27,6 +27,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::handle::Delivery;
 use crate::progress::ProgressCell;
 use crate::task::{NotRunReason, Outcome, Task, TaskId, TaskRecord};
 
@@ -122,7 +123,7 @@ impl<T: Task> Entry<T> {
 /// Who waits for a task's outcome.
 pub(crate) enum Notify<T: Task> {
     /// A [`TaskHandle`](crate::TaskHandle).
-    Handle(oneshot::Sender<Outcome<T::Output>>),
+    Handle(oneshot::Sender<Delivery<T::Output>>),
     /// A pool or grinder that wants the task back when it did not run, to
     /// run it elsewhere: nothing in the parent ever decodes a task.
     Reclaim(oneshot::Sender<Reclaimed<T>>),
@@ -185,11 +186,18 @@ pub(crate) struct Ledger<T: Task> {
     /// Once `completed()` was called: where those records go instead, as
     /// they finish. A record it refuses (every receiver gone) is kept.
     sink: Option<flume::Sender<TaskRecord<T>>>,
+    /// Records that handles dropped before taking their outcome give back
+    /// (see [`Delivery`]), until [`Ledger::reclaim`] keeps them.
+    given_back: (
+        crossbeam_channel::Sender<TaskRecord<T>>,
+        crossbeam_channel::Receiver<TaskRecord<T>>,
+    ),
 }
 
 impl<T: Task> Ledger<T> {
     pub(crate) fn new() -> Self {
         Ledger {
+            given_back: crossbeam_channel::unbounded(),
             slots: VecDeque::new(),
             base: 0,
             live: 0,
@@ -206,6 +214,16 @@ impl<T: Task> Ledger<T> {
         kept.sort_unstable_by_key(|r| r.id);
         self.sink = Some(sink);
         for record in kept {
+            self.keep(record);
+        }
+    }
+
+    /// Keeps the records that dropped handles gave back. Called every turn
+    /// and before the records are taken: a handle dropped before
+    /// `collect_tasks` was called gave its record back before the collect
+    /// command was sent.
+    pub(crate) fn reclaim(&mut self) {
+        while let Ok(record) = self.given_back.1.try_recv() {
             self.keep(record);
         }
     }
@@ -301,10 +319,36 @@ impl<T: Task> Ledger<T> {
     pub(crate) fn settle(&mut self, id: u64, outcome: Outcome<T::Output>) -> Option<Delivered> {
         let (task, notify) = self.remove(id)?.into_parts();
         let (task, outcome) = match notify {
-            Some(Notify::Handle(tx)) => match tx.send(outcome) {
-                Ok(()) => return Some(Delivered::ToHandle),
-                Err(back) => (task, back.into_inner()),
-            },
+            Some(Notify::Handle(tx)) => {
+                let back = self.given_back.0.clone();
+                let give_back = Box::new(move |outcome| {
+                    let _ = back.send(TaskRecord {
+                        id: TaskId(id),
+                        task,
+                        outcome,
+                    });
+                });
+                let delivery = Delivery {
+                    outcome,
+                    give_back: Some(give_back),
+                };
+                match tx.send(delivery) {
+                    Ok(()) => return Some(Delivered::ToHandle),
+                    Err(back) => {
+                        let delivery = back.into_inner();
+                        if let Some(give_back) = delivery.give_back {
+                            give_back(delivery.outcome);
+                        }
+                        let before = self.records.len();
+                        self.reclaim();
+                        return Some(if self.records.len() > before {
+                            Delivered::ForCollect
+                        } else {
+                            Delivered::ToSink
+                        });
+                    }
+                }
+            }
             Some(Notify::Reclaim(tx)) => {
                 let (back, kept) = if matches!(outcome, Outcome::NotRun(_)) {
                     (Some(task), None)
@@ -343,6 +387,7 @@ impl<T: Task> Ledger<T> {
     /// emptied. A task still pending here is a bug of the engine; it is
     /// reported rather than lost.
     pub(crate) fn take_records(&mut self) -> Vec<TaskRecord<T>> {
+        self.reclaim();
         let mut records = std::mem::take(&mut self.records);
         let base = self.base;
         let slots = std::mem::take(&mut self.slots)
@@ -379,7 +424,7 @@ mod tests {
         type Output = u32;
     }
 
-    fn entry(n: u32, handle: bool) -> (Entry<Job>, Option<oneshot::Receiver<Outcome<u32>>>) {
+    fn entry(n: u32, handle: bool) -> (Entry<Job>, Option<oneshot::Receiver<Delivery<u32>>>) {
         let (notify, rx) = if handle {
             let (tx, rx) = oneshot::channel();
             (Some(Notify::Handle(tx)), Some(rx))
@@ -417,7 +462,7 @@ mod tests {
         #[test]
         fn every_task_gets_exactly_one_outcome(ops in proptest::collection::vec(op(), 0..200)) {
             let mut ledger = Ledger::<Job>::new();
-            let mut handles: Vec<Option<oneshot::Receiver<Outcome<u32>>>> = Vec::new();
+            let mut handles: Vec<Option<oneshot::Receiver<Delivery<u32>>>> = Vec::new();
             let mut first_outcome: Vec<Option<u32>> = Vec::new();
             for op in ops {
                 match op {
@@ -443,9 +488,14 @@ mod tests {
                     Op::DropHandle { back } => {
                         if back < handles.len() {
                             let id = handles.len() - 1 - back;
-                            // Only an outcome not yet delivered moves to the records.
-                            if first_outcome[id].is_none() {
-                                handles[id] = None;
+                            // As a dropped `TaskHandle` does: an outcome
+                            // delivered and not taken is given back.
+                            if let Some(rx) = handles[id].take() {
+                                if let Ok(delivery) = rx.try_recv() {
+                                    if let Some(give_back) = delivery.give_back {
+                                        give_back(delivery.outcome);
+                                    }
+                                }
                             }
                         }
                     }
@@ -465,7 +515,7 @@ mod tests {
             prop_assert_eq!(&ids, &sorted, "records in order, each once");
             for (id, rx) in handles.into_iter().enumerate() {
                 let in_records = records.iter().find(|r| r.id.0 == id as u64);
-                let in_handle = rx.and_then(|rx| rx.try_recv().ok());
+                let in_handle = rx.and_then(|rx| rx.try_recv().ok()).map(|d| d.outcome);
                 match (in_records, in_handle) {
                     (Some(r), None) => {
                         prop_assert_eq!(&r.task, &Job(id as u32));
@@ -549,7 +599,10 @@ mod tests {
                 ledger.settle(id, Outcome::Completed(id as u32)),
                 Some(Delivered::ToHandle)
             );
-            assert_eq!(rx.and_then(|rx| rx.try_recv().ok()), Some(Outcome::Completed(id as u32)));
+            assert_eq!(
+                rx.and_then(|rx| rx.try_recv().ok()).map(|d| d.outcome),
+                Some(Outcome::Completed(id as u32))
+            );
             assert_eq!(ledger.settle(id, Outcome::Completed(0)), None, "settled once");
         }
         assert_eq!(ledger.pending(), 0);

@@ -504,10 +504,17 @@ impl Link {
             }
             Some(ReadEnd::Violation(violation)) => {
                 self.close_socket();
-                if matches!(self.phase, Phase::Starting { .. }) {
-                    self.end(Cause::Handshake(HandshakeFailure::Bad(violation)));
-                } else {
-                    self.end(Cause::Parent(CrashReason::ProtocolViolation(violation)));
+                match &mut self.phase {
+                    Phase::Starting { .. } => {
+                        self.end(Cause::Handshake(HandshakeFailure::Bad(violation)));
+                    }
+                    // Exited by itself, and what it left behind breaks the
+                    // protocol (a frame cut short): that is why it died, in
+                    // whichever order the exit and the last bytes were seen.
+                    Phase::Exited { cause, .. } if matches!(cause, Cause::ByItself) => {
+                        *cause = Cause::Parent(CrashReason::ProtocolViolation(violation));
+                    }
+                    _ => self.end(Cause::Parent(CrashReason::ProtocolViolation(violation))),
                 }
             }
         }

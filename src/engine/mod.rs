@@ -118,6 +118,9 @@ struct Slot {
     retired: Option<NotRunReason>,
     generation: u32,
     replace: Option<Replace>,
+    /// A worker of this place has completed its handshake (it may have
+    /// died since: the start still succeeded).
+    handshaken: bool,
 }
 
 /// How the engine waits for its stderr to take queued lines.
@@ -239,6 +242,7 @@ impl<T: Task> Engine<T> {
                 retired: None,
                 generation: 0,
                 replace: None,
+                handshaken: false,
             })
             .collect();
         Ok(Engine {
@@ -290,6 +294,7 @@ impl<T: Task> Engine<T> {
     fn turn(&mut self) -> bool {
         let now = Instant::now();
         self.read_inbox(now);
+        self.ledger.reclaim();
         self.on_deadlines(now);
         self.settle_links(now);
         if !self.check_startup() {
@@ -859,6 +864,7 @@ impl<T: Task> Engine<T> {
             }
             return;
         }
+        self.slots[slot].handshaken = true;
         // The task it was running crashed it; the ones it never started go
         // to the next worker.
         let mut unstarted = Vec::new();
@@ -1042,10 +1048,12 @@ impl<T: Task> Engine<T> {
             self.abandon_startup();
             return true;
         }
-        let all_ready = self
-            .slots
-            .iter()
-            .all(|s| s.link.as_ref().is_some_and(|l| l.ready_at.is_some()));
+        // A worker that completed its handshake and died before this turn
+        // (settled already, its place maybe retired) counts as started: the
+        // constructor must not wait for it for ever.
+        let all_ready = self.slots.iter().all(|s| {
+            s.handshaken || s.link.as_ref().is_some_and(|l| l.ready_at.is_some())
+        });
         if all_ready {
             if let Some(ready) = self.startup.take() {
                 if ready.send(Ok(())).is_err() {
