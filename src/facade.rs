@@ -1,18 +1,18 @@
 //! [`WorkingProcessFacade`]: worker processes behind a non-blocking handle.
 
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use crate::command::WorkerCommand;
 use crate::completed::Completed;
 use crate::config::{Config, RestartPolicy};
-use crate::engine::{Command, Engine, Entry, Notify, Outbox, Reclaimed, Refusal};
+use crate::engine::{Command, Engine, Entry, Notify, Outbox, Reclaimed};
 use crate::error::{CollectError, SpawnError, SubmitError};
 use crate::guard::CollectOnDrop;
 use crate::handle::TaskHandle;
@@ -25,7 +25,6 @@ use crate::wire::{self, KIND_TASK, PushError};
 
 /// Set in the task counter once the facade accepts no more tasks.
 const CLOSED: u64 = 1 << 63;
-use std::cell::Cell;
 
 /// A thread's encoding buffer is kept between submissions up to this size.
 const ENCODE_BUFFER_KEEP: usize = 64 * 1024;
@@ -704,7 +703,7 @@ impl<T: Task> WorkingProcessFacade<T> {
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         match self.tx.submit(frame, entry, assign) {
             Ok(id) => Ok(TaskId(id)),
-            Err((entry, Refusal::Closed | Refusal::EngineGone)) => {
+            Err(entry) => {
                 self.stats.submitted.fetch_sub(1, Ordering::Relaxed);
                 Err(SubmitError::Closed(entry.task))
             }

@@ -203,6 +203,16 @@ pub(crate) fn set_frame_id(frame: &mut [u8], id: u64) {
     }
 }
 
+/// The length, header included, of the frame at the start of `bytes`: one
+/// of this process's own (a frame read from a peer goes through
+/// [`FrameReader`], which checks it). Never beyond `bytes`.
+pub(crate) fn own_frame_len(bytes: &[u8]) -> usize {
+    match bytes.first_chunk::<4>() {
+        Some(word) => (4 + u32::from_le_bytes(*word) as usize).min(bytes.len()),
+        None => bytes.len(),
+    }
+}
+
 /// The task ID of a frame made by [`push_frame`] with an ID.
 pub(crate) fn frame_id(frame: &[u8]) -> Option<u64> {
     let id = frame.get(5..13)?;

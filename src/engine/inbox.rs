@@ -130,14 +130,6 @@ impl<T: Task> Clone for Outbox<T> {
     }
 }
 
-/// Why [`Outbox::submit`] refused a task.
-pub(crate) enum Refusal {
-    /// `assign` gave no ID: submission is closed.
-    Closed,
-    /// The engine has ended.
-    EngineGone,
-}
-
 impl<T: Task> Outbox<T> {
     /// Sends `cmd`; gives it back if the engine is gone.
     pub(crate) fn send(&self, cmd: Command<T>) -> Result<(), Command<T>> {
@@ -159,19 +151,20 @@ impl<T: Task> Outbox<T> {
     /// Puts a task in the tray. `frame` is its whole TASK frame with a
     /// placeholder ID: `assign` gives the ID, under the tray's lock, and
     /// the frame is copied into the tray (or, when large, taken, leaving
-    /// `frame` empty). The task is handed back if refused.
+    /// `frame` empty). The task is handed back if refused: `assign` gave
+    /// no ID (submission is closed), or the engine has ended.
     pub(crate) fn submit(
         &self,
         frame: &mut Vec<u8>,
         entry: Entry<T>,
         assign: impl FnOnce() -> Option<u64>,
-    ) -> Result<u64, (Entry<T>, Refusal)> {
+    ) -> Result<u64, Entry<T>> {
         let mut tray = self.shared.tray();
         if tray.closed {
-            return Err((entry, Refusal::EngineGone));
+            return Err(entry);
         }
         let Some(id) = assign() else {
-            return Err((entry, Refusal::Closed));
+            return Err(entry);
         };
         crate::wire::set_frame_id(frame, id);
         let own_frame = if frame.len() >= LARGE_FRAME {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use inbox::{Batch, Inbox, Mail};
-pub(crate) use inbox::{LARGE_FRAME, Outbox, Refusal, inbox};
+pub(crate) use inbox::{LARGE_FRAME, Outbox, inbox};
 pub(crate) use ledger::Entry;
 use ledger::Ledger;
 pub(crate) use ledger::{Notify, Reclaimed};
@@ -354,11 +354,7 @@ impl<T: Task> Engine<T> {
             let id = sub.id;
             let frame_at = at;
             if sub.own_frame.is_none() {
-                let len = frames
-                    .get(at..at + 4)
-                    .and_then(|w| w.try_into().ok())
-                    .map_or(0, |w: [u8; 4]| 4 + u32::from_le_bytes(w) as usize);
-                at = (at + len).min(frames.len());
+                at += crate::wire::own_frame_len(frames.get(at..).unwrap_or_default());
             }
             if !self.ledger.accept(id, sub.entry) {
                 continue;
@@ -871,15 +867,9 @@ impl<T: Task> Engine<T> {
         let mut frames = Vec::new();
         let mut at = 0;
         for id in end.inflight.iter().copied() {
-            let frame = match end.frames.get(at..at + 4).and_then(|w| w.first_chunk::<4>()) {
-                Some(word) => {
-                    let len = 4 + u32::from_le_bytes(*word) as usize;
-                    let frame = end.frames.get(at..at + len).unwrap_or_default();
-                    at += len;
-                    frame
-                }
-                None => &[],
-            };
+            let rest = end.frames.get(at..).unwrap_or_default();
+            let frame = &rest[..crate::wire::own_frame_len(rest)];
+            at += frame.len();
             if self.ledger.get(id).is_none() {
                 continue; // settled already (timed out, cancelled)
             }

@@ -48,13 +48,7 @@ impl Taken<'_> {
     }
 }
 
-/// The length of the frame at the start of `bytes`, header included.
-fn frame_len(bytes: &[u8]) -> usize {
-    match bytes.first_chunk::<4>() {
-        Some(word) => (4 + u32::from_le_bytes(*word) as usize).min(bytes.len()),
-        None => bytes.len(),
-    }
-}
+use wire::own_frame_len as frame_len;
 
 impl Queue {
     pub(crate) fn len(&self) -> usize {
