@@ -59,7 +59,14 @@ impl Outgoing {
     pub(super) fn push(&mut self, frame: &Frame<'_>) {
         self.unsent += frame.len();
         match frame {
-            Frame::Large(v) => self.segments.push_back(Segment::Large(v.clone())),
+            Frame::Large(v) => {
+                // An empty buffer kept for small frames would be written
+                // (zero bytes) first: it goes.
+                if matches!(self.segments.back(), Some(Segment::Bytes(b)) if b.is_empty()) {
+                    self.segments.pop_back();
+                }
+                self.segments.push_back(Segment::Large(v.clone()));
+            }
             Frame::Small(b) => match self.segments.back_mut() {
                 Some(Segment::Bytes(buf)) => buf.extend_from_slice(b),
                 _ => self.segments.push_back(Segment::Bytes(b.to_vec())),
@@ -218,6 +225,10 @@ mod tests {
         want.extend(frame(4, 7));
         assert_eq!(written, want);
         assert!(out.next().is_empty());
+        // The emptied small buffer is not written (as nothing) before a
+        // large frame that follows.
+        out.push(&Frame::Large(large.clone()));
+        assert_eq!(out.next().len(), SHARED_FRAME);
         // The first is answered; the rest come back.
         held.pop();
         assert_eq!(held.into_frames(), want[10..].to_vec());
