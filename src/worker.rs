@@ -104,6 +104,21 @@ pub enum WorkerError {
     },
 }
 
+/// Ends a worker whose serving failed: says why on stderr, and exits with
+/// [`EXIT_PROTOCOL_ERROR`].
+fn exit_if_failed(served: Result<(), WorkerError>) {
+    if let Err(err) = served {
+        eprintln!(
+            "worker-facade worker {}: {}",
+            std::process::id(),
+            error_chain(&err)
+        );
+        // A worker is a process of its own; ending it is its entry point's job.
+        #[allow(clippy::exit)]
+        std::process::exit(EXIT_PROTOCOL_ERROR);
+    }
+}
+
 /// Serves tasks of type `T` with `handler` until the parent sends the
 /// terminator or goes away, then returns. Call it from `main` of a dedicated
 /// worker binary.
@@ -138,16 +153,7 @@ where
     F: FnMut(T) -> Result<T::Output, E>,
     E: Display,
 {
-    if let Err(err) = try_serve(handler) {
-        eprintln!(
-            "worker-facade worker {}: {}",
-            std::process::id(),
-            error_chain(&err)
-        );
-        // A worker is a process of its own; ending it is its entry point's job.
-        #[allow(clippy::exit)]
-        std::process::exit(EXIT_PROTOCOL_ERROR);
-    }
+    exit_if_failed(try_serve(handler));
 }
 
 /// Like [`serve`], but returns the error instead of exiting.
@@ -206,15 +212,7 @@ where
     F: FnMut(T, &Progress<'_>) -> Result<T::Output, E>,
     E: Display,
 {
-    if let Err(err) = try_serve_with_progress(handler) {
-        eprintln!(
-            "worker-facade worker {}: {}",
-            std::process::id(),
-            error_chain(&err)
-        );
-        #[allow(clippy::exit)]
-        std::process::exit(EXIT_PROTOCOL_ERROR);
-    }
+    exit_if_failed(try_serve_with_progress(handler));
 }
 
 /// Like [`run_if_worker`], with a handler that can report progress through
