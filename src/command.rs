@@ -1,7 +1,7 @@
 //! [`WorkerCommand`]: which program to start as a worker, and how.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -57,16 +57,19 @@ pub struct WorkerCommand {
     pub(crate) image: Option<Arc<OwnedFd>>,
 }
 
-/// This process's own program, opened once (close-on-exec) from
-/// `/proc/self/exe`, which names the running image even after its file was
+/// This process's own program, opened once (close-on-exec, numbered 5 or
+/// above) from `/proc/self/exe`, which names the running image even after its file was
 /// replaced or deleted.
 fn running_image() -> Option<Arc<OwnedFd>> {
     static IMAGE: OnceLock<Option<Arc<OwnedFd>>> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            std::fs::File::open("/proc/self/exe")
-                .ok()
-                .map(|f| Arc::new(OwnedFd::from(f)))
+            let image = OwnedFd::from(std::fs::File::open("/proc/self/exe").ok()?);
+            // Numbered above the descriptors a spawned worker is given, so
+            // that it can stay open until the worker's `exec` (`sys::spawn`).
+            let image = crate::sys::dup_at_least(image.as_fd(), crate::sys::spawn::FIRST_FREE)
+                .unwrap_or(image);
+            Some(Arc::new(image))
         })
         .clone()
 }

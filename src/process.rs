@@ -26,6 +26,8 @@
 //!    the worker, the group is never signalled and the status is reported
 //!    lost, with the reason.
 
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -87,61 +89,30 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
         .write_all(&boot)
         .map_err(resource("bootstrap message"))?;
 
-    let mut command = match &cmd.image {
-        // The running image itself, through its descriptor (inherited by the
-        // forked child, so the path resolves there; the kernel opens it
-        // before close-on-exec descriptors close), named by its path.
-        Some(image) => {
-            let mut c = Command::new(format!("/proc/self/fd/{}", image.as_raw_fd()));
-            c.arg0(&cmd.program);
-            c
+    let started = start(cmd, worker_end.as_fd(), ring_fd.as_fd()).map_err(|source| {
+        match source.kind() {
+            io::ErrorKind::NotFound => SpawnError::NotFound { path: path.clone() },
+            io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { path: path.clone() },
+            _ => SpawnError::Start {
+                path: path.clone(),
+                source,
+            },
         }
-        None => Command::new(&cmd.program),
-    };
-    command
-        .args(&cmd.args)
-        .env(WORKER_ENV, std::process::id().to_string())
-        .env(WORKER_FD_ENV, worker_end.as_raw_fd().to_string())
-        .env(WORKER_RING_ENV, ring_fd.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        // Its own process group: a kill reaches the worker's children too.
-        .process_group(0);
-    if cmd.output.is_piped() {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    }
-    for (key, value) in &cmd.env {
-        match value {
-            Some(v) => command.env(key, v),
-            None => command.env_remove(key),
-        };
-    }
-    if let Some(dir) = &cmd.current_dir {
-        command.current_dir(dir);
-    }
-    sys::prepare_child(&mut command, [worker_end.as_raw_fd(), ring_fd.as_raw_fd()]);
-    let mut child = command.spawn().map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => SpawnError::NotFound { path: path.clone() },
-        io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { path: path.clone() },
-        _ => SpawnError::Start {
-            path: path.clone(),
-            source,
-        },
     })?;
     drop(worker_end);
     drop(ring_fd); // the mapping stays; the worker has its own descriptor
-    let pid = child.id();
+    let Started {
+        pid,
+        stdout,
+        stderr,
+    } = started;
     let pidfd = match sys::pidfd_open(pid) {
         Ok(fd) => fd,
         // Gone already: it exited at once and the kernel (SIGCHLD ignored)
         // or the host (`waitpid(-1)`) reaped it. The pid is not ours any
         // more: never signal or wait for it.
         Err(source) if source.raw_os_error() == Some(nix::libc::ESRCH) => {
-            let stderr_tail = child
-                .stderr
-                .take()
-                .map(|e| read_tail(OwnedFd::from(e)))
-                .unwrap_or_default();
-            drop(child);
+            drop(stdout);
             return Err(SpawnError::ExitedEarly {
                 path,
                 status: ExitInfo {
@@ -151,13 +122,14 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
                     core_dumped: false,
                     usage: None,
                 },
-                stderr_tail,
+                stderr_tail: stderr.map(read_tail).unwrap_or_default(),
             });
         }
         Err(source) => {
-            // Not reaped (it exists), so `child` still names our process.
-            let _ = child.kill();
-            let _ = child.wait();
+            // Not reaped (it exists), so the pid still names our process.
+            let child = Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
             return Err(SpawnError::Resource {
                 what: "pidfd (Linux 5.3 or later is needed)",
                 path,
@@ -171,11 +143,6 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
         pidfd,
         state: ChildState::Unreaped,
     };
-    let stdout = child.stdout.take().map(OwnedFd::from);
-    let stderr = child.stderr.take().map(OwnedFd::from);
-    // std's `Child` has no Drop that waits or kills; the pidfd owns the
-    // process from now on.
-    drop(child);
     parent_end
         .set_nonblocking(true)
         .map_err(resource("socket mode"))?;
@@ -189,6 +156,188 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
         stderr,
         token,
         ring,
+    })
+}
+
+/// A started worker process, not yet watched: its pid, and the parent's
+/// ends of its output pipes when they are piped.
+struct Started {
+    pid: u32,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+/// Starts the worker's process with `socket` and `ring` as its descriptors
+/// (named in its environment): through `posix_spawn` where the C library
+/// can lay the descriptors out, by std's fork and exec otherwise.
+fn start(cmd: &WorkerCommand, socket: BorrowedFd<'_>, ring: BorrowedFd<'_>) -> io::Result<Started> {
+    match start_spawned(cmd, socket, ring)? {
+        Some(started) => Ok(started),
+        None => start_forked(cmd, socket, ring),
+    }
+}
+
+/// The numbers the worker finds its socket and its ring at, after
+/// [`start_spawned`] placed them.
+const SPAWNED_SOCKET_FD: i32 = 3;
+const SPAWNED_RING_FD: i32 = 4;
+
+/// Starts the worker with `posix_spawn` (see `sys::spawn`): nothing of the
+/// parent's memory is copied, which a fork of a large parent does. `None`
+/// when the C library or the command needs the fork instead.
+fn start_spawned(
+    cmd: &WorkerCommand,
+    socket: BorrowedFd<'_>,
+    ring: BorrowedFd<'_>,
+) -> io::Result<Option<Started>> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bare_name = !cmd.program.as_os_str().as_bytes().contains(&b'/');
+    // posix_spawnp searches the parent's PATH; std searches the child's.
+    let path_changed = cmd.env.iter().any(|(key, _)| key == "PATH");
+    if !sys::spawn::supported() || (cmd.image.is_none() && bare_name && path_changed) {
+        return Ok(None);
+    }
+    // Every source must sit above the numbers the child's copies take.
+    let lift = |fd: BorrowedFd<'_>| sys::dup_at_least(fd, sys::spawn::FIRST_FREE);
+    let socket = lift(socket)?;
+    let ring = lift(ring)?;
+    let pipes = if cmd.output.is_piped() {
+        let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        Some((out_read, lift(out_write.as_fd())?, err_read, lift(err_write.as_fd())?))
+    } else {
+        None
+    };
+    let mut place = vec![
+        (socket.as_fd(), SPAWNED_SOCKET_FD),
+        (ring.as_fd(), SPAWNED_RING_FD),
+    ];
+    if let Some((_, out_write, _, err_write)) = &pipes {
+        place.push((out_write.as_fd(), 1));
+        place.push((err_write.as_fd(), 2));
+    }
+    let c_string = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a NUL byte in the worker's program, arguments or environment",
+            )
+        })
+    };
+    let program = match &cmd.image {
+        Some(image) => c_string(format!("/proc/self/fd/{}", image.as_raw_fd()).as_bytes())?,
+        None => c_string(cmd.program.as_os_str().as_bytes())?,
+    };
+    let argv = std::iter::once(cmd.program.as_os_str())
+        .chain(cmd.args.iter().map(|a| a.as_os_str()))
+        .map(|a| c_string(a.as_bytes()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let envp = worker_environment(
+        cmd,
+        SPAWNED_SOCKET_FD.to_string(),
+        SPAWNED_RING_FD.to_string(),
+    )
+    .into_iter()
+    .map(|(key, value)| {
+        let mut pair = key.into_vec();
+        pair.push(b'=');
+        pair.extend_from_slice(value.as_bytes());
+        c_string(&pair)
+    })
+    .collect::<io::Result<Vec<_>>>()?;
+    let dir = match &cmd.current_dir {
+        Some(dir) => Some(c_string(dir.as_os_str().as_bytes())?),
+        None => None,
+    };
+    let request = sys::spawn::SpawnRequest {
+        program: &program,
+        search_path: cmd.image.is_none() && bare_name,
+        argv: &argv,
+        envp: &envp,
+        dir: dir.as_deref(),
+        place: &place,
+        exec_through: cmd.image.as_ref().map(|image| image.as_fd()),
+    };
+    Ok(match sys::spawn::spawn(&request)? {
+        sys::spawn::Spawned::Started(pid) => {
+            let (stdout, stderr) = match pipes {
+                Some((out_read, _, err_read, _)) => (Some(out_read), Some(err_read)),
+                None => (None, None),
+            };
+            Some(Started {
+                pid,
+                stdout,
+                stderr,
+            })
+        }
+        sys::spawn::Spawned::Unsupported => None,
+    })
+}
+
+/// The worker's whole environment: the parent's, with the facade's
+/// variables, then the command's own changes, applied in order.
+fn worker_environment(
+    cmd: &WorkerCommand,
+    socket: String,
+    ring: String,
+) -> BTreeMap<std::ffi::OsString, std::ffi::OsString> {
+    let mut env: BTreeMap<_, _> = std::env::vars_os().collect();
+    env.insert(WORKER_ENV.into(), std::process::id().to_string().into());
+    env.insert(WORKER_FD_ENV.into(), socket.into());
+    env.insert(WORKER_RING_ENV.into(), ring.into());
+    for (key, value) in &cmd.env {
+        match value {
+            Some(v) => env.insert(key.clone(), v.clone()),
+            None => env.remove(key),
+        };
+    }
+    env
+}
+
+/// Starts the worker with std's `Command`: a fork, in which every
+/// descriptor above stderr is marked close-on-exec but the worker's socket
+/// and ring, which keep their numbers.
+fn start_forked(
+    cmd: &WorkerCommand,
+    socket: BorrowedFd<'_>,
+    ring: BorrowedFd<'_>,
+) -> io::Result<Started> {
+    let mut command = match &cmd.image {
+        // The running image itself, through its descriptor (inherited by the
+        // forked child, so the path resolves there; the kernel opens it
+        // before close-on-exec descriptors close), named by its path.
+        Some(image) => {
+            let mut c = Command::new(format!("/proc/self/fd/{}", image.as_raw_fd()));
+            c.arg0(&cmd.program);
+            c
+        }
+        None => Command::new(&cmd.program),
+    };
+    command
+        .args(&cmd.args)
+        .env_clear()
+        .envs(worker_environment(
+            cmd,
+            socket.as_raw_fd().to_string(),
+            ring.as_raw_fd().to_string(),
+        ))
+        .stdin(Stdio::null())
+        // Its own process group: a kill reaches the worker's children too.
+        .process_group(0);
+    if cmd.output.is_piped() {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    if let Some(dir) = &cmd.current_dir {
+        command.current_dir(dir);
+    }
+    sys::prepare_child(&mut command, [socket.as_raw_fd(), ring.as_raw_fd()]);
+    let mut child = command.spawn()?;
+    // std's `Child` neither waits nor kills on drop: the caller owns the
+    // process by its pid from here.
+    Ok(Started {
+        pid: child.id(),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
     })
 }
 
@@ -391,4 +540,94 @@ pub(crate) fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     let mut out = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// What `ls -l /proc/self/fd` printed in a child started by `how`:
+    /// each descriptor's number and target, but the one `ls` itself opened.
+    fn child_descriptors(
+        how: fn(&WorkerCommand, BorrowedFd<'_>, BorrowedFd<'_>) -> io::Result<Started>,
+        socket: BorrowedFd<'_>,
+        ring: BorrowedFd<'_>,
+    ) -> BTreeMap<i32, String> {
+        let cmd = WorkerCommand::new("ls").arg("-l").arg("/proc/self/fd");
+        let started = how(&cmd, socket, ring).expect("start ls");
+        let mut listing = String::new();
+        std::fs::File::from(started.stdout.expect("stdout is piped"))
+            .read_to_string(&mut listing)
+            .expect("read the listing");
+        let status = nix::sys::wait::waitpid(Pid::from_raw(started.pid as i32), None);
+        assert!(
+            matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))),
+            "{status:?}"
+        );
+        let own = format!("/proc/{}/fd", started.pid);
+        listing
+            .lines()
+            .filter_map(|line| {
+                let (left, target) = line.split_once(" -> ")?;
+                let fd = left.rsplit(' ').next()?.parse().ok()?;
+                (target != own).then(|| (fd, target.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    // Reaped by waitpid in `child_descriptors`, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn spawned_and_forked_workers_get_only_their_own_descriptors() {
+        let (_parent, worker) = UnixStream::pair().expect("socket pair");
+        let (ring, _map) = crate::ring::create().expect("ring");
+        let socket_inode = std::fs::metadata(format!("/proc/self/fd/{}", worker.as_raw_fd()))
+            .expect("stat the socket")
+            .ino();
+        // Left open across exec, as a careless C library would.
+        let leaky = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .expect("open /dev/null");
+        let expect = |fds: &BTreeMap<i32, String>, socket_at: i32, ring_at: i32| {
+            assert_eq!(fds.get(&0).map(String::as_str), Some("/dev/null"), "{fds:?}");
+            for fd in [1, 2] {
+                assert!(fds[&fd].starts_with("pipe:"), "{fds:?}");
+            }
+            assert_eq!(fds[&socket_at], format!("socket:[{socket_inode}]"), "{fds:?}");
+            assert!(fds[&ring_at].starts_with("/memfd:"), "{fds:?}");
+            assert_eq!(fds.len(), 5, "nothing else reaches the child: {fds:?}");
+        };
+        if sys::spawn::supported() {
+            let spawned = child_descriptors(
+                |cmd, socket, ring| {
+                    Ok(start_spawned(cmd, socket, ring)?.expect("posix_spawn is used"))
+                },
+                worker.as_fd(),
+                ring.as_fd(),
+            );
+            expect(&spawned, SPAWNED_SOCKET_FD, SPAWNED_RING_FD);
+        }
+        let forked = child_descriptors(start_forked, worker.as_fd(), ring.as_fd());
+        expect(&forked, worker.as_raw_fd(), ring.as_raw_fd());
+        drop(leaky);
+    }
+
+    #[test]
+    fn a_missing_program_is_not_found_either_way() {
+        let cmd = WorkerCommand::new("/no/such/worker-facade-program");
+        let (_parent, worker) = UnixStream::pair().expect("socket pair");
+        let (ring, _map) = crate::ring::create().expect("ring");
+        let mut tried = vec![start_forked(&cmd, worker.as_fd(), ring.as_fd()).map(|_| ())];
+        if sys::spawn::supported() {
+            tried.push(start_spawned(&cmd, worker.as_fd(), ring.as_fd()).map(|_| ()));
+        }
+        for started in tried {
+            let error = started.expect_err("nothing to run");
+            assert_eq!(error.kind(), io::ErrorKind::NotFound, "{error}");
+        }
+    }
 }

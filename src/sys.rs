@@ -1,7 +1,8 @@
 //! The system calls std and nix do not wrap for us, each in one small
 //! function: pidfds (open, signal, wait with resource usage), the SIGCHLD
 //! disposition, taking the inherited socket in a worker, and what runs in a
-//! child between `fork` and `exec`. All of this crate's `unsafe` lives here.
+//! child between `fork` and `exec`, or the `posix_spawn` that replaces the
+//! fork ([`spawn`]). All of this crate's `unsafe` lives here.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -10,6 +11,20 @@ use std::time::Duration;
 use nix::libc;
 
 use crate::task::ResourceUsage;
+
+pub(crate) mod spawn;
+
+/// A close-on-exec copy of `fd` numbered `min` or above (the lowest such
+/// number that is free).
+pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes a descriptor and a number, no pointers.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
 
 /// Opens a pidfd for child `pid`. Call only for a child this process owns
 /// and has not reaped, so that the pid cannot belong to anyone else yet;
