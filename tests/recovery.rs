@@ -355,3 +355,36 @@ fn a_worker_past_its_rss_limit_is_recycled_losing_and_rerunning_nothing() {
         assert_eq!(ran, 10, "each task ran once");
     });
 }
+
+#[test]
+fn a_task_submitted_to_an_idle_worker_that_dies_before_reading_it_runs_on_the_next() {
+    use nix::sys::signal::Signal;
+    within(Duration::from_secs(30), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .spawn()
+            .expect("spawn");
+        // One round trip: the worker is idle and the engine asleep, so the
+        // next task is written to the worker's socket by its submitter.
+        let warm = w
+            .submit(t("warm"))
+            .expect("accepted")
+            .wait()
+            .expect("outcome");
+        assert!(warm.is_completed(), "{warm:?}");
+        let pid = w.worker_pid().expect("a worker runs");
+        common::signal(pid, Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(50));
+        let handle = w.submit(t("unread")).expect("accepted");
+        // It never reads the task: it never started it, so the task is the
+        // next worker's, and no crash is charged to it.
+        common::signal(pid, Signal::SIGKILL);
+        let outcome = handle.wait().expect("outcome");
+        assert!(outcome.is_completed(), "{outcome:?}");
+        let next = w.worker_pid().expect("a replacement runs");
+        assert_ne!(next, pid);
+        let stats = w.stats();
+        assert_eq!((stats.restarts, stats.crashed, stats.completed), (1, 0, 2));
+        // Each outcome went to its handle: nothing is left for a collect.
+        assert!(w.collect_tasks().expect("collect").is_empty());
+    });
+}

@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::Command;
+use super::lane::{Direct, Lane};
 use super::ledger::Entry;
 use crate::task::Task;
 
@@ -56,6 +57,8 @@ pub(crate) struct Submission<T: Task> {
     /// A large frame, in its own buffer; `None`: the next one in
     /// [`Batch::frames`].
     pub(crate) own_frame: Option<Vec<u8>>,
+    /// Written to an idle worker by its submitter (see [`super::lane`]).
+    pub(crate) direct: Option<Direct>,
 }
 
 struct Tray<T: Task> {
@@ -67,6 +70,7 @@ struct Tray<T: Task> {
 struct Shared<T: Task> {
     tray: Mutex<Tray<T>>,
     waker: Waker,
+    lane: Lane,
     /// Buffers of large frames the workers have answered, for the next
     /// large frames: fresh memory would cost a page fault per 4 KiB.
     recycled: Mutex<Vec<Vec<u8>>>,
@@ -167,21 +171,32 @@ impl<T: Task> Outbox<T> {
             return Err(entry);
         };
         crate::wire::set_frame_id(frame, id);
-        let own_frame = if frame.len() >= LARGE_FRAME {
+        let first = tray.batch.tasks.is_empty();
+        // Only the first task of a tray may go by the lane: the engine takes
+        // the ones before it first, so they would start later.
+        let direct = if first && entry.timeout().is_none() {
+            self.shared.lane.send(frame)
+        } else {
+            None
+        };
+        let len = frame.len();
+        let own_frame = if len >= LARGE_FRAME {
             Some(std::mem::take(frame))
         } else {
             tray.batch.frames.extend_from_slice(frame);
             None
         };
-        let first = tray.batch.tasks.is_empty();
+        let whole = direct.is_some_and(|d| d.written == len);
         tray.batch.tasks.push(Submission {
             id,
             entry,
             own_frame,
+            direct,
         });
         drop(tray);
-        if first {
-            // A tray with tasks in it already has had its wake.
+        // A tray with tasks in it already has had its wake; a task written
+        // whole to the worker wakes the engine with the worker's answer.
+        if first && !whole {
             self.shared.waker.wake();
         }
         Ok(id)
@@ -269,6 +284,11 @@ impl<T: Task> Inbox<T> {
     pub(crate) fn waker(&self) -> &Waker {
         &self.shared.waker
     }
+
+    /// The lane by which a submitter may reach an idle worker itself.
+    pub(crate) fn lane(&self) -> &Lane {
+        &self.shared.lane
+    }
 }
 
 /// A connected pair.
@@ -283,6 +303,7 @@ pub(crate) fn inbox<T: Task>() -> std::io::Result<(Outbox<T>, Inbox<T>)> {
             fd,
             parked: AtomicBool::new(false),
         },
+        lane: Lane::default(),
         recycled: Mutex::new(Vec::new()),
     });
     let (tx, rx) = unbounded();

@@ -292,7 +292,24 @@ impl Link {
         if !self.write_failed {
             self.out.push(&frame);
         }
-        self.held.push(&frame);
+        self.hold(id, &frame);
+    }
+
+    /// Records a task its submitter wrote to this worker's socket itself
+    /// (`written` bytes of `frame`), as [`Link::send_task`] would have sent
+    /// it; the rest of the frame is queued.
+    pub(super) fn sent_directly(&mut self, id: u64, frame: &[u8], written: usize) {
+        if let Some(rest) = frame.get(written..).filter(|r| !r.is_empty()) {
+            if !self.write_failed {
+                self.out.push(&Frame::Small(rest));
+            }
+        }
+        self.hold(id, &Frame::Small(frame));
+    }
+
+    /// Task `id`, whose `frame` was sent, is the worker's until answered.
+    fn hold(&mut self, id: u64, frame: &Frame<'_>) {
+        self.held.push(frame);
         self.inflight.push_back(id);
         self.sent += 1;
         self.ahead.push_back(frame.len());

@@ -8,13 +8,14 @@
 //! a task and a death flow through it.
 
 mod inbox;
+mod lane;
 mod ledger;
 mod link;
 mod outbound;
 mod policy;
 mod queue;
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -364,9 +365,20 @@ impl<T: Task> Engine<T> {
                 self.finish(id, Outcome::NotRun(reason));
                 continue;
             }
-            match sub.own_frame {
-                Some(frame) => self.queue.push_back_owned(frame),
-                None => self.queue.push_back(&frames[frame_at..at]),
+            match (sub.own_frame, sub.direct) {
+                (Some(frame), _) => self.queue.push_back_owned(frame),
+                (None, Some(direct)) => {
+                    let frame = &frames[frame_at..at];
+                    match self.slots.get_mut(direct.slot).and_then(|s| s.link.as_mut()) {
+                        Some(link) if link.generation == direct.generation => {
+                            link.sent_directly(id, frame, direct.written);
+                        }
+                        // Not reached: the lane closes before a link can
+                        // change. Should it be, the task is sent again.
+                        _ => self.queue.push_back(frame),
+                    }
+                }
+                (None, None) => self.queue.push_back(&frames[frame_at..at]),
             }
         }
         frames.clear();
@@ -621,6 +633,7 @@ impl<T: Task> Engine<T> {
             }
         }
         let timeout = if !news && self.inbox.park() {
+            self.open_lane();
             timeout
         } else {
             EpollTimeout::ZERO
@@ -632,6 +645,11 @@ impl<T: Task> Engine<T> {
                 Err(_) => break 0,
             }
         };
+        // Before any event is handled: a task a submitter wrote to a worker
+        // is in the ledger before that worker's answer is read.
+        if self.inbox.lane().close() {
+            self.take_tasks(true);
+        }
         let now = Instant::now();
         // Copied out (the handlers need `self`), into a buffer kept across
         // turns: no allocation per wait.
@@ -661,6 +679,28 @@ impl<T: Task> Engine<T> {
                 let generation = link.generation;
                 self.on_ready(i, generation, Source::Socket, EpollFlags::EPOLLIN, now);
             }
+        }
+    }
+
+    /// Opens the direct lane (see [`lane`]) to a worker that holds no task,
+    /// when nothing else waits and no task's time would go unwatched.
+    fn open_lane(&mut self) {
+        if !matches!(self.lifecycle, Lifecycle::Open)
+            || self.startup.is_some()
+            || self.dead.is_some()
+            || !self.queue.is_empty()
+            || self.cfg.task_timeout.is_some()
+            || self.cfg.max_tasks_per_worker.is_some()
+        {
+            return;
+        }
+        let idle = self.slots.iter().enumerate().find_map(|(i, slot)| {
+            let link = slot.link.as_ref()?;
+            let idle = link.takes_tasks() && link.inflight.is_empty() && link.unsent() == 0;
+            Some((i, link.generation, link.socket().filter(|_| idle)?.as_raw_fd()))
+        });
+        if let Some((slot, generation, fd)) = idle {
+            self.inbox.lane().open(fd, slot, generation);
         }
     }
 
