@@ -6,6 +6,7 @@
 //!
 //! ```text
 //!  header: TAIL (worker) | HEAD (parent) | PARKED (parent sets, worker clears)
+//!          | STARTS (parent sets: wake me for a STARTED too)
 //!  data:   CAPACITY bytes of the worker's outgoing byte stream, at stream
 //!          offset mod CAPACITY
 //! ```
@@ -17,7 +18,10 @@
 //! every ring on every turn, so a busy parent is never woken: the worker
 //! sends a one-frame WAKE on the socket only if the parent said it is about
 //! to sleep (PARKED), and clears PARKED when it does, so one sleep costs at
-//! most one wake. Both sides use sequentially consistent stores and loads
+//! most one wake. A STARTED alone wakes nobody unless the parent set STARTS
+//! (it watches a time limit, which runs from the start): otherwise it is
+//! read with the task's result, or on the parent's next turn, and a round
+//! trip costs one wake instead of two. Both sides use sequentially consistent stores and loads
 //! of TAIL and PARKED, so either the parent sees the new TAIL before it
 //! sleeps, or the worker sees PARKED and wakes it.
 //!
@@ -49,6 +53,7 @@ pub(crate) const REGION_LEN: usize = HEADER + CAPACITY;
 const TAIL: usize = 0;
 const HEAD: usize = 64;
 const PARKED: usize = 128;
+const STARTS: usize = 192;
 
 /// One side's view of a region.
 #[derive(Debug)]
@@ -107,11 +112,14 @@ impl RingWriter {
 
     /// Appends `bytes` to the stream and publishes them. `wake` is called
     /// (at most once per parent sleep) when the parent is parked and must
-    /// be told. When the ring is full, waits for the parent to free room,
-    /// polling ever more slowly (up to 1 ms); `parent_gone` ends the wait.
+    /// be told: always, unless `start_only` (the bytes are one STARTED) and
+    /// the parent does not watch starts. When the ring is full, waits for
+    /// the parent to free room, polling ever more slowly (up to 1 ms);
+    /// `parent_gone` ends the wait.
     pub(crate) fn send(
         &mut self,
         mut bytes: &[u8],
+        start_only: bool,
         wake: &mut dyn FnMut(),
         parent_gone: &mut dyn FnMut() -> bool,
     ) -> io::Result<()> {
@@ -141,7 +149,9 @@ impl RingWriter {
             self.ring.map.word(TAIL).store(self.tail, SeqCst);
             bytes = &bytes[n..];
         }
-        self.wake_parent(wake);
+        if !start_only || self.ring.map.word(STARTS).load(Relaxed) != 0 {
+            self.wake_parent(wake);
+        }
         Ok(())
     }
 
@@ -184,6 +194,12 @@ impl RingReader {
     pub(crate) fn park(&self) -> bool {
         self.ring.map.word(PARKED).store(1, SeqCst);
         self.has_data()
+    }
+
+    /// Asks the worker to wake a parked parent for a STARTED too, from now
+    /// on (a task with a time limit was sent).
+    pub(crate) fn watch_starts(&self) {
+        self.ring.map.word(STARTS).store(1, Relaxed);
     }
 
     /// The parent is awake again.
@@ -270,7 +286,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for chunk in [&b"small"[..], &big, &b"after"[..]] {
-                    writer.send(chunk, &mut || {}, &mut || false).expect("sent");
+                    writer.send(chunk, false, &mut || {}, &mut || false).expect("sent");
                 }
             });
             let want = 5 + big.len() + 5;
@@ -288,7 +304,7 @@ mod tests {
         let (reader, mut writer) = pair();
         let mut wakes = 0;
         writer
-            .send(b"x", &mut || wakes += 1, &mut || false)
+            .send(b"x", false, &mut || wakes += 1, &mut || false)
             .expect("sent");
         assert_eq!(wakes, 0, "not parked: no wake");
         assert!(reader.park(), "data arrived: must not sleep");
@@ -297,19 +313,42 @@ mod tests {
         drain(&mut reader);
         assert!(!reader.park(), "drained: may sleep");
         writer
-            .send(b"y", &mut || wakes += 1, &mut || false)
+            .send(b"y", false, &mut || wakes += 1, &mut || false)
             .expect("sent");
         writer
-            .send(b"z", &mut || wakes += 1, &mut || false)
+            .send(b"z", false, &mut || wakes += 1, &mut || false)
             .expect("sent");
         assert_eq!(wakes, 1, "one wake per sleep");
+    }
+
+    #[test]
+    fn a_start_alone_wakes_a_parked_parent_only_if_it_watches_starts() {
+        let (reader, mut writer) = pair();
+        let mut wakes = 0;
+        assert!(!reader.park());
+        writer
+            .send(b"s", true, &mut || wakes += 1, &mut || false)
+            .expect("sent");
+        assert_eq!(wakes, 0, "a STARTED alone waits for the result");
+        writer
+            .send(b"r", false, &mut || wakes += 1, &mut || false)
+            .expect("sent");
+        assert_eq!(wakes, 1, "the result wakes the parent");
+        let mut reader = reader;
+        assert_eq!(drain(&mut reader), b"sr");
+        reader.watch_starts();
+        assert!(!reader.park());
+        writer
+            .send(b"s", true, &mut || wakes += 1, &mut || false)
+            .expect("sent");
+        assert_eq!(wakes, 2, "a parent watching a time limit is woken");
     }
 
     #[test]
     fn the_stream_ends_only_after_the_socket_ended_and_the_ring_is_drained() {
         let (mut reader, mut writer) = pair();
         writer
-            .send(b"last words", &mut || {}, &mut || false)
+            .send(b"last words", false, &mut || {}, &mut || false)
             .expect("sent");
         reader.end();
         assert_eq!(drain(&mut reader), b"last words");

@@ -327,8 +327,9 @@ where
                 // The previous result and this STARTED leave in one write,
                 // before the task is even decoded: a crash from here on is
                 // this task's.
+                let start_only = out.is_empty();
                 wire::push_bare(&mut out, KIND_STARTED, Some(id));
-                outlet.borrow_mut().send(&out)?;
+                outlet.borrow_mut().send_start(&out, start_only)?;
                 out.clear();
                 if options.mark_output {
                     mark_output(id);
@@ -856,6 +857,17 @@ impl<'a> Outlet<'a> {
 
     /// Publishes `bytes` (whole frames) to the parent.
     fn send(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.publish(bytes, false)
+    }
+
+    /// Publishes `bytes`, which end with a task's STARTED, to the parent.
+    /// A STARTED alone (`start_only`) wakes the parent only if it watches
+    /// starts.
+    fn send_start(&mut self, bytes: &[u8], start_only: bool) -> Result<(), WireError> {
+        self.publish(bytes, start_only)
+    }
+
+    fn publish(&mut self, bytes: &[u8], start_only: bool) -> Result<(), WireError> {
         let fd = self.socket.as_raw_fd();
         let parent = self.parent;
         // `len = 1, kind = WAKE`: built once, not on every wake.
@@ -866,7 +878,7 @@ impl<'a> Outlet<'a> {
         };
         let mut parent_gone = || nix::unistd::getppid().as_raw() as u32 != parent;
         self.ring
-            .send(bytes, &mut wake, &mut parent_gone)
+            .send(bytes, start_only, &mut wake, &mut parent_gone)
             .map_err(WireError::Io)
     }
 }

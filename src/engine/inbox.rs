@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::Command;
-use super::lane::{Direct, Lane};
+use super::lane::{DIRECT_FRAME, Direct, Lane};
 use super::ledger::Entry;
 use crate::task::Task;
 
@@ -65,6 +65,9 @@ struct Tray<T: Task> {
     batch: Batch<T>,
     /// The engine has ended: nothing submitted now would be seen.
     closed: bool,
+    /// A submitter woke the engine for the tasks in the tray (a task
+    /// written through the lane wakes nobody).
+    woken: bool,
 }
 
 struct Shared<T: Task> {
@@ -174,29 +177,33 @@ impl<T: Task> Outbox<T> {
         let first = tray.batch.tasks.is_empty();
         // Only the first task of a tray may go by the lane: the engine takes
         // the ones before it first, so they would start later.
-        let direct = if first && entry.timeout().is_none() {
-            self.shared.lane.send(frame)
+        let claim = if first && entry.timeout().is_none() && frame.len() <= DIRECT_FRAME {
+            self.shared.lane.claim()
         } else {
             None
         };
-        let len = frame.len();
-        let own_frame = if len >= LARGE_FRAME {
+        let own_frame = if frame.len() >= LARGE_FRAME {
             Some(std::mem::take(frame))
         } else {
             tray.batch.frames.extend_from_slice(frame);
             None
         };
-        let whole = direct.is_some_and(|d| d.written == len);
         tray.batch.tasks.push(Submission {
             id,
             entry,
             own_frame,
-            direct,
+            direct: claim.as_ref().map(|c| c.direct),
         });
+        // One wake per tray is enough. A task written whole to the worker
+        // wakes the engine with the worker's answer, and does not count:
+        // the next task must wake it, or it could wait behind a long one.
+        let wake = claim.is_none() && !tray.woken;
+        tray.woken |= wake;
         drop(tray);
-        // A tray with tasks in it already has had its wake; a task written
-        // whole to the worker wakes the engine with the worker's answer.
-        if first && !whole {
+        // Written after the tray is let go: the worker this write wakes,
+        // and the engine it wakes in turn, may run before this returns.
+        let short = claim.is_some_and(|claim| !self.shared.lane.write(claim, frame));
+        if wake || short {
             self.shared.waker.wake();
         }
         Ok(id)
@@ -238,6 +245,7 @@ impl<T: Task> Inbox<T> {
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
         std::mem::swap(&mut tray.batch, spare);
+        tray.woken = false;
     }
 
     /// Keeps the buffer of a large frame a worker answered for a later one.
@@ -298,6 +306,7 @@ pub(crate) fn inbox<T: Task>() -> std::io::Result<(Outbox<T>, Inbox<T>)> {
         tray: Mutex::new(Tray {
             batch: Batch::default(),
             closed: false,
+            woken: false,
         }),
         waker: Waker {
             fd,

@@ -174,6 +174,15 @@ pub(super) enum Said<'a> {
     Wake,
 }
 
+/// Who may write to a worker's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// The engine, from the link's queue.
+    Engine,
+    /// A submitter is writing a task through the lane, and may not be done.
+    Submitter,
+}
+
 pub(super) struct Link {
     pub(super) generation: u32,
     child: WorkerChild,
@@ -184,6 +193,12 @@ pub(super) struct Link {
     out: Outgoing,
     /// Whether writing failed (the worker hung up): nothing more is queued.
     write_failed: bool,
+    /// Who writes to the socket now.
+    writes: Writes,
+    /// The frame a submitter writes through the lane, for its rest.
+    submitter_frame: Vec<u8>,
+    /// The duplicate of the socket the lane writes through.
+    lane_socket: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// Whether the socket is registered for writability (the engine keeps
     /// this in step with its epoll registration).
     pub(super) out_armed: bool,
@@ -241,6 +256,9 @@ impl Link {
             ring: Some(FrameReader::new(spawned.ring, max_frame)),
             out: Outgoing::default(),
             write_failed: false,
+            writes: Writes::Engine,
+            submitter_frame: Vec::new(),
+            lane_socket: None,
             out_armed: false,
             console: Console::new(pid, spawned.stdout, spawned.stderr, output),
             token: spawned.token,
@@ -295,16 +313,45 @@ impl Link {
         self.hold(id, &frame);
     }
 
-    /// Records a task its submitter wrote to this worker's socket itself
-    /// (`written` bytes of `frame`), as [`Link::send_task`] would have sent
-    /// it; the rest of the frame is queued.
-    pub(super) fn sent_directly(&mut self, id: u64, frame: &[u8], written: usize) {
-        if let Some(rest) = frame.get(written..).filter(|r| !r.is_empty()) {
-            if !self.write_failed {
-                self.out.push(&Frame::Small(rest));
+    /// Records a task its submitter writes to this worker's socket itself
+    /// (through the lane), as [`Link::send_task`] would have sent it.
+    /// Nothing else is written to the socket until
+    /// [`submitter_done`](Link::submitter_done) says how that write went.
+    pub(super) fn sent_directly(&mut self, id: u64, frame: &[u8]) {
+        self.writes = Writes::Submitter;
+        self.submitter_frame.clear();
+        self.submitter_frame.extend_from_slice(frame);
+        self.hold(id, &Frame::Small(frame));
+    }
+
+    /// The submitter's write is over: whole, or `short` of its frame, whose
+    /// rest goes before anything queued meanwhile.
+    pub(super) fn submitter_done(&mut self, short: Option<usize>) {
+        if self.writes != Writes::Submitter {
+            return;
+        }
+        self.writes = Writes::Engine;
+        if let Some(rest) = short.and_then(|n| self.submitter_frame.get(n..)) {
+            if !rest.is_empty() && !self.write_failed {
+                self.out.push_front(rest);
             }
         }
-        self.hold(id, &Frame::Small(frame));
+    }
+
+    /// Whether the engine may write to the socket now (no submitter is
+    /// writing through the lane).
+    pub(super) fn engine_writes(&self) -> bool {
+        self.writes == Writes::Engine
+    }
+
+    /// A duplicate of the socket for the lane (made once), through which a
+    /// submitter writes; `None` once the socket is closed.
+    pub(super) fn lane_socket(&mut self) -> Option<std::sync::Arc<std::os::fd::OwnedFd>> {
+        if self.lane_socket.is_none() {
+            let copy = self.reader.as_ref()?.get_ref().try_clone().ok()?;
+            self.lane_socket = Some(std::sync::Arc::new(copy.into()));
+        }
+        self.lane_socket.clone()
     }
 
     /// Task `id`, whose `frame` was sent, is the worker's until answered.
@@ -318,6 +365,7 @@ impl Link {
 
     /// Closes the socket (the engine takes it out of its epoll set first).
     fn close_socket(&mut self) {
+        self.lane_socket = None;
         self.ring = None;
         if let Some(reader) = self.reader.take() {
             self.graveyard
@@ -340,6 +388,9 @@ impl Link {
     /// Writes as much of the queue as the socket takes now. `MSG_NOSIGNAL`:
     /// a dead worker is an error here, never a SIGPIPE for the host.
     pub(super) fn flush(&mut self) {
+        if self.writes == Writes::Submitter {
+            return; // its frame may not be whole yet
+        }
         let fd = match &self.reader {
             Some(r) if !self.write_failed => r.get_ref().as_raw_fd(),
             _ => {
@@ -551,6 +602,15 @@ impl Link {
     /// has data already (the parent must not sleep then).
     pub(super) fn park(&self) -> bool {
         self.ring.as_ref().is_some_and(|r| r.get_ref().park())
+    }
+
+    /// Asks the worker to wake a sleeping parent for each STARTED too: a
+    /// task with a time limit is on its way, and the limit runs from the
+    /// start the parent sees.
+    pub(super) fn watch_starts(&self) {
+        if let Some(r) = &self.ring {
+            r.get_ref().watch_starts();
+        }
     }
 
     pub(super) fn unpark(&self) {

@@ -9,13 +9,14 @@
 
 mod inbox;
 mod lane;
+use lane::{Direct, Seen};
 mod ledger;
 mod link;
 mod outbound;
 mod policy;
 mod queue;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -207,6 +208,9 @@ pub(crate) struct Engine<T: Task> {
     service: Option<Duration>,
     /// Set when no worker will run again; later tasks get this reason.
     dead: Option<NotRunReason>,
+    /// The task a submitter wrote through the lane, while the engine does
+    /// not know yet that the whole frame reached the worker.
+    lane_task: Option<(Direct, u64)>,
     lifecycle: Lifecycle<T>,
     /// While the first workers start: where the constructor waits.
     startup: Option<oneshot::Sender<Result<(), SpawnError>>>,
@@ -264,6 +268,7 @@ impl<T: Task> Engine<T> {
             seen_at_wait: 0,
             slots,
             dead: None,
+            lane_task: None,
             lifecycle: Lifecycle::Open,
             startup: None,
             startup_failed: None,
@@ -371,7 +376,8 @@ impl<T: Task> Engine<T> {
                     let frame = &frames[frame_at..at];
                     match self.slots.get_mut(direct.slot).and_then(|s| s.link.as_mut()) {
                         Some(link) if link.generation == direct.generation => {
-                            link.sent_directly(id, frame, direct.written);
+                            link.sent_directly(id, frame);
+                            self.lane_task = Some((direct, id));
                         }
                         // Not reached: the lane closes before a link can
                         // change. Should it be, the task is sent again.
@@ -647,8 +653,16 @@ impl<T: Task> Engine<T> {
         };
         // Before any event is handled: a task a submitter wrote to a worker
         // is in the ledger before that worker's answer is read.
-        if self.inbox.lane().close() {
-            self.take_tasks(true);
+        match self.inbox.lane().observe() {
+            Seen::Unused => {}
+            seen => {
+                self.take_tasks(true);
+                match seen {
+                    Seen::Whole => self.lane_written(None),
+                    Seen::Short(n) => self.lane_written(Some(n)),
+                    Seen::Claimed | Seen::Unused => {}
+                }
+            }
         }
         let now = Instant::now();
         // Copied out (the handlers need `self`), into a buffer kept across
@@ -680,12 +694,54 @@ impl<T: Task> Engine<T> {
                 self.on_ready(i, generation, Source::Socket, EpollFlags::EPOLLIN, now);
             }
         }
+        self.check_lane_task();
+    }
+
+    /// The submitter of the task written through the lane said how its
+    /// write went: whole, or `short` of it (then the rest is written first).
+    fn lane_written(&mut self, short: Option<usize>) {
+        let Some((direct, _)) = self.lane_task.take() else {
+            return;
+        };
+        if let Some(link) = self.slots[direct.slot].link.as_mut() {
+            if link.generation == direct.generation {
+                link.submitter_done(short);
+            }
+        }
+    }
+
+    /// Settles the lane's task once its frame is known whole without its
+    /// submitter's word: the worker said something about it (so it read
+    /// it), or the worker is gone (then it no longer matters).
+    fn check_lane_task(&mut self) {
+        let Some((direct, id)) = self.lane_task else {
+            return;
+        };
+        let settled = match self.slots[direct.slot].link.as_mut() {
+            Some(link) if link.generation == direct.generation => {
+                let read = link.running.is_some_and(|(r, _)| r == id) || !link.inflight.contains(&id);
+                // A stopping worker's STOP waits for the submitter's word:
+                // only a worker that can no longer read ends the wait.
+                if read || link.socket().is_none() || link.is_exited() {
+                    link.submitter_done(None);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => true,
+        };
+        if settled {
+            self.inbox.lane().settle();
+            self.lane_task = None;
+        }
     }
 
     /// Opens the direct lane (see [`lane`]) to a worker that holds no task,
     /// when nothing else waits and no task's time would go unwatched.
     fn open_lane(&mut self) {
         if !matches!(self.lifecycle, Lifecycle::Open)
+            || self.lane_task.is_some()
             || self.startup.is_some()
             || self.dead.is_some()
             || !self.queue.is_empty()
@@ -694,13 +750,17 @@ impl<T: Task> Engine<T> {
         {
             return;
         }
-        let idle = self.slots.iter().enumerate().find_map(|(i, slot)| {
-            let link = slot.link.as_ref()?;
+        let idle = self.slots.iter_mut().enumerate().find_map(|(i, slot)| {
+            let link = slot.link.as_mut()?;
             let idle = link.takes_tasks() && link.inflight.is_empty() && link.unsent() == 0;
-            Some((i, link.generation, link.socket().filter(|_| idle)?.as_raw_fd()))
+            let direct = Direct {
+                slot: i,
+                generation: link.generation,
+            };
+            Some((direct, link.lane_socket().filter(|_| idle)?))
         });
-        if let Some((slot, generation, fd)) = idle {
-            self.inbox.lane().open(fd, slot, generation);
+        if let Some((direct, socket)) = idle {
+            self.inbox.lane().open(socket, direct);
         }
     }
 
@@ -1122,6 +1182,12 @@ impl<T: Task> Engine<T> {
             now.checked_add(self.cfg.command.handshake_timeout),
             self.types.clone(),
         );
+        // When a task started matters at once: a time limit runs from it,
+        // and with several workers, dispatch sends nothing ahead to a
+        // worker whose task has run for a while.
+        if self.cfg.task_timeout.is_some() || self.slots.len() > 1 {
+            link.watch_starts();
+        }
         let resource = |source: nix::errno::Errno| SpawnError::Resource {
             what: "event registration",
             path: self.cfg.command.program.clone(),
@@ -1257,6 +1323,9 @@ impl<T: Task> Engine<T> {
                 }
                 Taken::Borrowed(b) => outbound::Frame::Small(b),
             };
+            if self.ledger.get(id).is_some_and(|e| e.timeout().is_some()) {
+                link.watch_starts();
+            }
             link.send_task(id, frame);
             if policy::recycle_due(link.sent, per_worker) {
                 link.stop(StopWhy::Recycle, now, grace);
@@ -1314,9 +1383,10 @@ impl<T: Task> Engine<T> {
 impl<T: Task> Drop for Engine<T> {
     /// A panic in the engine (a bug) still leaves no process behind: every
     /// link's `Drop` kills and reaps its worker. Submissions are refused
-    /// from now on.
+    /// from now on, and the lane lets go of any socket it names.
     fn drop(&mut self) {
         drop(self.inbox.close());
+        self.inbox.lane().settle();
         for slot in &mut self.slots {
             slot.link = None;
         }
@@ -1352,7 +1422,9 @@ fn bury(epoll: &Epoll, link: &mut Link) {
 
 /// Registers the socket for writability only while bytes wait for it.
 fn rearm_socket(epoll: &Epoll, slot: usize, link: &mut Link) {
-    let want = link.unsent() > 0;
+    // Not while a submitter writes through the lane: the engine could not
+    // write anyway, and a writable socket would wake it at once, again.
+    let want = link.unsent() > 0 && link.engine_writes();
     if want == link.out_armed {
         return;
     }

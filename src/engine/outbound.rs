@@ -74,6 +74,15 @@ impl Outgoing {
         }
     }
 
+    /// Puts `bytes` before everything queued. Only while nothing of the
+    /// queue has been written yet (nothing can be written through it then
+    /// but them).
+    pub(super) fn push_front(&mut self, bytes: &[u8]) {
+        debug_assert_eq!(self.at, 0, "the front segment is partly written");
+        self.unsent += bytes.len();
+        self.segments.push_front(Segment::Bytes(bytes.to_vec()));
+    }
+
     pub(super) fn unsent(&self) -> usize {
         self.unsent
     }
