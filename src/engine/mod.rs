@@ -1401,10 +1401,13 @@ fn settle<T: Task>(
     id: u64,
     outcome: Outcome<T::Output>,
 ) {
-    let counted = stats.counter(&outcome);
-    if ledger.settle(id, outcome).is_some() {
-        counted.fetch_add(1, Relaxed);
+    if ledger.get(id).is_none() {
+        return; // settled already
     }
+    // Counted before the outcome reaches its handle: stats read after a
+    // `wait` returned count it.
+    stats.counter(&outcome).fetch_add(1, Relaxed);
+    ledger.settle(id, outcome);
 }
 
 /// Takes the descriptors a link closed out of the epoll set, then drops
