@@ -11,9 +11,14 @@
 //!    at any moment, so a parent SIGKILLed mid-handshake leaves nothing
 //!    behind and no stranger can connect.
 //! 2. The worker is spawned in its own process group, stdin from
-//!    `/dev/null`, stdout and stderr piped. Between fork and exec every
-//!    descriptor above stderr is made close-on-exec except the worker's end
-//!    of the socket, whose number goes in [`WORKER_FD_ENV`].
+//!    `/dev/null`, stdout and stderr piped, holding no descriptor of the
+//!    parent's but its end of the socket and its ring, whose numbers go in
+//!    [`WORKER_FD_ENV`] and [`WORKER_RING_ENV`]. With `posix_spawn`
+//!    (`sys::spawn`) they are placed at 3 and 4 and everything above is
+//!    closed, and nothing of the parent's memory is copied; on a C library
+//!    without `posix_spawn_file_actions_addclosefrom_np`, std's fork is
+//!    used, and between fork and exec every descriptor above stderr but
+//!    those two is made close-on-exec.
 //! 3. A pidfd is opened for the child at once: unless the child exited at
 //!    once and the host reaped it (SIGCHLD ignored, a `waitpid(-1)`), which
 //!    `pidfd_open` reports and the spawn reports as an early exit without
