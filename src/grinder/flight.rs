@@ -100,13 +100,21 @@ impl<T: Task> Flight<T> {
         });
         // Counts the batch down once it is all queued, also on an unwind.
         let queued = Countdown(&flight);
+        // Cancelled through its handle while the batch waited for this
+        // lease: it still has not gone to a worker. Decided for the whole
+        // batch before any of it is queued: the first item may be answered
+        // before the loop below is over (a submission to an idle worker
+        // starts at once), and a cancel its caller sends then must not take
+        // the rest of the batch, which has gone to the worker with it.
+        let mut batch = Vec::with_capacity(items.len());
         for item in items {
-            // Cancelled through its handle while the batch waited for this
-            // lease: it still has not gone to a worker.
             if item.reply.is_cancelled() {
                 item.reply.send_cancelled(&flight.counters);
-                continue;
+            } else {
+                batch.push(item);
             }
+        }
+        for item in batch {
             let dispatches = item.dispatches + 1;
             match lease.submit_reclaim(item.task, None) {
                 Ok(answer) => Slot::arm(
