@@ -176,9 +176,15 @@ struct Started {
 /// (named in its environment): through `posix_spawn` where the C library
 /// can lay the descriptors out, by std's fork and exec otherwise.
 fn start(cmd: &WorkerCommand, socket: BorrowedFd<'_>, ring: BorrowedFd<'_>) -> io::Result<Started> {
-    match start_spawned(cmd, socket, ring)? {
-        Some(started) => Ok(started),
-        None => start_forked(cmd, socket, ring),
+    match start_spawned(cmd, socket, ring) {
+        Ok(Some(started)) => Ok(started),
+        Ok(None) => start_forked(cmd, socket, ring),
+        // A sandbox (seccomp) that refuses the `clone3` glibc's
+        // `posix_spawn` makes, and glibc does not retry: a fork may pass.
+        Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EPERM | nix::libc::ENOSYS)) => {
+            start_forked(cmd, socket, ring)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -21,7 +21,9 @@
 //! most one wake. A STARTED alone wakes nobody unless the parent set STARTS
 //! (it watches a time limit, which runs from the start): otherwise it is
 //! read with the task's result, or on the parent's next turn, and a round
-//! trip costs one wake instead of two. Both sides use sequentially consistent stores and loads
+//! trip costs one wake instead of two. (The parent also sets STARTS when
+//! it cancels a task the worker may already hold: a start that crosses the
+//! cancel must wake it, so that it stops the task.) Both sides use sequentially consistent stores and loads
 //! of TAIL and PARKED, so either the parent sees the new TAIL before it
 //! sleeps, or the worker sees PARKED and wakes it.
 //!
@@ -149,7 +151,7 @@ impl RingWriter {
             self.ring.map.word(TAIL).store(self.tail, SeqCst);
             bytes = &bytes[n..];
         }
-        if !start_only || self.ring.map.word(STARTS).load(Relaxed) != 0 {
+        if !start_only || self.ring.map.word(STARTS).load(SeqCst) != 0 {
             self.wake_parent(wake);
         }
         Ok(())
@@ -197,9 +199,11 @@ impl RingReader {
     }
 
     /// Asks the worker to wake a parked parent for a STARTED too, from now
-    /// on (a task with a time limit was sent).
+    /// on (a task with a time limit was sent, or a task the worker may hold
+    /// was cancelled). Sequentially consistent, like PARKED and TAIL: a
+    /// worker that publishes a STARTED after this store sees it.
     pub(crate) fn watch_starts(&self) {
-        self.ring.map.word(STARTS).store(1, Relaxed);
+        self.ring.map.word(STARTS).store(1, SeqCst);
     }
 
     /// The parent is awake again.

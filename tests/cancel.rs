@@ -179,3 +179,42 @@ fn cancelling_a_finished_task_changes_nothing() {
         assert_eq!(w.stats().restarts, 0);
     });
 }
+
+/// A cancel that reaches the engine just after the worker read its task,
+/// but before the engine saw the task start, still stops it: the worker's
+/// STARTED must wake the engine then (found by review: with a STARTED that
+/// woke nobody, such a task ran to completion).
+#[test]
+fn a_cancel_that_crosses_the_start_still_stops_the_task() {
+    within(Duration::from_secs(120), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(test_worker())
+            .kill_grace(Duration::from_millis(20))
+            .spawn()
+            .expect("spawn");
+        let mut ran = Vec::new();
+        for i in 0..400u64 {
+            // The engine parks with the worker idle (and the lane open).
+            std::thread::sleep(Duration::from_millis(2));
+            let handle = w
+                .submit(SimpleTask::new(format!("t{i}"), 0.5))
+                .expect("accepted");
+            // Land the cancel at a different point of the start each time.
+            let spin = Duration::from_micros((i % 100) * 10);
+            let t0 = Instant::now();
+            while t0.elapsed() < spin {}
+            handle.cancel();
+            let outcome = handle
+                .wait_timeout(Duration::from_secs(10))
+                .expect("answered");
+            match outcome {
+                Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)) => {}
+                Outcome::Completed(_) => ran.push((i, spin)),
+                other => panic!("t{i}: {other:?}"),
+            }
+        }
+        assert!(
+            ran.is_empty(),
+            "cancelled tasks that ran to completion: {ran:?}"
+        );
+    });
+}

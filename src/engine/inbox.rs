@@ -277,7 +277,7 @@ impl<T: Task> Inbox<T> {
             // A submitter is putting a task there.
             Err(std::sync::TryLockError::WouldBlock) => false,
         };
-        if !self.rx.is_empty() || !tray_empty {
+        if !self.rx.is_empty() || !tray_empty || self.shared.lane.said() {
             waker.parked.store(false, SeqCst);
             return false;
         }
@@ -323,4 +323,33 @@ pub(crate) fn inbox<T: Task>() -> std::io::Result<(Outbox<T>, Inbox<T>)> {
         },
         Inbox { rx, shared },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::lane::Seen;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn the_engine_does_not_park_while_a_submitters_word_is_unread() {
+        let (_outbox, inbox) = inbox::<crate::simple::SimpleTask>().expect("inbox");
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        drop(theirs); // the worker is gone: the write comes back short
+        let dup = OwnedFd::from(ours.try_clone().expect("dup"));
+        let direct = Direct {
+            slot: 0,
+            generation: 1,
+        };
+        assert!(inbox.lane().open(Arc::new(dup), direct));
+        let claim = inbox.lane().claim().expect("open");
+        assert!(!inbox.lane().write(claim, b"task"), "short");
+        // Its wake found the engine awake: the park must not sleep now.
+        assert!(!inbox.park(), "a short write's word is unread");
+        inbox.unpark();
+        assert_eq!(inbox.lane().observe(), Seen::Short(0));
+        assert!(inbox.park(), "nothing left to look at");
+        inbox.unpark();
+    }
 }

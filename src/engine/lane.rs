@@ -26,7 +26,13 @@
 //!   task: the engine takes it at once, so the task is in the ledger and
 //!   held by the worker's link (for a re-send if the worker dies) before the
 //!   worker's STARTED is read. Until the engine knows the frame is whole,
-//!   it writes nothing else to that socket.
+//!   it writes nothing else to that socket: a CANCEL, a STOP or the next
+//!   tasks for that worker wait for the submitter's word, so a submitter
+//!   descheduled between its claim and its write holds that one worker
+//!   back for as long (never for ever: it writes when it runs again).
+//! - **Waking.** Only a short write wakes the engine. Should that wake find
+//!   the engine awake, just before it parks, its park sees the submitter's
+//!   word (the same fence-then-look as for the tray) and does not sleep.
 //! - **Settling.** The frame is known whole when the submitter says so, or
 //!   when the worker says anything about the task (it read the frame). A
 //!   short write's rest is queued before anything else. A worker that dies
@@ -214,6 +220,16 @@ impl Lane {
             Acquire,
         );
         whole
+    }
+
+    /// Whether a submitter has said how its write went and the engine has
+    /// not looked yet: it must not sleep then (a short write's wake may
+    /// have found it awake, just before it parked).
+    pub(crate) fn said(&self) -> bool {
+        matches!(
+            unpack(self.word.load(std::sync::atomic::Ordering::SeqCst)).1,
+            Phase::Whole | Phase::Short(_)
+        )
     }
 
     /// The engine, as soon as its wait returns: what happened to the lane.

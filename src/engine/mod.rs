@@ -452,6 +452,9 @@ impl<T: Task> Engine<T> {
                 Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
             );
         } else {
+            // Its STARTED must wake us from now on: a start that crosses
+            // this request is otherwise seen only with the task's result.
+            link.watch_starts();
             link.cancel_task(id);
             if let Some(entry) = self.ledger.get_mut(id) {
                 // If the worker starts it before it reads the request.
