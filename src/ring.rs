@@ -198,12 +198,12 @@ impl RingReader {
         self.has_data()
     }
 
-    /// Asks the worker to wake a parked parent for a STARTED too, from now
-    /// on (a task with a time limit was sent, or a task the worker may hold
-    /// was cancelled). Sequentially consistent, like PARKED and TAIL: a
+    /// Asks the worker to wake a parked parent for a STARTED too, or no
+    /// longer (a task with a time limit was sent, or a task the worker may
+    /// hold was cancelled). Sequentially consistent, like PARKED and TAIL: a
     /// worker that publishes a STARTED after this store sees it.
-    pub(crate) fn watch_starts(&self) {
-        self.ring.map.word(STARTS).store(1, SeqCst);
+    pub(crate) fn watch_starts(&self, on: bool) {
+        self.ring.map.word(STARTS).store(u64::from(on), SeqCst);
     }
 
     /// The parent is awake again.
@@ -340,12 +340,20 @@ mod tests {
         assert_eq!(wakes, 1, "the result wakes the parent");
         let mut reader = reader;
         assert_eq!(drain(&mut reader), b"sr");
-        reader.watch_starts();
+        reader.watch_starts(true);
         assert!(!reader.park());
         writer
             .send(b"s", true, &mut || wakes += 1, &mut || false)
             .expect("sent");
         assert_eq!(wakes, 2, "a parent watching a time limit is woken");
+        let mut reader = reader;
+        assert_eq!(drain(&mut reader), b"s");
+        reader.watch_starts(false);
+        assert!(!reader.park());
+        writer
+            .send(b"s", true, &mut || wakes += 1, &mut || false)
+            .expect("sent");
+        assert_eq!(wakes, 2, "and quiet again once it stops watching");
     }
 
     #[test]

@@ -174,6 +174,19 @@ pub(super) enum Said<'a> {
     Wake,
 }
 
+/// Why the worker wakes a sleeping parent for each STARTED (see `ring.rs`,
+/// STARTS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Starts {
+    /// It does not: a STARTED is read with the result.
+    Quiet,
+    /// For the link's life: a time limit, or several workers.
+    Always,
+    /// While a task the worker may hold is cancelled: a start that crosses
+    /// the cancel must be seen, so that the task is stopped.
+    WhileCancelled,
+}
+
 /// Who may write to a worker's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Writes {
@@ -195,6 +208,8 @@ pub(super) struct Link {
     write_failed: bool,
     /// Who writes to the socket now.
     writes: Writes,
+    /// Whether, and why, its STARTEDs wake a sleeping parent.
+    starts: Starts,
     /// The frame a submitter writes through the lane, for its rest.
     submitter_frame: Vec<u8>,
     /// The duplicate of the socket the lane writes through.
@@ -257,6 +272,7 @@ impl Link {
             out: Outgoing::default(),
             write_failed: false,
             writes: Writes::Engine,
+            starts: Starts::Quiet,
             submitter_frame: Vec::new(),
             lane_socket: None,
             out_armed: false,
@@ -604,12 +620,28 @@ impl Link {
         self.ring.as_ref().is_some_and(|r| r.get_ref().park())
     }
 
-    /// Asks the worker to wake a sleeping parent for each STARTED too: a
-    /// task with a time limit is on its way, and the limit runs from the
-    /// start the parent sees.
-    pub(super) fn watch_starts(&self) {
+    /// Asks the worker to wake a sleeping parent for each STARTED too, for
+    /// `why` (a time limit runs from the start the parent sees; a cancel
+    /// must see a start that crosses it).
+    pub(super) fn watch_starts(&mut self, why: Starts) {
+        if self.starts == Starts::Always || self.starts == why {
+            return;
+        }
+        self.starts = why;
         if let Some(r) = &self.ring {
-            r.get_ref().watch_starts();
+            r.get_ref().watch_starts(true);
+        }
+    }
+
+    /// Back to quiet STARTEDs if they were watched only for cancels and no
+    /// cancelled task is in flight any more (`cancelled_in_flight`).
+    pub(super) fn settle_starts(&mut self, cancelled_in_flight: impl FnOnce(&VecDeque<u64>) -> bool) {
+        if self.starts != Starts::WhileCancelled || cancelled_in_flight(&self.inflight) {
+            return;
+        }
+        self.starts = Starts::Quiet;
+        if let Some(r) = &self.ring {
+            r.get_ref().watch_starts(false);
         }
     }
 

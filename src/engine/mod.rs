@@ -30,7 +30,7 @@ pub(crate) use ledger::Entry;
 use ledger::Ledger;
 pub(crate) use ledger::{Notify, Reclaimed};
 use queue::{Queue, Taken};
-use link::{Cause, End, HandshakeFailure, Link, LinkTasks, Said, StopWhy};
+use link::{Cause, End, HandshakeFailure, Link, LinkTasks, Said, Starts, StopWhy};
 use policy::{Refused, RestartBudget};
 
 use crate::codec;
@@ -454,7 +454,7 @@ impl<T: Task> Engine<T> {
         } else {
             // Its STARTED must wake us from now on: a start that crosses
             // this request is otherwise seen only with the task's result.
-            link.watch_starts();
+            link.watch_starts(Starts::WhileCancelled);
             link.cancel_task(id);
             if let Some(entry) = self.ledger.get_mut(id) {
                 // If the worker starts it before it reads the request.
@@ -698,6 +698,14 @@ impl<T: Task> Engine<T> {
             }
         }
         self.check_lane_task();
+        let Engine { slots, ledger, .. } = self;
+        for link in slots.iter_mut().filter_map(|s| s.link.as_mut()) {
+            link.settle_starts(|inflight| {
+                inflight
+                    .iter()
+                    .any(|id| ledger.get(*id).is_some_and(|e| e.cancelled()))
+            });
+        }
     }
 
     /// The submitter of the task written through the lane said how its
@@ -1177,7 +1185,7 @@ impl<T: Task> Engine<T> {
         let s = &mut self.slots[slot];
         s.generation = s.generation.wrapping_add(1);
         let generation = s.generation;
-        let link = Link::new(
+        let mut link = Link::new(
             spawned,
             generation,
             self.cfg.command.max_frame,
@@ -1189,7 +1197,7 @@ impl<T: Task> Engine<T> {
         // and with several workers, dispatch sends nothing ahead to a
         // worker whose task has run for a while.
         if self.cfg.task_timeout.is_some() || self.slots.len() > 1 {
-            link.watch_starts();
+            link.watch_starts(Starts::Always);
         }
         let resource = |source: nix::errno::Errno| SpawnError::Resource {
             what: "event registration",
@@ -1327,7 +1335,7 @@ impl<T: Task> Engine<T> {
                 Taken::Borrowed(b) => outbound::Frame::Small(b),
             };
             if self.ledger.get(id).is_some_and(|e| e.timeout().is_some()) {
-                link.watch_starts();
+                link.watch_starts(Starts::Always);
             }
             link.send_task(id, frame);
             if policy::recycle_due(link.sent, per_worker) {
