@@ -18,6 +18,13 @@
 //! waits, or the caller sees the flag and wakes it: a command never sits
 //! unseen while the engine sleeps, and a stream of submissions to a busy
 //! engine is channel pushes only.
+//!
+//! One task a tray may skip the engine: while it sleeps with a worker idle,
+//! the first submitter writes its frame to that worker itself (`lane.rs`).
+//! That task wakes nobody (the worker's answer will), so it does not count
+//! as the tray's wake: the next submitter wakes the engine. A short write
+//! wakes it too, and the engine's park looks at the lane's word as it looks
+//! at the tray.
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst, fence};
 use std::sync::{Arc, Mutex, PoisonError};
