@@ -218,3 +218,44 @@ fn a_cancel_that_crosses_the_start_still_stops_the_task() {
         );
     });
 }
+
+/// A task cancelled while its worker held it, and sent back to the queue
+/// when that worker died before starting it, is not run by the next
+/// worker: its outcome is the cancel.
+#[test]
+fn a_cancelled_task_whose_worker_died_is_not_run_by_the_next() {
+    use nix::sys::signal::Signal;
+    within(WATCHDOG, || {
+        let (cmd, lines) = capture_lines(test_worker());
+        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
+            .spawn()
+            .expect("spawn");
+        let first = w
+            .submit(SimpleTask::new("announce-first", 5.0))
+            .expect("accepted");
+        let behind = w
+            .submit(SimpleTask::new("announce-behind", 0.0))
+            .expect("accepted");
+        let pid = started(&lines, "announce-first");
+        // Sent ahead (one worker: a deep window), not started: cancelled
+        // while the worker holds it, then the worker dies before it could
+        // read the request.
+        behind.cancel();
+        common::signal(pid, Signal::SIGKILL);
+        assert!(matches!(
+            first.wait().expect("answered"),
+            Outcome::Crashed(_)
+        ));
+        assert_eq!(
+            behind
+                .wait_timeout(Duration::from_secs(20))
+                .expect("answered"),
+            cancelled()
+        );
+        w.collect_tasks().expect("collect");
+        assert!(
+            pids_printing(&lines, "started announce-behind").is_empty(),
+            "no worker started it"
+        );
+    });
+}

@@ -1282,9 +1282,22 @@ impl<T: Task> Engine<T> {
         // idle worker is always served before work is sent ahead to a busy
         // one (a slow task does not gather a queue while others wait).
         while let Some((id, frame_len)) = self.queue.front() {
-            if self.ledger.get(id).is_none() {
-                self.queue.pop_front(); // cancelled while it waited
-                continue;
+            match self.ledger.get(id) {
+                None => {
+                    self.queue.pop_front(); // cancelled while it waited
+                    continue;
+                }
+                // Cancelled while a worker held it, and back here because
+                // that worker died before it started: it never runs.
+                Some(entry) if entry.cancelled() => {
+                    self.queue.pop_front();
+                    self.finish(
+                        id,
+                        Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
+                    );
+                    continue;
+                }
+                Some(_) => {}
             }
             let mut best: Option<(usize, usize)> = None;
             for (i, slot) in self.slots.iter().enumerate() {
