@@ -564,6 +564,7 @@ impl<T: Task> Manager<T> {
             waiter.reply.send(Err(AcquireError::Stopped));
         }
         let leased: Vec<(u64, Leased<T>)> = self.leased.drain().collect();
+        let mut revoked = Vec::with_capacity(leased.len());
         for (id, lease) in leased {
             let _ = lease.revoked.set(Revoked::Stopped);
             trace::lease_revoked(id, &lease.owner, lease.facade.worker_pid());
@@ -571,8 +572,13 @@ impl<T: Task> Manager<T> {
                 "the executor manager was stopped, which revoked the lease of {}",
                 lease.owner
             ));
+            revoked.push(lease.facade.clone());
             self.dispose(lease.facade);
         }
+        // `stop` returns with the revoked leases' workers dead, but
+        // `terminate` only asks their engines (a lease still holds each
+        // facade, so its drop does not wait): wait for the reaps.
+        wait_until_reaped(&revoked, Instant::now() + REAP_WAIT);
         // Idle executors finish what they run (within their grace period),
         // on the spawner's thread, which `stop` joins.
         let idle: Vec<Idle<T>> = self.available.drain(..).collect();
@@ -638,6 +644,19 @@ pub(super) fn spawn_executor<T: Task>(
     })
 }
 
+/// How long `stop` waits at most for a revoked lease's worker to be reaped
+/// after its kill: the engine's own limit for a worker that cannot be
+/// reaped, and some room.
+const REAP_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until no facade of `facades` has a worker (each was terminated:
+/// its engine kills and reaps them, and restarts none), or until `until`.
+fn wait_until_reaped<T: Task>(facades: &[Arc<WorkingProcessFacade<T>>], until: Instant) {
+    while facades.iter().any(|f| !f.worker_pids().is_empty()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,3 +674,4 @@ mod tests {
         assert!(later(now, Duration::MAX) > now);
     }
 }
+
