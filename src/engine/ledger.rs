@@ -316,8 +316,22 @@ impl<T: Task> Ledger<T> {
 
     /// Gives task `id` its one outcome. `None` (and the outcome dropped) if
     /// the task is unknown or already settled.
+    #[cfg(test)]
     pub(crate) fn settle(&mut self, id: u64, outcome: Outcome<T::Output>) -> Option<Delivered> {
+        self.settle_with(id, outcome, |_| {})
+    }
+
+    /// [`settle`](Self::settle), calling `before` with the outcome once the
+    /// task is known to be waiting for it, before it reaches anyone (the
+    /// engine counts it there, so that stats read after a `wait` count it).
+    pub(crate) fn settle_with(
+        &mut self,
+        id: u64,
+        outcome: Outcome<T::Output>,
+        before: impl FnOnce(&Outcome<T::Output>),
+    ) -> Option<Delivered> {
         let (task, notify) = self.remove(id)?.into_parts();
+        before(&outcome);
         let (task, outcome) = match notify {
             Some(Notify::Handle(tx)) => {
                 let back = self.given_back.0.clone();

@@ -1425,13 +1425,11 @@ fn settle<T: Task>(
     id: u64,
     outcome: Outcome<T::Output>,
 ) {
-    if ledger.get(id).is_none() {
-        return; // settled already
-    }
     // Counted before the outcome reaches its handle: stats read after a
     // `wait` returned count it.
-    stats.counter(&outcome).fetch_add(1, Relaxed);
-    ledger.settle(id, outcome);
+    ledger.settle_with(id, outcome, |outcome| {
+        stats.counter(outcome).fetch_add(1, Relaxed);
+    });
 }
 
 /// Takes the descriptors a link closed out of the epoll set, then drops
