@@ -459,7 +459,7 @@ impl fmt::Display for StatusLost {
 #[non_exhaustive]
 pub enum NotRunReason {
     /// The worker died before it started this task, and no replacement ran it.
-    WorkerDied(CrashInfo),
+    WorkerDied(Box<CrashInfo>),
     /// The work was cancelled before it started.
     Cancelled(CancelReason),
     /// A deadline passed before the task started.
@@ -631,7 +631,7 @@ impl fmt::Display for UnavailableReason {
 /// #[derive(Debug)]
 /// struct Report { rows: usize }
 ///
-/// let crashed: Outcome<Report> = Outcome::Crashed(CrashInfo::new(ExitInfo::killed(42, 6)));
+/// let crashed: Outcome<Report> = Outcome::Crashed(CrashInfo::new(ExitInfo::killed(42, 6)).into());
 /// assert_eq!(crashed.to_string(), "crashed: worker 42 killed by signal 6 (SIGABRT)");
 ///
 /// let done = Outcome::Completed(Report { rows: 3 });
@@ -650,8 +650,9 @@ pub enum Outcome<O> {
     Completed(O),
     /// The handler returned an error, or panicked, and the worker survived.
     Failed(String),
-    /// The worker process died while running this task.
-    Crashed(CrashInfo),
+    /// The worker process died while running this task. Boxed, so that
+    /// every outcome does not pay for a crash report's room.
+    Crashed(Box<CrashInfo>),
     /// The task never ran.
     NotRun(NotRunReason),
     /// The task ran longer than this limit; its worker was killed.
@@ -767,4 +768,31 @@ pub struct TaskRecord<T: Task> {
     pub task: T,
     /// How it ended.
     pub outcome: Outcome<T::Output>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every record the ledger keeps pays for the largest outcome, so the
+    /// rare crash reports are boxed: an outcome of a word-sized output is a
+    /// few words, not a crash report's 120 bytes.
+    #[test]
+    fn an_outcome_is_a_few_words() {
+        println!(
+            "Outcome<u64> {} B, NotRunReason {} B, CrashInfo {} B, TaskRecord<u64 task> {} B",
+            std::mem::size_of::<Outcome<u64>>(),
+            std::mem::size_of::<NotRunReason>(),
+            std::mem::size_of::<CrashInfo>(),
+            std::mem::size_of::<TaskRecord<Word>>(),
+        );
+        assert!(std::mem::size_of::<Outcome<u64>>() <= 40);
+        assert!(std::mem::size_of::<NotRunReason>() <= 40);
+    }
+
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct Word(u64);
+    impl Task for Word {
+        type Output = u64;
+    }
 }

@@ -990,7 +990,7 @@ impl<T: Task> Engine<T> {
                 };
                 let attempts = entry.crashed_once_more();
                 if !(policy::retry(attempts, self.cfg.retries) && self.dead.is_none()) {
-                    self.finish(id, Outcome::Crashed(crash.clone()));
+                    self.finish(id, Outcome::Crashed(Box::new(crash.clone())));
                     continue;
                 }
                 // opt-in retry, bounded
@@ -1047,14 +1047,14 @@ impl<T: Task> Engine<T> {
             _ => false,
         };
         if self.cfg.restart == RestartPolicy::Never {
-            self.retire(slot, NotRunReason::WorkerDied(crash));
+            self.retire(slot, NotRunReason::WorkerDied(Box::new(crash)));
             return;
         }
         if charge {
             match self.slots[slot].budget.charge(now) {
                 Ok(()) => {}
                 Err(Refused::Never) => {
-                    self.retire(slot, NotRunReason::WorkerDied(crash));
+                    self.retire(slot, NotRunReason::WorkerDied(Box::new(crash)));
                     return;
                 }
                 Err(Refused::NoProgress { deaths }) => {

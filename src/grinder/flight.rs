@@ -195,8 +195,8 @@ impl<T: Task> Flight<T> {
             Outcome::Failed(message) => Err(WorkError::Failed(message)),
             Outcome::TimedOut(limit) => Err(WorkError::TimedOut(limit)),
             Outcome::Crashed(crash) => Err(match revoked {
-                Some(Revoked::Expired) => self.expired(Some(Box::new(crash))),
-                _ => WorkError::Crashed(Box::new(crash)),
+                Some(Revoked::Expired) => self.expired(Some(crash)),
+                _ => WorkError::Crashed(crash),
             }),
             Outcome::NotRun(reason) => {
                 let retryable = matches!(
