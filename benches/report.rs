@@ -1,5 +1,6 @@
-//! `cargo bench --bench report`: every figure of issue 5, each beside the
-//! raw baseline this same run measured, as markdown tables.
+//! `cargo bench --bench report`: the targets of issue 9 (the performance
+//! round) first, then every figure of issue 5, each beside the raw baseline
+//! this same run measured, as markdown tables.
 //!
 //! Each figure is measured 3 times; the table shows the median of the 3.
 //! Percentiles come from our own sample vectors (nearest rank). The raw
@@ -42,8 +43,69 @@ impl Row {
     }
 }
 
+/// A bound a figure of issue 9 must meet.
+#[derive(Clone, Copy)]
+enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Bound {
+    fn holds(self, x: f64) -> bool {
+        match self {
+            Bound::AtLeast(b) => x >= b,
+            Bound::AtMost(b) => x <= b,
+        }
+    }
+
+    fn show(self, unit: Unit) -> String {
+        match self {
+            Bound::AtLeast(b) => format!("≥ {}", unit.show(b)),
+            Bound::AtMost(b) => format!("≤ {}", unit.show(b)),
+        }
+    }
+}
+
+/// What a goal's value is.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// Library against its baseline.
+    Ratio,
+    /// Tasks per second.
+    PerSec,
+    /// Bytes.
+    Bytes,
+}
+
+impl Unit {
+    fn show(self, x: f64) -> String {
+        match self {
+            Unit::Ratio => fmt_ratio(x),
+            Unit::PerSec => rate(x),
+            Unit::Bytes => format!("{x:.0} B"),
+        }
+    }
+}
+
+/// One row of issue 9's table.
+struct Goal {
+    figure: String,
+    library: String,
+    baseline: String,
+    value: f64,
+    unit: Unit,
+    target: Bound,
+    moonshot: Option<Bound>,
+}
+
 struct Report {
     rows: Vec<Row>,
+    goals: Vec<Goal>,
+    /// Streaming tiny tasks, tasks/s (section "streaming"), for the Python
+    /// comparison.
+    stream_rate: Option<f64>,
+    /// Why a goal has no row (a peer that could not run).
+    goal_notes: Vec<String>,
     sections: String,
     started: Instant,
 }
@@ -62,6 +124,10 @@ impl Report {
             row.ratio.map(fmt_ratio).unwrap_or_default()
         );
         self.rows.push(row);
+    }
+
+    fn goal(&mut self, goal: Goal) {
+        self.goals.push(goal);
     }
 }
 
@@ -88,6 +154,9 @@ fn main() {
     }
     let mut r = Report {
         rows: Vec::new(),
+        goals: Vec::new(),
+        stream_rate: None,
+        goal_notes: Vec::new(),
         sections: String::new(),
         started: Instant::now(),
     };
@@ -219,6 +288,18 @@ fn engine(r: &mut Report) {
         [library::spin_throughput(2, tasks, micros).as_secs_f64()]
     })[0];
     let speedup = one / two;
+    r.goal(Goal {
+        figure: format!(
+            "workers(2) vs workers(1), CPU-bound {} ms tasks",
+            micros / 1000
+        ),
+        library: format!("{:.0} tasks/s", tasks as f64 / two),
+        baseline: format!("{:.0} tasks/s (workers(1))", tasks as f64 / one),
+        value: speedup,
+        unit: Unit::Ratio,
+        target: Bound::AtLeast(1.8),
+        moonshot: None,
+    });
     r.push(Row {
         library: format!("{:.0} tasks/s with workers(2)", tasks as f64 / two),
         baseline: format!("{:.0} tasks/s with workers(1)", tasks as f64 / one),
@@ -272,7 +353,17 @@ fn streaming(r: &mut Report) {
     });
     let [lib_rate] = median_of(RUNS, || [n as f64 / library::streaming(n).as_secs_f64()]);
     RAW_STREAM.with(|c| c.set(raw_rate));
+    r.stream_rate = Some(lib_rate);
     let ratio = lib_rate / raw_rate;
+    r.goal(Goal {
+        figure: format!("streaming {n} tiny tasks vs raw bincode frames over a socket pair"),
+        library: rate(lib_rate),
+        baseline: rate(raw_rate),
+        value: ratio,
+        unit: Unit::Ratio,
+        target: Bound::AtLeast(0.5),
+        moonshot: Some(Bound::AtLeast(0.8)),
+    });
     r.push(Row {
         library: rate(lib_rate),
         baseline: format!("{} (raw bincode frames)", rate(raw_rate)),
@@ -326,6 +417,20 @@ fn round_trip(r: &mut Report) {
     r.progress("round trip again, every thread on CPU 0 (taskset)");
     match library::pinned_round_trip(n) {
         Some([raw50, raw99, lib50, lib99]) => {
+            for (p, lib, raw, goal, moon) in [
+                ("p50", lib50, raw50, 2.0, 1.5),
+                ("p99", lib99, raw99, 2.5, 2.0),
+            ] {
+                r.goal(Goal {
+                    figure: format!("round trip pinned to one CPU, {p}, vs raw ping-pong"),
+                    library: micros(lib),
+                    baseline: micros(raw),
+                    value: lib / raw,
+                    unit: Unit::Ratio,
+                    target: Bound::AtMost(goal),
+                    moonshot: Some(Bound::AtMost(moon)),
+                });
+            }
             for (p, lib, raw, target) in [("p50", lib50, raw50, 1.5), ("p99", lib99, raw99, 2.0)] {
                 let ratio = lib / raw;
                 r.push(Row {
@@ -431,6 +536,15 @@ fn spawn(r: &mut Report) {
         let (a, b) = p50_p99(&mut s);
         [us(a), us(b)]
     });
+    r.goal(Goal {
+        figure: "spawn until ready, p50, vs spawn + first message on a socket pair".into(),
+        library: micros(lib50),
+        baseline: micros(raw50),
+        value: lib50 / raw50,
+        unit: Unit::Ratio,
+        target: Bound::AtMost(1.5),
+        moonshot: Some(Bound::AtMost(1.2)),
+    });
     for (p, lib, raw) in [("p50", lib50, raw50), ("p99", lib99, raw99)] {
         let ratio = lib / raw;
         r.push(Row {
@@ -490,6 +604,15 @@ fn payloads(r: &mut Report) {
         [(n * size) as f64 / library::streaming_blobs(n, size).as_secs_f64()]
     });
     let ratio = lib_bw / raw_bw;
+    r.goal(Goal {
+        figure: format!("{n} × 1 MiB payloads vs a raw socket write/read of the same bytes"),
+        library: gib_s(lib_bw),
+        baseline: gib_s(raw_bw),
+        value: ratio,
+        unit: Unit::Ratio,
+        target: Bound::AtLeast(0.7),
+        moonshot: Some(Bound::AtLeast(1.0)),
+    });
     r.push(Row {
         library: gib_s(lib_bw),
         baseline: format!("{} (raw socket, no codec)", gib_s(raw_bw)),
@@ -553,6 +676,15 @@ fn memory(r: &mut Report) {
         ..Row::new("3. process_task p99, while filling the queue 0 → 1 M")
     });
     let beyond = per_task - encoded;
+    r.goal(Goal {
+        figure: "memory per pending tiny task, 1 M queued (RSS growth / 1 M)".into(),
+        library: format!("{per_task:.0} B"),
+        baseline: format!("{encoded:.0} B (its encoding)"),
+        value: per_task,
+        unit: Unit::Bytes,
+        target: Bound::AtMost(48.0),
+        moonshot: Some(Bound::AtMost(32.0)),
+    });
     r.push(Row {
         library: format!("{per_task:.0} B/task ({beyond:.0} B beyond encoding)"),
         baseline: format!("{encoded:.0} B (bincode encoding)"),
@@ -600,6 +732,17 @@ fn grinder(r: &mut Report) {
     for (batch, lib) in [(GRIND_BATCH, lib_rate), (20, small_rate)] {
         let ratio = lib / raw_rate;
         let default = if batch == 20 { ", the default" } else { "" };
+        r.goal(Goal {
+            figure: format!(
+                "WorkGrinder, 1,000 async submitters, 2 workers, batches of {batch}{default}"
+            ),
+            library: rate(lib),
+            baseline: "—".into(),
+            value: lib,
+            unit: Unit::PerSec,
+            target: Bound::AtLeast(1e6),
+            moonshot: Some(Bound::AtLeast(2e6)),
+        });
         r.push(Row {
             library: rate(lib),
             baseline: format!("{} (raw bincode frames, one child)", rate(raw_rate)),
@@ -773,7 +916,10 @@ fn pool_growth(r: &mut Report) {
 
 /// The Python peers on the same tiny tasks, when python3 is present.
 fn peers(r: &mut Report) {
+    const PPE: &str = "ProcessPoolExecutor.map, chunksize=1000";
     if std::env::var_os("WF_BENCH_PEERS").is_some_and(|v| v == "0") {
+        r.goal_notes
+            .push(format!("vs Python {PPE}: skipped (WF_BENCH_PEERS=0)"));
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers.py");
@@ -786,13 +932,19 @@ fn peers(r: &mut Report) {
     let out = match cmd.output() {
         Ok(out) if out.status.success() => out,
         Ok(out) => {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            r.goal_notes.push(format!(
+                "vs Python {PPE}: skipped, bench/peers.py failed: {why}"
+            ));
             r.sections.push_str(&format!(
-                "\n### Python peers\n\nbench/peers.py failed: {}\n",
-                String::from_utf8_lossy(&out.stderr).trim()
+                "\n### Python peers\n\nbench/peers.py failed: {why}\n"
             ));
             return;
         }
         Err(e) => {
+            r.goal_notes.push(format!(
+                "vs Python {PPE}: skipped, python3 not runnable ({e})"
+            ));
             r.sections.push_str(&format!(
                 "\n### Python peers\n\nskipped: python3 not runnable ({e})\n"
             ));
@@ -810,6 +962,22 @@ fn peers(r: &mut Report) {
         let f: Vec<&str> = rest.split('\t').collect();
         if f.len() == 3 {
             let tps: f64 = f[1].parse().unwrap_or(0.0);
+            if f[0] == PPE {
+                match r.stream_rate {
+                    Some(lib) if tps > 0.0 => r.goals.push(Goal {
+                        figure: format!("streaming vs Python {PPE} on tuples"),
+                        library: rate(lib),
+                        baseline: rate(tps),
+                        value: lib / tps,
+                        unit: Unit::Ratio,
+                        target: Bound::AtLeast(2.0),
+                        moonshot: Some(Bound::AtLeast(4.0)),
+                    }),
+                    _ => r.goal_notes.push(format!(
+                        "vs Python {PPE}: no ratio (the streaming section did not run)"
+                    )),
+                }
+            }
             let p50: f64 = f[2].parse().unwrap_or(f64::NAN);
             let p50 = if p50.is_nan() {
                 "—".into()
@@ -846,7 +1014,37 @@ fn human_size(n: usize) -> String {
 
 fn print(r: &Report) {
     let mut out = String::from(
-        "## worker-facade: issue 5 figures (medians of 3, baselines from this run)\n\n\
+        "## worker-facade: issue 9 targets (medians of 3, baselines from this run)\n\n\
+         | figure | library | baseline | value | target | moonshot | met? |\n\
+         |---|---:|---:|---:|---|---|---|\n",
+    );
+    for g in &r.goals {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            g.figure,
+            g.library,
+            g.baseline,
+            g.unit.show(g.value),
+            g.target.show(g.unit),
+            g.moonshot
+                .map(|m| m.show(g.unit))
+                .unwrap_or_else(|| "—".into()),
+            match (
+                g.target.holds(g.value),
+                g.moonshot.is_some_and(|m| m.holds(g.value))
+            ) {
+                (true, true) => "yes, and the moonshot",
+                (true, false) => "yes",
+                (false, _) => "**no**",
+            }
+        );
+    }
+    for note in &r.goal_notes {
+        let _ = writeln!(out, "\n{note}");
+    }
+    out.push_str(
+        "\n## worker-facade: issue 5 figures (medians of 3, baselines from this run)\n\n\
          | figure | library | baseline | ratio | target | met? |\n|---|---:|---:|---:|---|---|\n",
     );
     for row in &r.rows {
