@@ -48,8 +48,49 @@ static ANNOUNCED: AtomicBool = AtomicBool::new(false);
 static RUN_IF_WORKER_SERVES: AtomicBool = AtomicBool::new(false);
 
 /// How often a worker busy with tasks already buffered looks at its socket
-/// for a CANCEL (one non-blocking read at most this often).
+/// for a CANCEL (one non-blocking read at most this often; timed by the
+/// coarse clock, so in fact once a scheduler tick, 1 to 10 ms).
 const LOOK_AHEAD_EVERY: Duration = Duration::from_millis(1);
+
+/// When a worker busy with buffered tasks last looked ahead at its socket.
+///
+/// Asked before every task, so it reads the coarse clock (a few
+/// nanoseconds) rather than the precise one (tens in a VM, 3 % of a
+/// worker's time on tiny tasks); the precise one only where the kernel has
+/// no coarse clock.
+struct LookAhead {
+    coarse: bool,
+    since: Instant,
+    coarse_since: Duration,
+}
+
+impl LookAhead {
+    fn new() -> Self {
+        let coarse = crate::sys::coarse_clock();
+        LookAhead {
+            coarse: coarse.is_some(),
+            since: Instant::now(),
+            coarse_since: coarse.unwrap_or_default(),
+        }
+    }
+
+    /// Whether it is time to look again; if so, the clock starts over.
+    fn due(&mut self) -> bool {
+        if self.coarse {
+            let now = crate::sys::coarse_clock().unwrap_or_default();
+            if now.saturating_sub(self.coarse_since) < LOOK_AHEAD_EVERY {
+                return false;
+            }
+            self.coarse_since = now;
+        } else {
+            if self.since.elapsed() < LOOK_AHEAD_EVERY {
+                return false;
+            }
+            self.since = Instant::now();
+        }
+        true
+    }
+}
 
 /// Exit code of a worker that could not talk to its parent.
 pub const EXIT_PROTOCOL_ERROR: i32 = 70;
@@ -273,7 +314,7 @@ where
     let mut reader = FrameReader::new(&stream, max);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let outlet = std::cell::RefCell::new(Outlet::new(&stream, &options)?);
-    let mut looked = Instant::now();
+    let mut look_ahead = LookAhead::new();
     // What the parent cancelled, seen ahead of the tasks it concerns.
     let mut cancel_all = false;
     let mut cancelled: HashSet<u64> = HashSet::new();
@@ -285,8 +326,7 @@ where
         }
         // Tasks already buffered do not start once the parent cancelled
         // them: look at the socket now and then, without blocking.
-        if reader.has_buffered_frame() && looked.elapsed() >= LOOK_AHEAD_EVERY {
-            looked = Instant::now();
+        if reader.has_buffered_frame() && look_ahead.due() {
             let fd = stream.as_raw_fd();
             let _ = reader.read_ahead(|buf| match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => Ok(n),
