@@ -205,6 +205,14 @@ fn main() {
         println!("profile-spawn: {n} spawns, p50 {p50:?}, p99 {p99:?}");
         return;
     }
+    if only.iter().any(|o| o == "profile-grind") {
+        let n = scale(200_000);
+        for batch in [GRIND_BATCH, 20] {
+            let t = grind::throughput(2, SUBMITTERS, n, batch);
+            println!("profile-grind: {n} items in batches of {batch} in {t:?}");
+        }
+        return;
+    }
     if only.iter().any(|o| o == "profile-blob") {
         let n = scale(256);
         let t = library::streaming_blobs(n, 1 << 20);
