@@ -130,8 +130,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--machine", action="store_true", help="tab-separated output")
     ap.add_argument("--quick", action="store_true", help="a tenth of the work")
+    ap.add_argument(
+        "--pool-stream",
+        type=int,
+        metavar="N",
+        help="only one run of ProcessPoolExecutor.map(chunksize=1000) on N tasks "
+        "(the report interleaves it with the library's own run)",
+    )
     args = ap.parse_args()
     scale = 10 if args.quick else 1
+    if args.pool_stream:
+        rate = pool_stream(args.pool_stream, 1000)
+        print(f"peer\tProcessPoolExecutor.map, chunksize=1000\t{rate:.0f}\tnan")
+        return
 
     def med(f, *a):
         return statistics.median(f(*a) for _ in range(RUNS))
