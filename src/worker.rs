@@ -52,43 +52,46 @@ static RUN_IF_WORKER_SERVES: AtomicBool = AtomicBool::new(false);
 /// coarse clock, so in fact once a scheduler tick, 1 to 10 ms).
 const LOOK_AHEAD_EVERY: Duration = Duration::from_millis(1);
 
-/// When a worker busy with buffered tasks last looked ahead at its socket.
+/// When a worker busy with buffered tasks last looked ahead at its socket,
+/// by the clock it times that with.
 ///
 /// Asked before every task, so it reads the coarse clock (a few
 /// nanoseconds) rather than the precise one (tens in a VM, 3 % of a
-/// worker's time on tiny tasks); the precise one only where the kernel has
-/// no coarse clock.
-struct LookAhead {
-    coarse: bool,
-    since: Instant,
-    coarse_since: Duration,
+/// worker's time on tiny tasks); the precise one where the kernel has no
+/// coarse clock, or should it ever fail to answer.
+enum LookAhead {
+    Coarse(Duration),
+    Precise(Instant),
 }
 
 impl LookAhead {
     fn new() -> Self {
-        let coarse = crate::sys::coarse_clock();
-        LookAhead {
-            coarse: coarse.is_some(),
-            since: Instant::now(),
-            coarse_since: coarse.unwrap_or_default(),
+        match crate::sys::coarse_clock() {
+            Some(now) => LookAhead::Coarse(now),
+            None => LookAhead::Precise(Instant::now()),
         }
     }
 
     /// Whether it is time to look again; if so, the clock starts over.
     fn due(&mut self) -> bool {
-        if self.coarse {
-            let now = crate::sys::coarse_clock().unwrap_or_default();
-            if now.saturating_sub(self.coarse_since) < LOOK_AHEAD_EVERY {
-                return false;
+        match *self {
+            LookAhead::Coarse(since) => match crate::sys::coarse_clock() {
+                Some(now) if now.saturating_sub(since) < LOOK_AHEAD_EVERY => false,
+                Some(now) => {
+                    *self = LookAhead::Coarse(now);
+                    true
+                }
+                None => {
+                    *self = LookAhead::Precise(Instant::now());
+                    true
+                }
+            },
+            LookAhead::Precise(since) if since.elapsed() < LOOK_AHEAD_EVERY => false,
+            LookAhead::Precise(_) => {
+                *self = LookAhead::Precise(Instant::now());
+                true
             }
-            self.coarse_since = now;
-        } else {
-            if self.since.elapsed() < LOOK_AHEAD_EVERY {
-                return false;
-            }
-            self.since = Instant::now();
         }
-        true
     }
 }
 
@@ -1051,4 +1054,23 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The look-ahead comes due once its interval (and, on the coarse
+    /// clock, a tick: at most 10 ms) has passed, and not again at once.
+    #[test]
+    fn the_look_ahead_comes_due_after_its_interval_and_starts_over() {
+        let mut look = LookAhead::new();
+        assert!(
+            matches!(look, LookAhead::Coarse(_)),
+            "Linux has had CLOCK_MONOTONIC_COARSE since 2.6.32"
+        );
+        std::thread::sleep(LOOK_AHEAD_EVERY + Duration::from_millis(25));
+        assert!(look.due(), "due once the interval and a tick have passed");
+        assert!(!look.due(), "the clock started over");
+    }
 }
