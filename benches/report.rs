@@ -459,10 +459,14 @@ fn round_trip(r: &mut Report) {
                 });
             }
         }
-        None => r.push(Row {
-            library: "skipped: taskset not available".into(),
-            ..Row::new("2p. Round trip, all on one CPU (taskset -c 0)")
-        }),
+        None => {
+            r.goal_notes
+                .push("round trip pinned to one CPU: skipped, taskset not available".into());
+            r.push(Row {
+                library: "skipped: taskset not available".into(),
+                ..Row::new("2p. Round trip, all on one CPU (taskset -c 0)")
+            })
+        }
     }
 }
 
@@ -947,18 +951,12 @@ fn peers(r: &mut Report) {
         Ok(out) if out.status.success() => out,
         Ok(out) => {
             let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            r.goal_notes.push(format!(
-                "vs Python {PPE}: skipped, bench/peers.py failed: {why}"
-            ));
             r.sections.push_str(&format!(
                 "\n### Python peers\n\nbench/peers.py failed: {why}\n"
             ));
             return;
         }
         Err(e) => {
-            r.goal_notes.push(format!(
-                "vs Python {PPE}: skipped, python3 not runnable ({e})"
-            ));
             r.sections.push_str(&format!(
                 "\n### Python peers\n\nskipped: python3 not runnable ({e})\n"
             ));
@@ -1069,7 +1067,8 @@ fn human_size(n: usize) -> String {
 
 fn print(r: &Report) {
     let mut out = String::from(
-        "## worker-facade: issue 9 targets (medians of 3, baselines from this run)\n\n\
+        "## worker-facade: issue 9 targets (medians of 3, the streaming rows medians of \
+         5 alternating pairs; baselines from this run)\n\n\
          | figure | library | baseline | value | target | moonshot | met? |\n\
          |---|---:|---:|---:|---|---|---|\n",
     );
