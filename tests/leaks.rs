@@ -19,28 +19,6 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-/// This process's threads, counted once none of the library's (named
-/// `wf-…`) is left, or after 2 s if one is. A joined thread can still be
-/// listed for a moment: `pthread_join` returns when the thread has cleared
-/// its ID, a little before the kernel removes it from `/proc/self/task`.
-fn settled_threads() -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    let ours_left = || {
-        std::fs::read_dir("/proc/self/task")
-            .map(|d| {
-                d.flatten().any(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|name| name.starts_with("wf-"))
-                })
-            })
-            .unwrap_or(false)
-    };
-    while ours_left() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    count("/proc/self/task")
-}
-
 /// The entries of a directory.
 fn entries(base: &Path) -> BTreeSet<String> {
     std::fs::read_dir(base)
@@ -102,14 +80,14 @@ fn two_hundred_facades_leave_nothing_behind() {
             .filter(ours)
             .collect();
         use_one(3, &base);
-        let threads = settled_threads();
+        let threads = common::settled_threads();
         let fds = count("/proc/self/fd");
         let children = child_pids();
         for i in 0..200 {
             use_one(i, &base);
         }
         // The watchdog thread of `within` is the same one throughout.
-        assert_eq!(settled_threads(), threads, "threads");
+        assert_eq!(common::settled_threads(), threads, "threads");
         assert_eq!(count("/proc/self/fd"), fds, "descriptors");
         assert_eq!(child_pids(), children, "child processes (zombies included)");
         let left = entries(&base);

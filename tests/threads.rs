@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{stock_worker, watchdog};
 use worker_facade::simple::SimpleTask;
@@ -15,24 +15,6 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .expect("/proc/self/task")
-}
-
-/// The thread count once joined threads have left the kernel's list, or
-/// after half a second. A join returns as soon as the thread's work is over
-/// (the kernel clears its thread ID early in its exit), and the kernel drops
-/// the thread from `/proc/self/task` a little later: microseconds, or
-/// milliseconds when the exiting thread is preempted on a busy machine
-/// (seen 1 run in 6 on 2 cores). A thread that was not joined and still
-/// runs stays counted.
-fn threads_once_exited(want: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    loop {
-        let n = threads();
-        if n == want || Instant::now() >= deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 #[test]
@@ -58,7 +40,7 @@ fn a_facade_costs_one_thread_with_one_worker_or_eight_and_a_pool_n_plus_two() {
         let records = w.collect_tasks().expect("collect");
         assert!(records.iter().all(|r| r.outcome.is_completed()));
         assert_eq!(
-            threads_once_exited(base),
+            common::settled_threads(),
             base,
             "the engine thread is joined by collect"
         );
@@ -80,7 +62,7 @@ fn a_facade_costs_one_thread_with_one_worker_or_eight_and_a_pool_n_plus_two() {
     assert_eq!(threads(), base + n + 2, "a pool of {n}: {:?}", pool.stats());
     pool.stop();
     assert_eq!(
-        threads_once_exited(base),
+        common::settled_threads(),
         base,
         "everything joined after stop"
     );

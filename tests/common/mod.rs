@@ -554,3 +554,25 @@ pub fn wait_gone(pid: u32, limit: Duration) -> bool {
     }
     true
 }
+
+/// This process's threads, counted once none of the library's (named
+/// `wf-…`) is left, or after 2 s if one is. A joined thread can still be
+/// listed for a moment: `pthread_join` returns when the thread has cleared
+/// its ID, a little before the kernel removes it from `/proc/self/task`.
+pub fn settled_threads() -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let ours_left = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|d| {
+                d.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|name| name.starts_with("wf-"))
+                })
+            })
+            .unwrap_or(false)
+    };
+    while ours_left() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
