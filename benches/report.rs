@@ -964,10 +964,9 @@ fn peers(r: &mut Report) {
         return;
     }
     python_pool(r);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers.py");
     r.progress("Python peers (bench/peers.py)");
     let mut cmd = Command::new("python3");
-    cmd.arg(script).arg("--machine");
+    cmd.arg(PEERS_SCRIPT).arg("--machine");
     if std::env::var_os("WF_BENCH_QUICK").is_some_and(|v| v != "0") {
         cmd.arg("--quick");
     }
@@ -1024,6 +1023,9 @@ fn peers(r: &mut Report) {
     r.sections.push_str(&t);
 }
 
+/// The Python peers' script.
+const PEERS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers.py");
+
 /// The peer of issue 9's Python row.
 const PPE: &str = "ProcessPoolExecutor.map, chunksize=1000";
 
@@ -1036,10 +1038,9 @@ fn python_pool(r: &mut Report) {
     r.progress(&format!(
         "Python {PPE} and the facade, {n} tiny tasks each, alternating"
     ));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers.py");
     let python = || -> Result<f64, String> {
         let out = Command::new("python3")
-            .arg(script)
+            .arg(PEERS_SCRIPT)
             .arg("--pool-stream")
             .arg(n.to_string())
             .output()

@@ -17,6 +17,15 @@ fn cancelled() -> Outcome<String> {
     Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested))
 }
 
+/// A facade of one test worker, whose printed lines are captured.
+fn one_captured_worker() -> (WorkingProcessFacade<SimpleTask>, common::Lines) {
+    let (cmd, lines) = capture_lines(test_worker());
+    let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
+        .spawn()
+        .expect("spawn");
+    (w, lines)
+}
+
 /// Waits until a worker printed `started <id>`, and returns its pid.
 fn started(lines: &common::Lines, id: &str) -> u32 {
     let pids = common::wait_for_printers(lines, &format!("started {id}"), 1);
@@ -26,10 +35,7 @@ fn started(lines: &common::Lines, id: &str) -> u32 {
 #[test]
 fn a_task_sent_ahead_to_a_worker_is_skipped_and_the_worker_goes_on() {
     within(WATCHDOG, || {
-        let (cmd, lines) = capture_lines(test_worker());
-        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
-            .spawn()
-            .expect("spawn");
+        let (w, lines) = one_captured_worker();
         let first = w
             .submit(SimpleTask::new("announce-first", 0.5))
             .expect("accepted");
@@ -226,10 +232,7 @@ fn a_cancel_that_crosses_the_start_still_stops_the_task() {
 fn a_cancelled_task_whose_worker_died_is_not_run_by_the_next() {
     use nix::sys::signal::Signal;
     within(WATCHDOG, || {
-        let (cmd, lines) = capture_lines(test_worker());
-        let w = WorkingProcessFacade::<SimpleTask>::builder(cmd)
-            .spawn()
-            .expect("spawn");
+        let (w, lines) = one_captured_worker();
         let first = w
             .submit(SimpleTask::new("announce-first", 5.0))
             .expect("accepted");

@@ -674,4 +674,3 @@ mod tests {
         assert!(later(now, Duration::MAX) > now);
     }
 }
-
