@@ -22,6 +22,11 @@ pub(crate) const WORKER_FD_ENV: &str = "WORKER_FACADE_FD";
 /// worker's result ring (shared memory; see `ring.rs`).
 pub(crate) const WORKER_RING_ENV: &str = "WORKER_FACADE_RING_FD";
 
+/// The environment variable naming the inherited descriptor of the
+/// facade's task region (shared memory, read-only; see `region.rs`). Unset
+/// when the facade has none.
+pub(crate) const WORKER_TASKS_ENV: &str = "WORKER_FACADE_TASKS_FD";
+
 /// Describes how to start a worker process: the program, its arguments and
 /// environment, where its output goes, and process limits.
 ///

@@ -80,7 +80,13 @@ pub(crate) struct Config {
     pub(crate) queue_bound: Option<usize>,
     pub(crate) workers: usize,
     pub(crate) on_worker_lost: Option<OnWorkerLost>,
+    /// Bytes of the task region (0: none).
+    pub(crate) task_region: usize,
 }
+
+/// The task region's size unless the builder says otherwise: room for a
+/// few dozen large tasks in flight, and no memory until they use it.
+pub(crate) const TASK_REGION: usize = 32 << 20;
 
 impl Config {
     pub(crate) fn new(command: WorkerCommand) -> Self {
@@ -96,6 +102,7 @@ impl Config {
             queue_bound: None,
             workers: 1,
             on_worker_lost: None,
+            task_region: TASK_REGION,
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::handle::TaskHandle;
 use crate::joinable::{self, Joinable};
 use crate::map::{Map, MapUnordered};
 use crate::progress::ProgressCell;
+use crate::region::{Span, TaskRegion};
 use crate::stats::{FacadeStats, StatsCells};
 use crate::task::{CancelReason, CrashReason, Task, TaskId, TaskRecord};
 use crate::wire::{self, KIND_TASK, PushError};
@@ -35,6 +36,22 @@ thread_local! {
     static ENCODE_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
     /// The size of the last frame this thread encoded, if it was large.
     static LAST_LARGE_FRAME: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Why a task's frame could not be made (the task goes back to its caller
+/// in the matching [`SubmitError`]).
+enum Unencoded {
+    Failed(String),
+    TooLarge { len: usize, max: u32 },
+}
+
+impl Unencoded {
+    fn panicked(panic: &(dyn std::any::Any + Send)) -> Self {
+        Unencoded::Failed(format!(
+            "its Serialize panicked: {}",
+            crate::worker::panic_message(panic)
+        ))
+    }
 }
 
 /// Worker processes behind a handle: tasks go in without blocking, outcomes
@@ -114,6 +131,8 @@ pub struct WorkingProcessFacade<T: Task> {
     /// Set by the first `completed()`: the facade's own receiver, drained
     /// by `collect_tasks` so that a record nobody took is not lost.
     completed: std::sync::OnceLock<Completed<T>>,
+    /// Where large tasks go instead of the socket, if anywhere.
+    region: Option<Arc<TaskRegion>>,
 }
 
 /// A facade whose engine runs and whose first workers are in their
@@ -255,6 +274,32 @@ impl<T: Task> FacadeBuilder<T> {
         self
     }
 
+    /// The size of the shared memory through which large tasks (16 KiB
+    /// and more, encoded) reach the workers, instead of being copied
+    /// through the socket twice (default 32 MiB; 0 for none).
+    ///
+    /// It is address space until tasks use it: a page costs memory once a
+    /// task has been in it, and stays with the facade until its drop. The
+    /// lowest free pages are used first, so a facade that never has more
+    /// than a few large tasks in flight uses only a few pages. When it is
+    /// full, large tasks go through the socket as small ones do; nothing
+    /// is ever refused for it. Workers map it read-only and cannot change
+    /// it.
+    ///
+    /// ```no_run
+    /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
+    ///
+    /// # fn main() -> Result<(), worker_facade::SpawnError> {
+    /// let w = WorkingProcessFacade::<SimpleTask>::builder(WorkerCommand::new("facade-worker"))
+    ///     .large_task_region(256 << 20) // tasks of tens of MiB
+    ///     .spawn()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn large_task_region(mut self, bytes: usize) -> Self {
+        self.cfg.task_region = bytes;
+        self
+    }
+
     /// Bounds the tasks in flight for
     /// [`process_task_bounded`](WorkingProcessFacade::process_task_bounded),
     /// which refuses with [`SubmitError::Full`] beyond it.
@@ -373,8 +418,13 @@ impl<T: Task> WorkingProcessFacade<T> {
         let max_frame = cfg.command.max_frame;
         let trace_id = crate::trace::next_id();
         let span = crate::trace::facade_span(trace_id, &path, cfg.workers);
-        let engine =
-            Engine::new(cfg, inbox, stats.clone()).map_err(|e| resource("event loop", e))?;
+        // Before the first spawn, so that every worker inherits it.
+        let region = match cfg.task_region {
+            0 => None,
+            len => Some(TaskRegion::create(len).map_err(|e| resource("task region", e))?),
+        };
+        let engine = Engine::new(cfg, inbox, stats.clone(), region.clone())
+            .map_err(|e| resource("event loop", e))?;
         let (ready_tx, ready) = oneshot::channel();
         // Workers are spawned from this long-lived thread: PR_SET_PDEATHSIG
         // fires when the *thread* that forked the worker ends, so spawning
@@ -394,6 +444,7 @@ impl<T: Task> WorkingProcessFacade<T> {
             engine: Mutex::new(Some(thread)),
             trace_id,
             completed: std::sync::OnceLock::new(),
+            region,
         };
         Ok(Launched {
             ready,
@@ -640,13 +691,6 @@ impl<T: Task> WorkingProcessFacade<T> {
         // `Serialize` that itself submits finds it empty and uses a fresh
         // one, and put back after. The ID is patched in once assigned.
         let mut frame = ENCODE_BUFFER.try_with(Cell::take).unwrap_or_default();
-        // A large frame leaves with its buffer: the next one starts from
-        // nothing, so room for one as large as the last is made at once
-        // rather than by doubling (a copy each time).
-        let last = LAST_LARGE_FRAME.try_with(Cell::get).unwrap_or(0);
-        if last > frame.capacity() {
-            frame = self.tx.large_buffer(last);
-        }
         let sent = self.encode_and_submit(&mut frame, task, notify, timeout, progress);
         frame.clear();
         if frame.capacity() <= ENCODE_BUFFER_KEEP {
@@ -664,36 +708,15 @@ impl<T: Task> WorkingProcessFacade<T> {
         timeout: Option<Duration>,
         progress: Option<Arc<ProgressCell>>,
     ) -> Result<TaskId, SubmitError<T>> {
-        frame.clear();
-        let encoded = catch_unwind(AssertUnwindSafe(|| {
-            wire::push_frame(frame, KIND_TASK, Some(0), self.max_frame, |out| {
-                crate::codec::encode_into(&task, out)
-            })
-        }));
-        match encoded {
-            Ok(Ok(())) => {}
-            Ok(Err(PushError::Fill(e))) => {
-                return Err(SubmitError::Unencodable {
-                    task,
-                    reason: crate::worker::error_chain(&e),
-                });
+        let span = match self.encode_frame(frame, &task) {
+            Ok(span) => span,
+            Err(Unencoded::Failed(reason)) => {
+                return Err(SubmitError::Unencodable { task, reason });
             }
-            Ok(Err(PushError::TooLarge { len, max })) => {
+            Err(Unencoded::TooLarge { len, max }) => {
                 return Err(SubmitError::TooLarge { task, len, max });
             }
-            Err(panic) => {
-                return Err(SubmitError::Unencodable {
-                    task,
-                    reason: format!(
-                        "its Serialize panicked: {}",
-                        crate::worker::panic_message(&*panic)
-                    ),
-                });
-            }
-        }
-        let len = frame.len();
-        let large = if len >= crate::engine::LARGE_FRAME { len } else { 0 };
-        let _ = LAST_LARGE_FRAME.try_with(|c| c.set(large));
+        };
         let entry = Entry::new(task, notify, timeout, progress);
         let assign = || {
             let id = self.counter.fetch_add(1, Ordering::AcqRel);
@@ -701,13 +724,111 @@ impl<T: Task> WorkingProcessFacade<T> {
         };
         // Counted before the engine can settle it.
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        match self.tx.submit(frame, entry, assign) {
-            Ok(id) => Ok(TaskId(id)),
+        let shared = span.is_some();
+        match self.tx.submit(frame, entry, span, assign) {
+            Ok(id) => {
+                if shared {
+                    self.stats.shared_tasks.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(TaskId(id))
+            }
             Err(entry) => {
                 self.stats.submitted.fetch_sub(1, Ordering::Relaxed);
                 Err(SubmitError::Closed(entry.task))
             }
         }
+    }
+
+    /// Encodes `task`'s frame into `frame`: a TASK frame, or a TASK_AT
+    /// frame with the span of the task region that holds its payload.
+    ///
+    /// A thread whose last task was large encodes the next one straight
+    /// into a span as large, if one is free (no copy of its own, no page
+    /// of fresh memory). One that turns out larger is encoded again the
+    /// usual way (its `Serialize` then runs twice). The usual way encodes
+    /// into `frame`, and a large payload is copied into the region if a
+    /// span is free; when none is, the whole frame goes through the socket.
+    fn encode_frame(&self, frame: &mut Vec<u8>, task: &T) -> Result<Option<Span>, Unencoded> {
+        let last = LAST_LARGE_FRAME.try_with(Cell::get).unwrap_or(0);
+        let guess = last.saturating_sub(wire::FRAME_HEADER);
+        let region = self.region.as_ref().filter(|_| guess > 0);
+        if let Some(mut span) = region.and_then(|r| r.reserve(guess)) {
+            let encoded = catch_unwind(AssertUnwindSafe(|| {
+                crate::codec::encode_to(task, &mut span)
+            }));
+            match encoded {
+                Ok(Ok(())) => {
+                    let len = 9 + span.len() as usize;
+                    if len > self.max_frame as usize {
+                        return Err(Unencoded::TooLarge {
+                            len,
+                            max: self.max_frame,
+                        });
+                    }
+                    let whole = wire::FRAME_HEADER + span.len() as usize;
+                    frame.clear();
+                    if whole < crate::engine::LARGE_FRAME {
+                        // Small after all: through the socket, like any
+                        // small task, and this thread guesses no more.
+                        let _ = LAST_LARGE_FRAME.try_with(|c| c.set(0));
+                        let copied =
+                            wire::push_frame(frame, KIND_TASK, Some(0), self.max_frame, |out| {
+                                span.read_into(out);
+                                Ok::<(), std::convert::Infallible>(())
+                            });
+                        return match copied {
+                            Ok(()) => Ok(None),
+                            Err(PushError::TooLarge { len, max }) => {
+                                Err(Unencoded::TooLarge { len, max })
+                            }
+                            Err(PushError::Fill(never)) => match never {},
+                        };
+                    }
+                    let _ = LAST_LARGE_FRAME.try_with(|c| c.set(whole));
+                    wire::push_task_at(frame, 0, span.offset(), span.len());
+                    return Ok(Some(span));
+                }
+                // Larger than the last: encoded again below.
+                Ok(Err(_)) if span.overflowed() => {}
+                Ok(Err(e)) => return Err(Unencoded::Failed(crate::worker::error_chain(&e))),
+                Err(panic) => return Err(Unencoded::panicked(&*panic)),
+            }
+        }
+        // A large frame leaves with its buffer: the next one starts from
+        // nothing, so room for one as large as the last is made at once
+        // rather than by doubling (a copy each time).
+        if last > frame.capacity() {
+            *frame = self.tx.large_buffer(last);
+        }
+        frame.clear();
+        let encoded = catch_unwind(AssertUnwindSafe(|| {
+            wire::push_frame(frame, KIND_TASK, Some(0), self.max_frame, |out| {
+                crate::codec::encode_into(task, out)
+            })
+        }));
+        match encoded {
+            Ok(Ok(())) => {}
+            Ok(Err(PushError::Fill(e))) => {
+                return Err(Unencoded::Failed(crate::worker::error_chain(&e)));
+            }
+            Ok(Err(PushError::TooLarge { len, max })) => {
+                return Err(Unencoded::TooLarge { len, max });
+            }
+            Err(panic) => return Err(Unencoded::panicked(&*panic)),
+        }
+        let len = frame.len();
+        let large = if len >= crate::engine::LARGE_FRAME { len } else { 0 };
+        let _ = LAST_LARGE_FRAME.try_with(|c| c.set(large));
+        let Some(region) = self.region.as_ref().filter(|_| large > 0) else {
+            return Ok(None);
+        };
+        let Some(span) = region.store(wire::frame_payload(frame)) else {
+            return Ok(None); // the region is full: through the socket
+        };
+        let encoded = std::mem::take(frame);
+        wire::push_task_at(frame, 0, span.offset(), span.len());
+        self.tx.recycle(encoded);
+        Ok(Some(span))
     }
 
     /// Closes submission, sends the terminator behind every queued task,

@@ -212,6 +212,7 @@ linux_only! {
     mod pool;
     mod process;
     mod progress;
+    mod region;
     mod ring;
     mod stats;
     mod sys;

@@ -42,7 +42,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::command::{WORKER_ENV, WORKER_FD_ENV, WORKER_RING_ENV, WorkerCommand};
+use crate::command::{WORKER_ENV, WORKER_FD_ENV, WORKER_RING_ENV, WORKER_TASKS_ENV, WorkerCommand};
 use crate::error::SpawnError;
 use crate::sys::{self, Waited};
 use crate::task::{ExitInfo, StatusLost};
@@ -64,7 +64,10 @@ pub(crate) struct Spawned {
 
 /// Spawns the worker `cmd` describes. Returns as soon as the process runs
 /// (the handshake is the caller's to watch).
-pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
+pub(crate) fn spawn(
+    cmd: &WorkerCommand,
+    tasks: Option<BorrowedFd<'_>>,
+) -> Result<Spawned, SpawnError> {
     let path = cmd.program.clone();
     let resource = |what: &'static str| {
         let path = path.clone();
@@ -94,7 +97,12 @@ pub(crate) fn spawn(cmd: &WorkerCommand) -> Result<Spawned, SpawnError> {
         .write_all(&boot)
         .map_err(resource("bootstrap message"))?;
 
-    let started = start(cmd, worker_end.as_fd(), ring_fd.as_fd()).map_err(|source| {
+    let fds = Inherited {
+        socket: worker_end.as_fd(),
+        ring: ring_fd.as_fd(),
+        tasks,
+    };
+    let started = start(cmd, &fds).map_err(|source| {
         match source.kind() {
             io::ErrorKind::NotFound => SpawnError::NotFound { path: path.clone() },
             io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { path: path.clone() },
@@ -172,17 +180,25 @@ struct Started {
     stderr: Option<OwnedFd>,
 }
 
-/// Starts the worker's process with `socket` and `ring` as its descriptors
-/// (named in its environment): through `posix_spawn` where the C library
-/// can lay the descriptors out, by std's fork and exec otherwise.
-fn start(cmd: &WorkerCommand, socket: BorrowedFd<'_>, ring: BorrowedFd<'_>) -> io::Result<Started> {
-    match start_spawned(cmd, socket, ring) {
+/// The descriptors a worker inherits, each named in its environment.
+struct Inherited<'a> {
+    socket: BorrowedFd<'a>,
+    ring: BorrowedFd<'a>,
+    /// The facade's task region, if it has one.
+    tasks: Option<BorrowedFd<'a>>,
+}
+
+/// Starts the worker's process with `fds` as its descriptors (named in its
+/// environment): through `posix_spawn` where the C library can lay the
+/// descriptors out, by std's fork and exec otherwise.
+fn start(cmd: &WorkerCommand, fds: &Inherited<'_>) -> io::Result<Started> {
+    match start_spawned(cmd, fds) {
         Ok(Some(started)) => Ok(started),
-        Ok(None) => start_forked(cmd, socket, ring),
+        Ok(None) => start_forked(cmd, fds),
         // A sandbox (seccomp) that refuses the `clone3` glibc's
         // `posix_spawn` makes, and glibc does not retry: a fork may pass.
         Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EPERM | nix::libc::ENOSYS)) => {
-            start_forked(cmd, socket, ring)
+            start_forked(cmd, fds)
         }
         Err(e) => Err(e),
     }
@@ -192,15 +208,12 @@ fn start(cmd: &WorkerCommand, socket: BorrowedFd<'_>, ring: BorrowedFd<'_>) -> i
 /// [`start_spawned`] placed them.
 const SPAWNED_SOCKET_FD: i32 = 3;
 const SPAWNED_RING_FD: i32 = 4;
+const SPAWNED_TASKS_FD: i32 = 5;
 
 /// Starts the worker with `posix_spawn` (see `sys::spawn`): nothing of the
 /// parent's memory is copied, which a fork of a large parent does. `None`
 /// when the C library or the command needs the fork instead.
-fn start_spawned(
-    cmd: &WorkerCommand,
-    socket: BorrowedFd<'_>,
-    ring: BorrowedFd<'_>,
-) -> io::Result<Option<Started>> {
+fn start_spawned(cmd: &WorkerCommand, fds: &Inherited<'_>) -> io::Result<Option<Started>> {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let bare_name = !cmd.program.as_os_str().as_bytes().contains(&b'/');
     // posix_spawnp searches the parent's PATH; std searches the child's.
@@ -210,8 +223,9 @@ fn start_spawned(
     }
     // Every source must sit above the numbers the child's copies take.
     let lift = |fd: BorrowedFd<'_>| sys::dup_at_least(fd, sys::spawn::FIRST_FREE);
-    let socket = lift(socket)?;
-    let ring = lift(ring)?;
+    let socket = lift(fds.socket)?;
+    let ring = lift(fds.ring)?;
+    let tasks = fds.tasks.map(lift).transpose()?;
     let pipes = if cmd.output.is_piped() {
         let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -223,6 +237,9 @@ fn start_spawned(
         (socket.as_fd(), SPAWNED_SOCKET_FD),
         (ring.as_fd(), SPAWNED_RING_FD),
     ];
+    if let Some(tasks) = &tasks {
+        place.push((tasks.as_fd(), SPAWNED_TASKS_FD));
+    }
     if let Some((_, out_write, _, err_write)) = &pipes {
         place.push((out_write.as_fd(), 1));
         place.push((err_write.as_fd(), 2));
@@ -247,6 +264,7 @@ fn start_spawned(
         cmd,
         SPAWNED_SOCKET_FD.to_string(),
         SPAWNED_RING_FD.to_string(),
+        tasks.as_ref().map(|_| SPAWNED_TASKS_FD.to_string()),
     )
     .into_iter()
     .map(|(key, value)| {
@@ -291,11 +309,18 @@ fn worker_environment(
     cmd: &WorkerCommand,
     socket: String,
     ring: String,
+    tasks: Option<String>,
 ) -> BTreeMap<std::ffi::OsString, std::ffi::OsString> {
     let mut env: BTreeMap<_, _> = std::env::vars_os().collect();
     env.insert(WORKER_ENV.into(), std::process::id().to_string().into());
     env.insert(WORKER_FD_ENV.into(), socket.into());
     env.insert(WORKER_RING_ENV.into(), ring.into());
+    // Never one from the parent's own environment (a worker that starts a
+    // facade of its own hands its children their own variables anyway).
+    match tasks {
+        Some(tasks) => env.insert(WORKER_TASKS_ENV.into(), tasks.into()),
+        None => env.remove(std::ffi::OsStr::new(WORKER_TASKS_ENV)),
+    };
     for (key, value) in &cmd.env {
         match value {
             Some(v) => env.insert(key.clone(), v.clone()),
@@ -306,13 +331,9 @@ fn worker_environment(
 }
 
 /// Starts the worker with std's `Command`: a fork, in which every
-/// descriptor above stderr is marked close-on-exec but the worker's socket
-/// and ring, which keep their numbers.
-fn start_forked(
-    cmd: &WorkerCommand,
-    socket: BorrowedFd<'_>,
-    ring: BorrowedFd<'_>,
-) -> io::Result<Started> {
+/// descriptor above stderr is marked close-on-exec but the worker's socket,
+/// ring and task region, which keep their numbers.
+fn start_forked(cmd: &WorkerCommand, fds: &Inherited<'_>) -> io::Result<Started> {
     let mut command = match &cmd.image {
         // The running image itself, through its descriptor (inherited by the
         // forked child, so the path resolves there; the kernel opens it
@@ -329,8 +350,9 @@ fn start_forked(
         .env_clear()
         .envs(worker_environment(
             cmd,
-            socket.as_raw_fd().to_string(),
-            ring.as_raw_fd().to_string(),
+            fds.socket.as_raw_fd().to_string(),
+            fds.ring.as_raw_fd().to_string(),
+            fds.tasks.map(|t| t.as_raw_fd().to_string()),
         ))
         .stdin(Stdio::null())
         // Its own process group: a kill reaches the worker's children too.
@@ -341,7 +363,9 @@ fn start_forked(
     if let Some(dir) = &cmd.current_dir {
         command.current_dir(dir);
     }
-    sys::prepare_child(&mut command, [socket.as_raw_fd(), ring.as_raw_fd()]);
+    let mut keep = vec![fds.socket.as_raw_fd(), fds.ring.as_raw_fd()];
+    keep.extend(fds.tasks.map(|t| t.as_raw_fd()));
+    sys::prepare_child(&mut command, keep);
     let mut child = command.spawn()?;
     // std's `Child` neither waits nor kills on drop: the caller owns the
     // process by its pid from here.
@@ -561,12 +585,11 @@ mod tests {
     /// What `ls -l /proc/self/fd` printed in a child started by `how`:
     /// each descriptor's number and target, but the one `ls` itself opened.
     fn child_descriptors(
-        how: fn(&WorkerCommand, BorrowedFd<'_>, BorrowedFd<'_>) -> io::Result<Started>,
-        socket: BorrowedFd<'_>,
-        ring: BorrowedFd<'_>,
+        how: fn(&WorkerCommand, &Inherited<'_>) -> io::Result<Started>,
+        fds: &Inherited<'_>,
     ) -> BTreeMap<i32, String> {
         let cmd = WorkerCommand::new("ls").arg("-l").arg("/proc/self/fd");
-        let started = how(&cmd, socket, ring).expect("start ls");
+        let started = how(&cmd, fds).expect("start ls");
         let mut listing = String::new();
         std::fs::File::from(started.stdout.expect("stdout is piped"))
             .read_to_string(&mut listing)
@@ -593,6 +616,12 @@ mod tests {
     fn spawned_and_forked_workers_get_only_their_own_descriptors() {
         let (_parent, worker) = UnixStream::pair().expect("socket pair");
         let (ring, _map) = crate::ring::create().expect("ring");
+        let region = crate::region::TaskRegion::create(1 << 16).expect("task region");
+        let fds = Inherited {
+            socket: worker.as_fd(),
+            ring: ring.as_fd(),
+            tasks: Some(region.fd()),
+        };
         let socket_inode = std::fs::metadata(format!("/proc/self/fd/{}", worker.as_raw_fd()))
             .expect("stat the socket")
             .ino();
@@ -603,27 +632,30 @@ mod tests {
             nix::sys::stat::Mode::empty(),
         )
         .expect("open /dev/null");
-        let expect = |fds: &BTreeMap<i32, String>, socket_at: i32, ring_at: i32| {
+        let expect = |fds: &BTreeMap<i32, String>, socket_at: i32, ring_at: i32, tasks_at: i32| {
             assert_eq!(fds.get(&0).map(String::as_str), Some("/dev/null"), "{fds:?}");
             for fd in [1, 2] {
                 assert!(fds[&fd].starts_with("pipe:"), "{fds:?}");
             }
             assert_eq!(fds[&socket_at], format!("socket:[{socket_inode}]"), "{fds:?}");
-            assert!(fds[&ring_at].starts_with("/memfd:"), "{fds:?}");
-            assert_eq!(fds.len(), 5, "nothing else reaches the child: {fds:?}");
+            assert!(fds[&ring_at].starts_with("/memfd:worker-facade-ring"), "{fds:?}");
+            assert!(fds[&tasks_at].starts_with("/memfd:worker-facade-tasks"), "{fds:?}");
+            assert_eq!(fds.len(), 6, "nothing else reaches the child: {fds:?}");
         };
         if sys::spawn::supported() {
             let spawned = child_descriptors(
-                |cmd, socket, ring| {
-                    Ok(start_spawned(cmd, socket, ring)?.expect("posix_spawn is used"))
-                },
-                worker.as_fd(),
-                ring.as_fd(),
+                |cmd, fds| Ok(start_spawned(cmd, fds)?.expect("posix_spawn is used")),
+                &fds,
             );
-            expect(&spawned, SPAWNED_SOCKET_FD, SPAWNED_RING_FD);
+            expect(&spawned, SPAWNED_SOCKET_FD, SPAWNED_RING_FD, SPAWNED_TASKS_FD);
         }
-        let forked = child_descriptors(start_forked, worker.as_fd(), ring.as_fd());
-        expect(&forked, worker.as_raw_fd(), ring.as_raw_fd());
+        let forked = child_descriptors(start_forked, &fds);
+        expect(
+            &forked,
+            worker.as_raw_fd(),
+            ring.as_raw_fd(),
+            region.fd().as_raw_fd(),
+        );
         drop(leaky);
     }
 
@@ -632,9 +664,14 @@ mod tests {
         let cmd = WorkerCommand::new("/no/such/worker-facade-program");
         let (_parent, worker) = UnixStream::pair().expect("socket pair");
         let (ring, _map) = crate::ring::create().expect("ring");
-        let mut tried = vec![start_forked(&cmd, worker.as_fd(), ring.as_fd()).map(|_| ())];
+        let fds = Inherited {
+            socket: worker.as_fd(),
+            ring: ring.as_fd(),
+            tasks: None,
+        };
+        let mut tried = vec![start_forked(&cmd, &fds).map(|_| ())];
         if sys::spawn::supported() {
-            tried.push(start_spawned(&cmd, worker.as_fd(), ring.as_fd()).map(|_| ()));
+            tried.push(start_spawned(&cmd, &fds).map(|_| ()));
         }
         for started in tried {
             let error = started.expect_err("nothing to run");

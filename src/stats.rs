@@ -34,6 +34,11 @@ pub struct FacadeStats {
     pub restarts: u64,
     /// Workers started to replace one that reached `max_tasks_per_worker`.
     pub recycles: u64,
+    /// Large tasks that reached the workers through the task region
+    /// (shared memory; see
+    /// [`large_task_region`](crate::FacadeBuilder::large_task_region))
+    /// rather than through the socket.
+    pub shared_tasks: u64,
     /// Whether the facade gave up: every worker place ran out of its restart
     /// budget or failed to start a replacement, so no task will run on it
     /// again (its tasks are `NotRun(WorkerUnavailable)`).
@@ -57,6 +62,7 @@ pub(crate) struct StatsCells {
     pub(crate) timed_out: AtomicU64,
     pub(crate) restarts: AtomicU64,
     pub(crate) recycles: AtomicU64,
+    pub(crate) shared_tasks: AtomicU64,
     pub(crate) output_dropped: AtomicU64,
     /// Workers that ended without being asked to.
     pub(crate) workers_lost: AtomicU64,
@@ -76,6 +82,7 @@ impl StatsCells {
             timed_out: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             recycles: AtomicU64::new(0),
+            shared_tasks: AtomicU64::new(0),
             output_dropped: AtomicU64::new(0),
             workers_lost: AtomicU64::new(0),
             gave_up: AtomicBool::new(false),
@@ -128,6 +135,7 @@ impl StatsCells {
             in_flight,
             restarts: self.restarts.load(Relaxed),
             recycles: self.recycles.load(Relaxed),
+            shared_tasks: self.shared_tasks.load(Relaxed),
             output_lines_dropped: self.output_dropped.load(Relaxed),
             gave_up: self.gave_up.load(Relaxed),
             worker_pid: (pid != 0).then_some(pid),

@@ -240,7 +240,7 @@ pub(crate) fn borrow_open_fd(fd: RawFd) -> Option<BorrowedFd<'static>> {
 /// opened without `O_CLOEXEC`, does not reach the worker), except `keep`,
 /// the worker's end of its socket. Close-on-exec rather than close, so
 /// std's own pipe that reports a failed `exec` keeps working.
-pub(crate) fn prepare_child(command: &mut std::process::Command, keep: [RawFd; 2]) {
+pub(crate) fn prepare_child(command: &mut std::process::Command, keep: Vec<RawFd>) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec. It only
     // makes raw system calls (close_range, getrlimit, fcntl), which are
@@ -250,7 +250,7 @@ pub(crate) fn prepare_child(command: &mut std::process::Command, keep: [RawFd; 2
             mark_cloexec_from(3);
             // F_SETFD clears a flag of a descriptor this child inherited
             // open from the parent's fork (covered by the SAFETY above).
-            for fd in keep {
+            for &fd in &keep {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -368,6 +368,8 @@ mod tests {
 pub(crate) struct SharedMap {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    /// Mapped writable (else [`SharedMap::write`] refuses).
+    writable: bool,
 }
 
 // SAFETY: the mapping is process-wide memory with no thread affinity; all
@@ -398,16 +400,54 @@ impl SharedMap {
         Ok((fd, map))
     }
 
-    /// Maps the region behind `fd`, which must be exactly `len` bytes.
-    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMap> {
-        // SAFETY: all-zero bytes are a valid stat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `st` is valid and writable; fstat writes only it.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+    /// Makes a region of `len` bytes (zeroed) that only this mapping may
+    /// ever write: once mapped here, the descriptor is sealed against new
+    /// writable mappings, `write(2)` and any change of size, so a process
+    /// that inherits it can map it read-only and nothing more.
+    pub(crate) fn create_sealed(len: usize) -> io::Result<(OwnedFd, SharedMap)> {
+        // SAFETY: the name is a valid NUL-terminated string; memfd_create
+        // returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"worker-facade-tasks".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 != len as u64 || len == 0
-        {
+        // SAFETY: the kernel just returned this descriptor; we own it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("region too large"))?;
+        // SAFETY: ftruncate on our own descriptor; no memory is passed.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let map = SharedMap::map_with(std::os::fd::AsFd::as_fd(&fd), len, libc::PROT_READ | libc::PROT_WRITE)?;
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS takes an integer and changes only the
+        // descriptor's file; the mapping above stays writable.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((fd, map))
+    }
+
+    /// Maps the whole region behind `fd` read-only, whatever its size.
+    pub(crate) fn map_read_only(fd: BorrowedFd<'_>) -> io::Result<SharedMap> {
+        let len = usize::try_from(regular_file_len(fd)?)
+            .map_err(|_| io::Error::other("region too large"))?;
+        SharedMap::map_with(fd, len, libc::PROT_READ)
+    }
+
+    /// Maps the region behind `fd`, which must be exactly `len` bytes.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMap> {
+        SharedMap::map_with(fd, len, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    fn map_with(fd: BorrowedFd<'_>, len: usize, prot: libc::c_int) -> io::Result<SharedMap> {
+        if regular_file_len(fd)? != len as u64 || len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -422,7 +462,7 @@ impl SharedMap {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
@@ -433,7 +473,11 @@ impl SharedMap {
         }
         let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(SharedMap { ptr, len })
+        Ok(SharedMap {
+            ptr,
+            len,
+            writable: prot & libc::PROT_WRITE != 0,
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -480,16 +524,35 @@ impl SharedMap {
 
     /// Copies `src` into the region at byte `offset`.
     pub(crate) fn write(&self, offset: usize, src: &[u8]) {
+        assert!(self.writable, "write to a region mapped read-only");
         assert!(
             offset <= self.len && src.len() <= self.len - offset,
             "write outside the region"
         );
-        // SAFETY: the target range is inside the mapping (checked above) and
-        // cannot overlap `src`; no reference into the region exists.
+        // SAFETY: the target range is inside a writable mapping (checked
+        // above) and cannot overlap `src`; no reference into the region
+        // exists.
         unsafe {
             std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
         }
     }
+}
+
+/// The size of the regular file behind `fd` (an error for anything else).
+fn regular_file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: all-zero bytes are a valid stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid and writable; fstat writes only it.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {} is not a region", fd.as_raw_fd()),
+        ));
+    }
+    u64::try_from(st.st_size).map_err(|_| io::Error::other("negative file size"))
 }
 
 impl Drop for SharedMap {
@@ -502,11 +565,31 @@ impl Drop for SharedMap {
     }
 }
 
-/// Takes the region descriptor the parent handed down (once per process).
-pub(crate) fn take_inherited_region(fd: RawFd) -> io::Result<OwnedFd> {
+/// Which region descriptor a worker takes from its parent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Inherited {
+    /// Its result ring.
+    Ring,
+    /// Its facade's task region.
+    Tasks,
+}
+
+/// Takes the region descriptor the parent handed down (each once per
+/// process).
+pub(crate) fn take_inherited_region(fd: RawFd, which: Inherited) -> io::Result<OwnedFd> {
+    use std::sync::atomic::AtomicBool;
     use std::sync::atomic::Ordering::SeqCst;
-    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if fd < 3 || TAKEN.swap(true, SeqCst) {
+    use std::sync::atomic::AtomicI32;
+    static RING: AtomicBool = AtomicBool::new(false);
+    static TASKS: AtomicBool = AtomicBool::new(false);
+    /// The number each took, so that one never takes the other's.
+    static RING_FD: AtomicI32 = AtomicI32::new(-1);
+    static TASKS_FD: AtomicI32 = AtomicI32::new(-1);
+    let (taken, number, other) = match which {
+        Inherited::Ring => (&RING, &RING_FD, &TASKS_FD),
+        Inherited::Tasks => (&TASKS, &TASKS_FD, &RING_FD),
+    };
+    if fd < 3 || other.load(SeqCst) == fd || taken.swap(true, SeqCst) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("descriptor {fd} is not the parent's region, or it was taken already"),
@@ -518,8 +601,10 @@ pub(crate) fn take_inherited_region(fd: RawFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: F_SETFD sets only a flag on an open descriptor.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    number.store(fd, SeqCst);
     // SAFETY: the parent handed this descriptor to this process for the
-    // worker alone, and the flag above makes this the only place taking it.
+    // worker alone, and the flag above makes this the only place taking it
+    // (a worker is told different numbers for its ring and task region).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

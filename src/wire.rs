@@ -10,6 +10,8 @@
 //! body    = kind:u8 rest
 //! BOOT    = 0x20 magic:u32le protocol:u32le token[16] options   parent -> worker, first
 //! TASK    = 0x01 id:u64le payload      parent -> worker
+//! TASK_AT = 0x05 id:u64le offset:u64le len:u64le   parent -> worker: the
+//!                                      payload is in the task region (`region.rs`)
 //! STOP    = 0x02                       parent -> worker (the terminator)
 //! CANCEL  = 0x03                       parent -> worker: start nothing more, exit
 //! CANCEL_TASK = 0x04 id:u64le          parent -> worker: do not start this task
@@ -46,7 +48,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MAGIC: u32 = 0x5746_4143;
 /// The version of the wire format and codec; bumped on every incompatible
 /// change. A worker must speak the same version as its parent.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The largest handshake frame (a HELLO with its type shapes) a parent
 /// reads, whatever the maximum frame size.
 pub(crate) const HANDSHAKE_MAX: u32 = 64 * 1024;
@@ -76,6 +78,7 @@ pub(crate) const KIND_TASK: u8 = 0x01;
 pub(crate) const KIND_STOP: u8 = 0x02;
 pub(crate) const KIND_CANCEL: u8 = 0x03;
 pub(crate) const KIND_CANCEL_TASK: u8 = 0x04;
+pub(crate) const KIND_TASK_AT: u8 = 0x05;
 pub(crate) const KIND_HELLO: u8 = 0x10;
 pub(crate) const KIND_STARTED: u8 = 0x11;
 pub(crate) const KIND_OK: u8 = 0x12;
@@ -213,6 +216,16 @@ pub(crate) fn own_frame_len(bytes: &[u8]) -> usize {
     }
 }
 
+/// The header of a frame made by [`push_frame`] with an ID: length, kind
+/// and ID.
+pub(crate) const FRAME_HEADER: usize = 4 + 1 + 8;
+
+/// The payload of a frame made by [`push_frame`] with an ID (after its
+/// header).
+pub(crate) fn frame_payload(frame: &[u8]) -> &[u8] {
+    frame.get(FRAME_HEADER..own_frame_len(frame)).unwrap_or_default()
+}
+
 /// The task ID of a frame made by [`push_frame`] with an ID.
 pub(crate) fn frame_id(frame: &[u8]) -> Option<u64> {
     let id = frame.get(5..13)?;
@@ -241,6 +254,25 @@ pub(crate) fn push_bare_with(out: &mut Vec<u8>, kind: u8, id: u64, payload: &[u8
     out.push(kind);
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(payload);
+}
+
+/// Appends a TASK_AT frame: task `id`'s payload is the `len` bytes at
+/// `offset` in the task region.
+pub(crate) fn push_task_at(out: &mut Vec<u8>, id: u64, offset: u64, len: u64) {
+    let mut at = [0u8; 16];
+    at[..8].copy_from_slice(&offset.to_le_bytes());
+    at[8..].copy_from_slice(&len.to_le_bytes());
+    push_bare_with(out, KIND_TASK_AT, id, &at);
+}
+
+/// The offset and length a TASK_AT frame's payload names.
+pub(crate) fn task_at(payload: &[u8]) -> Result<(u64, u64), WireError> {
+    let bytes: [u8; 16] = payload
+        .try_into()
+        .map_err(|_| WireError::Malformed(format!("TASK_AT needs 16 bytes, got {}", payload.len())))?;
+    let (offset, len) = bytes.split_at(8);
+    let word = |b: &[u8]| b.try_into().map(u64::from_le_bytes).map_err(|_| bad("TASK_AT"));
+    Ok((word(offset)?, word(len)?))
 }
 
 /// Reads frames from a byte stream, buffering so that many small frames cost

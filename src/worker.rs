@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{MsgFlags, recv, send};
 
 use crate::codec;
-use crate::command::{WORKER_ENV, WORKER_FD_ENV, WORKER_RING_ENV};
+use crate::command::{WORKER_ENV, WORKER_FD_ENV, WORKER_RING_ENV, WORKER_TASKS_ENV};
 use crate::error::SpawnError;
 use crate::task::Task;
 use crate::wire::{
     self, FrameReader, Hello, KIND_CANCEL, KIND_CANCEL_TASK, KIND_ERR, KIND_NOT_SERVING, KIND_OK,
-    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_UNDECODABLE, KIND_WAKE,
+    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_TASK_AT, KIND_UNDECODABLE, KIND_WAKE,
     PROTOCOL_VERSION, PROTOCOL_WORD, PushError, WireError, WorkerOptions,
 };
 
@@ -318,6 +318,10 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let outlet = std::cell::RefCell::new(Outlet::new(&stream, &options)?);
     let mut look_ahead = LookAhead::new();
+    // The task region, mapped now (its descriptor closed at once); and
+    // where each large task is copied out of it.
+    let tasks = Tasks::open();
+    let mut large: Vec<u8> = Vec::new();
     // What the parent cancelled, seen ahead of the tasks it concerns.
     let mut cancel_all = false;
     let mut cancelled: HashSet<u64> = HashSet::new();
@@ -360,8 +364,12 @@ where
             return Ok(());
         };
         match frame.kind {
-            KIND_TASK => {
+            KIND_TASK | KIND_TASK_AT => {
                 let (id, payload) = frame.id_and_payload()?;
+                let at = match frame.kind {
+                    KIND_TASK_AT => Some(wire::task_at(payload)?),
+                    _ => None,
+                };
                 // (Most often empty: no hashing then.)
                 if !cancelled.is_empty() && cancelled.remove(&id) {
                     wire::push_bare(&mut out, KIND_SKIPPED, Some(id));
@@ -377,6 +385,18 @@ where
                 if options.mark_output {
                     mark_output(id);
                 }
+                // A large task's bytes are copied out of the task region
+                // first: never decoded in place.
+                let payload = match at {
+                    None => payload,
+                    Some((offset, len)) => match tasks.copy_out(offset, len, &mut large) {
+                        Ok(()) => &large[..],
+                        Err(why) => {
+                            push_message(&mut out, KIND_UNDECODABLE, id, &why, max);
+                            continue;
+                        }
+                    },
+                };
                 let task = match caught(|| codec::decode::<T>(payload)) {
                     Ok(Ok(task)) => task,
                     Ok(Err(e)) => {
@@ -873,6 +893,50 @@ impl<'a> Progress<'a> {
     }
 }
 
+/// The facade's task region, as this worker sees it (see `region.rs`).
+enum Tasks {
+    Mapped(crate::region::TaskView),
+    /// None was handed down, or it could not be mapped: a large task (the
+    /// parent sends none then) is answered undecodable with this reason.
+    Missing(String),
+}
+
+impl Tasks {
+    /// Maps the region the parent handed down, if any, and closes its
+    /// descriptor (the mapping stays).
+    fn open() -> Self {
+        if std::env::var_os(WORKER_TASKS_ENV).is_none() {
+            return Tasks::Missing("the facade has no task region".into());
+        }
+        match open_task_region() {
+            Ok(view) => Tasks::Mapped(view),
+            Err(e) => Tasks::Missing(format!("the task region could not be mapped: {e}")),
+        }
+    }
+
+    /// Copies the large task at `offset` (`len` bytes) into `into`.
+    fn copy_out(&self, offset: u64, len: u64, into: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            Tasks::Mapped(view) => view.copy_out(offset, len, into),
+            Tasks::Missing(why) => Err(why.clone()),
+        }
+    }
+}
+
+/// Maps the task region whose descriptor the parent handed down.
+fn open_task_region() -> io::Result<crate::region::TaskView> {
+    let number = |var: &str| std::env::var(var).ok().and_then(|v| v.trim().parse::<i32>().ok());
+    let fd = number(WORKER_TASKS_ENV)
+        .ok_or_else(|| io::Error::other(format!("{WORKER_TASKS_ENV} is not a number")))?;
+    if number(WORKER_FD_ENV) == Some(fd) {
+        return Err(io::Error::other(format!(
+            "{WORKER_TASKS_ENV} names the socket's descriptor"
+        )));
+    }
+    let fd = crate::sys::take_inherited_region(fd, crate::sys::Inherited::Tasks)?;
+    crate::region::TaskView::open(fd.as_fd())
+}
+
 /// Where the worker's messages to its parent go: the result ring (see
 /// `ring.rs`), with a WAKE on the socket when the parent sleeps.
 pub(crate) struct Outlet<'a> {
@@ -889,7 +953,7 @@ impl<'a> Outlet<'a> {
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .ok_or_else(|| bad(io::Error::other(format!("{WORKER_RING_ENV} is not set"))))?;
-        let fd = crate::sys::take_inherited_region(fd).map_err(bad)?;
+        let fd = crate::sys::take_inherited_region(fd, crate::sys::Inherited::Ring).map_err(bad)?;
         let map = crate::sys::SharedMap::map(fd.as_fd(), crate::ring::REGION_LEN).map_err(bad)?;
         Ok(Outlet {
             ring: crate::ring::RingWriter::new(map).map_err(bad)?,

@@ -23,11 +23,12 @@ const fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-pub(super) fn encode_into<T: Serialize + ?Sized>(
+pub(super) fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
     value: &T,
-    out: &mut Vec<u8>,
+    out: W,
 ) -> Result<(), Failure> {
-    bincode::serde::encode_into_std_write(value, out, config())
+    let mut out = out;
+    bincode::serde::encode_into_std_write(value, &mut out, config())
         .map(|_| ())
         .map_err(|e| encode_failure(&e))
 }

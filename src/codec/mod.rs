@@ -292,6 +292,15 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
+    encode_to(value, out)
+}
+
+/// Writes the encoding of `value` to `out`, in as few writes as the codec
+/// makes (a byte string is one). On error `out` may hold part of it.
+pub(crate) fn encode_to<T: Serialize + ?Sized, W: std::io::Write>(
+    value: &T,
+    out: W,
+) -> Result<(), CodecError> {
     let slot = guard::Slot::new(None);
     let result = backend::encode_into(&guard::Checked::new(value, &slot, NAME), out);
     // A refusal wins even if the value's Serialize swallowed the error: the

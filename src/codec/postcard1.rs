@@ -19,9 +19,9 @@ use super::recover::Failed;
 pub(super) const NAME: &str = "postcard 1";
 pub(super) const ID: u8 = 1;
 
-pub(super) fn encode_into<T: Serialize + ?Sized>(
+pub(super) fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
     value: &T,
-    out: &mut Vec<u8>,
+    out: W,
 ) -> Result<(), Failure> {
     postcard::serialize_with_flavor(value, Append(out)).map_err(|e| encode_failure(&e))
 }
@@ -38,20 +38,21 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Fa
     }
 }
 
-/// Appends to a caller's buffer (postcard's own `Vec` flavors own theirs).
-struct Append<'a>(&'a mut Vec<u8>);
+/// Appends to a caller's writer (postcard's own `Vec` flavors own their
+/// buffer). A writer with no more room is postcard's full buffer.
+struct Append<W>(W);
 
-impl postcard::ser_flavors::Flavor for Append<'_> {
+impl<W: std::io::Write> postcard::ser_flavors::Flavor for Append<W> {
     type Output = ();
 
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
+        self.try_extend(&[data])
     }
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
+        self.0
+            .write_all(data)
+            .map_err(|_| postcard::Error::SerializeBufferFull)
     }
 
     fn finalize(self) -> postcard::Result<()> {

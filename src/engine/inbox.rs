@@ -36,6 +36,7 @@ use super::Command;
 use super::lane::{DIRECT_FRAME, Direct, Lane};
 use super::ledger::Entry;
 use crate::task::Task;
+use crate::region::Span;
 
 /// A frame at least this large travels in its own buffer, never copied
 /// into the tray (nor anywhere else on its way to the socket).
@@ -66,6 +67,9 @@ pub(crate) struct Submission<T: Task> {
     pub(crate) own_frame: Option<Vec<u8>>,
     /// Written to an idle worker by its submitter (see [`super::lane`]).
     pub(crate) direct: Option<Direct>,
+    /// Where its payload lies in the task region, when its frame is a
+    /// TASK_AT (see `region.rs`).
+    pub(crate) span: Option<Span>,
 }
 
 struct Tray<T: Task> {
@@ -99,6 +103,15 @@ impl<T: Task> Shared<T> {
 
     fn recycled(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
         self.recycled.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the buffer of a large frame for a later one.
+    fn recycle(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut recycled = self.recycled();
+        if recycled.len() < RECYCLED && buffer.capacity() <= RECYCLED_MAX {
+            recycled.push(buffer);
+        }
     }
 }
 
@@ -162,15 +175,23 @@ impl<T: Task> Outbox<T> {
         }
     }
 
-    /// Puts a task in the tray. `frame` is its whole TASK frame with a
-    /// placeholder ID: `assign` gives the ID, under the tray's lock, and
-    /// the frame is copied into the tray (or, when large, taken, leaving
-    /// `frame` empty). The task is handed back if refused: `assign` gave
-    /// no ID (submission is closed), or the engine has ended.
+    /// Keeps the buffer a large task was encoded in, once its bytes are in
+    /// the task region, for the next large task.
+    pub(crate) fn recycle(&self, buffer: Vec<u8>) {
+        self.shared.recycle(buffer);
+    }
+
+    /// Puts a task in the tray. `frame` is its whole TASK (or TASK_AT,
+    /// with its `span`) frame with a placeholder ID: `assign` gives the
+    /// ID, under the tray's lock, and the frame is copied into the tray
+    /// (or, when large, taken, leaving `frame` empty). The task is handed
+    /// back if refused (and its span let go): `assign` gave no ID
+    /// (submission is closed), or the engine has ended.
     pub(crate) fn submit(
         &self,
         frame: &mut Vec<u8>,
         entry: Entry<T>,
+        span: Option<Span>,
         assign: impl FnOnce() -> Option<u64>,
     ) -> Result<u64, Entry<T>> {
         let mut tray = self.shared.tray();
@@ -200,6 +221,7 @@ impl<T: Task> Outbox<T> {
             entry,
             own_frame,
             direct: claim.as_ref().map(|c| c.direct),
+            span,
         });
         // One wake per tray is enough. A task written whole to the worker
         // wakes the engine with the worker's answer, and does not count:
@@ -256,12 +278,8 @@ impl<T: Task> Inbox<T> {
     }
 
     /// Keeps the buffer of a large frame a worker answered for a later one.
-    pub(crate) fn recycle(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        let mut recycled = self.shared.recycled();
-        if recycled.len() < RECYCLED && buffer.capacity() <= RECYCLED_MAX {
-            recycled.push(buffer);
-        }
+    pub(crate) fn recycle(&self, buffer: Vec<u8>) {
+        self.shared.recycle(buffer);
     }
 
     /// The engine has ended: later submissions are refused. Returns what

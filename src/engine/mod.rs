@@ -15,6 +15,7 @@ mod link;
 mod outbound;
 mod policy;
 mod queue;
+mod spans;
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -223,6 +224,10 @@ pub(crate) struct Engine<T: Task> {
     types: Arc<crate::types::Signature>,
     /// Runs progress callbacks, off the engine.
     progress: crate::progress::ProgressThread,
+    /// The facade's task region, which every worker inherits.
+    region: Option<Arc<crate::region::TaskRegion>>,
+    /// The spans of accepted large tasks whose frames may still be sent.
+    spans: spans::Spans,
 }
 
 impl<T: Task> Engine<T> {
@@ -230,6 +235,7 @@ impl<T: Task> Engine<T> {
         cfg: Config,
         inbox: Inbox<T>,
         stats: Arc<StatsCells>,
+        region: Option<Arc<crate::region::TaskRegion>>,
     ) -> std::io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
@@ -276,6 +282,8 @@ impl<T: Task> Engine<T> {
             stderr_watch: StderrWatch::Idle,
             types: crate::types::Signature::of::<T>(),
             progress: crate::progress::ProgressThread::default(),
+            region,
+            spans: spans::Spans::default(),
         })
     }
 
@@ -369,6 +377,9 @@ impl<T: Task> Engine<T> {
                 let reason = reason.clone();
                 self.finish(id, Outcome::NotRun(reason));
                 continue;
+            }
+            if let Some(span) = sub.span {
+                self.spans.keep(id, span);
             }
             match (sub.own_frame, sub.direct) {
                 (Some(frame), _) => self.queue.push_back_owned(frame),
@@ -482,6 +493,7 @@ impl<T: Task> Engine<T> {
 
     fn set_dead(&mut self, reason: NotRunReason) {
         for id in self.queue.drain_ids() {
+            self.spans.forget(id);
             self.finish(id, Outcome::NotRun(reason.clone()));
         }
         self.dead.get_or_insert(reason);
@@ -794,6 +806,7 @@ impl<T: Task> Engine<T> {
             progress,
             answers,
             inbox,
+            spans,
             ..
         } = self;
         let Some((link, budget)) = slots
@@ -857,6 +870,9 @@ impl<T: Task> Engine<T> {
                         inbox.recycle(buffer);
                     }
                     for (id, outcome) in settled {
+                        // Answered or skipped: the worker reads its frame
+                        // no more.
+                        spans.forget(id);
                         settle(ledger, stats, id, outcome);
                     }
                     // A task cancelled while its request was on the way,
@@ -982,6 +998,7 @@ impl<T: Task> Engine<T> {
             let frame = &rest[..crate::wire::own_frame_len(rest)];
             at += frame.len();
             if self.ledger.get(id).is_none() {
+                self.spans.forget(id);
                 continue; // settled already (timed out, cancelled)
             }
             if Some(id) == end.running {
@@ -990,6 +1007,7 @@ impl<T: Task> Engine<T> {
                 };
                 let attempts = entry.crashed_once_more();
                 if !(policy::retry(attempts, self.cfg.retries) && self.dead.is_none()) {
+                    self.spans.forget(id);
                     self.finish(id, Outcome::Crashed(Box::new(crash.clone())));
                     continue;
                 }
@@ -1011,6 +1029,7 @@ impl<T: Task> Engine<T> {
             Some(reason) => {
                 let reason = reason.clone();
                 for id in unstarted {
+                    self.spans.forget(id);
                     self.finish(id, Outcome::NotRun(reason.clone()));
                 }
             }
@@ -1181,7 +1200,8 @@ impl<T: Task> Engine<T> {
     }
 
     fn spawn_into(&mut self, slot: usize, now: Instant) -> Result<(), SpawnError> {
-        let spawned = crate::process::spawn(&self.cfg.command)?;
+        let tasks = self.region.as_ref().map(|r| r.fd());
+        let spawned = crate::process::spawn(&self.cfg.command, tasks)?;
         let s = &mut self.slots[slot];
         s.generation = s.generation.wrapping_add(1);
         let generation = s.generation;
@@ -1238,8 +1258,8 @@ impl<T: Task> Engine<T> {
 
     /// Starts a replacement in every free place while work is waiting.
     fn ensure_workers(&mut self, now: Instant) {
-        let ledger = &self.ledger;
-        self.queue.prune(|id| ledger.get(id).is_some());
+        let (ledger, spans) = (&self.ledger, &mut self.spans);
+        self.queue.prune(|id| ledger.get(id).is_some(), |id| spans.forget(id));
         if self.dead.is_some() || self.queue.is_empty() {
             return;
         }
@@ -1285,12 +1305,14 @@ impl<T: Task> Engine<T> {
             match self.ledger.get(id) {
                 None => {
                     self.queue.pop_front(); // cancelled while it waited
+                    self.spans.forget(id);
                     continue;
                 }
                 // Cancelled while a worker held it, and back here because
                 // that worker died before it started: it never runs.
                 Some(entry) if entry.cancelled() => {
                     self.queue.pop_front();
+                    self.spans.forget(id);
                     self.finish(
                         id,
                         Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),

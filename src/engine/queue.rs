@@ -142,13 +142,15 @@ impl Queue {
         ids
     }
 
-    /// Drops the frames at the front whose task `live` says is gone.
-    pub(crate) fn prune(&mut self, live: impl Fn(u64) -> bool) {
+    /// Drops the frames at the front whose task `live` says is gone,
+    /// telling `dropped` each one's ID.
+    pub(crate) fn prune(&mut self, live: impl Fn(u64) -> bool, mut dropped: impl FnMut(u64)) {
         while let Some((id, _)) = self.front() {
             if live(id) {
                 return;
             }
             self.pop_front();
+            dropped(id);
         }
     }
 }
@@ -200,7 +202,9 @@ mod tests {
         for id in 0..10 {
             q.push_back(&frame(id, 1));
         }
-        q.prune(|id| id >= 4 && id != 6);
+        let mut dropped = Vec::new();
+        q.prune(|id| id >= 4 && id != 6, |id| dropped.push(id));
+        assert_eq!(dropped, vec![0, 1, 2, 3], "each frame dropped is named");
         assert_eq!(q.front().map(|f| f.0), Some(4));
         assert_eq!(q.drain_ids(), vec![4, 5, 6, 7, 8, 9]);
         assert!(q.is_empty());

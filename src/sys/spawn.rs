@@ -6,8 +6,8 @@
 //! The child's descriptors are laid out by file actions, in this order:
 //!
 //! 1. `/dev/null` is opened as stdin, and each of [`SpawnRequest::place`]
-//!    is `dup2`ed to its fixed number (1 to 4: stdout, stderr, the socket,
-//!    the ring); `dup2` clears close-on-exec on the copy, so exactly these
+//!    is `dup2`ed to its fixed number (1 to 5: stdout, stderr, the socket,
+//!    the ring, the task region); `dup2` clears close-on-exec on the copy, so exactly these
 //!    reach the worker;
 //! 2. the numbers from [`FIRST_FREE`] up are closed, except
 //!    [`SpawnRequest::exec_through`] (the running image, kept close-on-exec
@@ -30,8 +30,9 @@ use std::sync::OnceLock;
 use nix::libc;
 
 /// The lowest descriptor number a worker does not get from its parent:
-/// 0–2 are its standard streams, 3 its socket, 4 its result ring.
-pub(crate) const FIRST_FREE: RawFd = 5;
+/// 0–2 are its standard streams, 3 its socket, 4 its result ring, 5 its
+/// facade's task region.
+pub(crate) const FIRST_FREE: RawFd = 6;
 
 /// The most descriptors between [`FIRST_FREE`] and the running image that
 /// are closed one by one (the image's number is kept, so the range above it
@@ -52,7 +53,7 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) envp: &'a [CString],
     /// The child's working directory, if not the parent's.
     pub(crate) dir: Option<&'a CStr>,
-    /// Descriptors the child gets, each at a number from 1 to 4 (below
+    /// Descriptors the child gets, each at a number from 1 to 5 (below
     /// [`FIRST_FREE`]; 0 is always `/dev/null`).
     /// Every source must be numbered [`FIRST_FREE`] or above (see
     /// [`super::dup_at_least`]), so that no placement overwrites another's
