@@ -21,8 +21,9 @@ use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use common::hand_wire::{
-    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, RING_ENV, TOKEN_LEN, decoded,
-    encoded, frame, from_hex, honest_hello, read_boot, send, task_id, to_hex, try_read_frame,
+    FD_ENV, KIND_CANCEL, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, RING_ENV, TASKS_ENV,
+    TOKEN_LEN, decoded, encoded, frame, from_hex, honest_hello, read_boot, send, task_id, to_hex,
+    try_read_frame,
 };
 use common::{lines_on_channel, stock_worker, within};
 use nix::fcntl::OFlag;
@@ -474,8 +475,8 @@ fn stock_worker_gets_no_arguments_and_only_the_marker_variable() {
             })
             .collect();
         // Everything the worker has that we do not is the marker variable,
-        // whose value is our pid, and the numbers of its socket's and its
-        // result ring's descriptors: no secret.
+        // whose value is our pid, and the numbers of its socket's, its
+        // result ring's and its task region's descriptors: no secret.
         let extra: Vec<String> = environ
             .split(|b| *b == 0)
             .filter(|kv| !kv.is_empty())
@@ -483,7 +484,7 @@ fn stock_worker_gets_no_arguments_and_only_the_marker_variable() {
             .map(|kv| String::from_utf8_lossy(kv).into_owned())
             .collect();
         let marker = format!("{WORKER_ENV}={}", std::process::id());
-        assert_eq!(extra.len(), 3, "extra variables: {extra:?}");
+        assert_eq!(extra.len(), 4, "extra variables: {extra:?}");
         assert!(extra.contains(&marker), "extra variables: {extra:?}");
         let fd = extra
             .iter()
@@ -495,6 +496,11 @@ fn stock_worker_gets_no_arguments_and_only_the_marker_variable() {
             .find_map(|kv| kv.strip_prefix(&format!("{RING_ENV}=")))
             .unwrap_or_else(|| panic!("extra variables: {extra:?}"));
         assert!(ring.parse::<i32>().is_ok_and(|fd| fd > 2), "{ring}");
+        let tasks = extra
+            .iter()
+            .find_map(|kv| kv.strip_prefix(&format!("{TASKS_ENV}=")))
+            .unwrap_or_else(|| panic!("extra variables: {extra:?}"));
+        assert!(tasks.parse::<i32>().is_ok_and(|fd| fd > 2), "{tasks}");
         let temp = std::env::temp_dir().join("wf-");
         assert!(!contains(&environ, temp.as_os_str().as_encoded_bytes()));
         assert!(!contains(&cmdline, temp.as_os_str().as_encoded_bytes()));

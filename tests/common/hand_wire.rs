@@ -177,6 +177,8 @@ pub fn task_id(rest: &[u8]) -> u64 {
 /// `src/ring.rs`): a 256-byte header (TAIL at 0, HEAD at 64, PARKED at 128,
 /// 64-bit words), then 1 MiB of the worker's outgoing byte stream.
 pub const RING_ENV: &str = "WORKER_FACADE_RING_FD";
+/// The task region's descriptor number (read-only shared memory).
+pub const TASKS_ENV: &str = "WORKER_FACADE_TASKS_FD";
 pub const RING_HEADER: usize = 256;
 pub const RING_CAPACITY: usize = 1 << 20;
 pub const KIND_WAKE: u8 = 0x18;

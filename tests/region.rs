@@ -1,0 +1,415 @@
+//! The task region (issue 9): large tasks reach their workers through
+//! shared memory the workers cannot write, and every guarantee holds.
+//!
+//! - Large tasks of every size, growing and shrinking, arrive whole, on one
+//!   worker or several; small ones still go through the socket.
+//! - A span comes back when its task is answered, skipped or cancelled
+//!   while queued: a region with room for one task carries a long stream.
+//! - A full region, or a task larger than it, sends the task through the
+//!   socket instead: nothing is refused.
+//! - A worker SIGKILLed with large tasks sent ahead: they run on the next
+//!   worker and read the same bytes, while new tasks take other spans.
+//! - A hostile worker can neither write to the region nor resize it,
+//!   through any mapping or descriptor it can make.
+//!
+//! The worker is this test binary running the library's own `serve`: its
+//! answer is a checksum of the task's name, and whether the task region is
+//! mapped in it (`/proc/self/maps`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::within;
+use worker_facade::simple::SimpleTask;
+use worker_facade::{
+    CancelReason, NotRunReason, Outcome, TaskRecord, WorkerCommand, WorkingProcessFacade,
+};
+
+/// FNV-1a of the bytes, as both sides compute it.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// What the worker answers for a task named `name`.
+fn answer(name: &str, mapped: bool) -> String {
+    format!(
+        "{:016x} {} {}",
+        checksum(name.as_bytes()),
+        name.len(),
+        mapped
+    )
+}
+
+fn region_mapped() -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|m| m.contains("worker-facade-tasks"))
+}
+
+/// Tries every way of changing the region a worker has: a writable
+/// mapping of its descriptor or of the same file reopened, `write(2)`,
+/// resizing, and making a read-only mapping writable. Each answer is `ok`
+/// or the error's name.
+fn probe_region() -> String {
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap, mprotect};
+    use std::num::NonZeroUsize;
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+    let Some(fd) = std::env::var("WORKER_FACADE_TASKS_FD")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return "no region".into();
+    };
+    // SAFETY (test): the parent handed this descriptor down; it stays open
+    // for the worker's whole life and is only borrowed here.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let name = |r: nix::Result<()>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:?}"),
+    };
+    let page = NonZeroUsize::new(4096).expect("non-zero");
+    let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    // SAFETY (test): a fresh mapping the kernel places; never dereferenced.
+    let map_rw = |fd: BorrowedFd<'_>| unsafe {
+        mmap(None, page, rw, MapFlags::MAP_SHARED, fd, 0).map(|_| ())
+    };
+    let direct = name(map_rw(fd));
+    let reopened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let reopen = match &reopened {
+        Ok(file) => name(map_rw(file.as_fd())),
+        Err(e) => format!("open: {:?}", e.kind()),
+    };
+    let write = name(nix::unistd::write(fd, b"scribble").map(|_| ()));
+    let pwrite = match &reopened {
+        Ok(file) => {
+            use std::os::unix::fs::FileExt;
+            match file.write_at(b"scribble", 0) {
+                Ok(_) => "ok".into(),
+                Err(e) => format!(
+                    "{:?}",
+                    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))
+                ),
+            }
+        }
+        Err(_) => "no file".into(),
+    };
+    let grow = name(nix::unistd::ftruncate(fd, 1 << 30));
+    // SAFETY (test): a read-only shared mapping, made writable (or not)
+    // and never written through.
+    let upgrade = unsafe {
+        match mmap(
+            None,
+            page,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_SHARED,
+            fd,
+            0,
+        ) {
+            Ok(ptr) => name(mprotect(ptr, 4096, rw)),
+            Err(e) => format!("ro map: {e:?}"),
+        }
+    };
+    format!(
+        "map {direct}; reopened map {reopen}; write {write}; pwrite {pwrite}; grow {grow}; mprotect {upgrade}"
+    )
+}
+
+/// The worker: it probes the region it inherited before serving (the
+/// library maps it and closes the descriptor when it starts), and answers
+/// `probe` with the report; a name starting `slow` sleeps first; every
+/// name is answered with its checksum.
+#[test]
+#[ignore = "run as a worker by the tests below"]
+fn region_worker_main() {
+    let report = probe_region();
+    worker_facade::worker::run_if_worker(move |t: SimpleTask| {
+        if t.id == "probe" {
+            return Ok::<_, String>(report.clone());
+        }
+        if t.id.starts_with("slow") {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(answer(&t.id, region_mapped()))
+    });
+}
+
+fn worker() -> WorkerCommand {
+    WorkerCommand::current_exe()
+        .args(common::libtest_args("region_worker_main"))
+        .output(worker_facade::Output::Silent)
+}
+
+/// A name of `len` bytes that differs with `seed` all along.
+fn name(seed: usize, len: usize) -> String {
+    (0..len)
+        .map(|i| char::from(b'a' + ((i / 7 + seed) % 26) as u8))
+        .collect()
+}
+
+fn assert_answered(records: &[TaskRecord<SimpleTask>]) {
+    for r in records {
+        match &r.outcome {
+            Outcome::Completed(text) => {
+                let want = format!(
+                    "{:016x} {}",
+                    checksum(r.task.id.as_bytes()),
+                    r.task.id.len()
+                );
+                assert!(
+                    text.starts_with(&want),
+                    "task {} ({} bytes): {text}",
+                    r.id,
+                    r.task.id.len()
+                );
+            }
+            other => panic!("task {} ({} bytes): {other:?}", r.id, r.task.id.len()),
+        }
+    }
+}
+
+#[test]
+fn large_tasks_of_every_size_arrive_whole_on_one_worker_or_several() {
+    within(Duration::from_secs(60), || {
+        let sizes: Vec<usize> = [10, 15_000, 16_400, 20_000, 1 << 20, 3 << 20, 100, 70_000]
+            .into_iter()
+            .chain((0..11).map(|i| 17_000 << i)) // growing past each guess, to 17 MB
+            .chain((0..11).rev().map(|i| 17_000 << i)) // and shrinking
+            .collect();
+        for workers in [1, 2] {
+            let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+                .workers(workers)
+                .spawn()
+                .expect("spawn");
+            for (seed, &len) in sizes.iter().enumerate() {
+                w.process_task(SimpleTask::new(name(seed, len), 0.0))
+                    .expect("accepted");
+            }
+            let shared = w.stats().shared_tasks;
+            let records = w.collect_tasks().expect("collect");
+            assert_eq!(records.len(), sizes.len());
+            assert_answered(&records);
+            let large = sizes.iter().filter(|&&n| n > 16 * 1024).count() as u64;
+            assert_eq!(
+                shared, large,
+                "every large task through the region, no small one ({workers} workers)"
+            );
+            // The worker that ran a large task had the region mapped.
+            for r in records.iter().filter(|r| r.task.id.len() > 16 * 1024) {
+                let Outcome::Completed(text) = &r.outcome else {
+                    unreachable!("checked above")
+                };
+                assert!(text.ends_with(" true"), "{text}");
+            }
+        }
+    });
+}
+
+#[test]
+fn spans_come_back_so_a_region_with_room_for_one_task_carries_a_stream() {
+    within(Duration::from_secs(60), || {
+        let mib = 1 << 20;
+        // One 1 MiB task (and its page of slack) fits; a second does not.
+        let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+            .large_task_region(mib + 64 * 1024)
+            .spawn()
+            .expect("spawn");
+        for seed in 0..40 {
+            let h = w
+                .submit(SimpleTask::new(name(seed, mib), 0.0))
+                .expect("accepted");
+            let outcome = h.wait().expect("an outcome");
+            assert!(outcome.is_completed(), "{outcome:?}");
+        }
+        assert_eq!(
+            w.stats().shared_tasks,
+            40,
+            "each span came back when answered"
+        );
+        // Queued behind a slow one and cancelled: their spans come back too.
+        let slow = w
+            .submit(SimpleTask::new(format!("slow{}", name(99, 100)), 0.0))
+            .expect("accepted");
+        let queued: Vec<_> = (0..3)
+            .map(|seed| {
+                w.submit(SimpleTask::new(name(seed, mib), 0.0))
+                    .expect("accepted")
+            })
+            .collect();
+        for h in &queued {
+            h.cancel();
+        }
+        for h in queued {
+            let outcome = h.wait().expect("an outcome");
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested))
+                ) || outcome.is_completed(),
+                "{outcome:?}"
+            );
+        }
+        assert!(slow.wait().expect("an outcome").is_completed());
+        let before = w.stats().shared_tasks;
+        for seed in 0..5 {
+            w.process_task(SimpleTask::new(name(seed, mib), 0.0))
+                .expect("accepted");
+        }
+        let after = w.stats().shared_tasks;
+        let records = w.collect_tasks().expect("collect");
+        assert_answered(&records);
+        assert!(
+            after - before >= 1,
+            "the region had room again after the cancelled tasks ({before} → {after})"
+        );
+    });
+}
+
+#[test]
+fn a_full_region_or_a_task_larger_than_it_goes_through_the_socket() {
+    within(Duration::from_secs(60), || {
+        let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+            .large_task_region(256 * 1024)
+            .spawn()
+            .expect("spawn");
+        // Larger than the region: never through it.
+        w.process_task(SimpleTask::new(name(1, 1 << 20), 0.0))
+            .expect("accepted");
+        assert_eq!(w.stats().shared_tasks, 0);
+        // Many at once behind a slow one: the first few fill the region,
+        // the rest go through the socket.
+        w.process_task(SimpleTask::new(format!("slow{}", name(2, 10)), 0.0))
+            .expect("accepted");
+        for seed in 0..20 {
+            w.process_task(SimpleTask::new(name(seed, 60_000), 0.0))
+                .expect("accepted");
+        }
+        let shared = w.stats().shared_tasks;
+        assert!(
+            (1..20).contains(&shared),
+            "some through the region, not all: {shared}"
+        );
+        let records = w.collect_tasks().expect("collect");
+        assert_eq!(records.len(), 22);
+        assert_answered(&records);
+        // With no region at all, the worker is not even told of one.
+        let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+            .large_task_region(0)
+            .spawn()
+            .expect("spawn");
+        let probe = w.submit(SimpleTask::new("probe", 0.0)).expect("accepted");
+        assert_eq!(
+            probe.wait().expect("an outcome"),
+            Outcome::Completed("no region".into())
+        );
+        w.process_task(SimpleTask::new(name(3, 1 << 20), 0.0))
+            .expect("accepted");
+        let records = w.collect_tasks().expect("collect");
+        assert_eq!(records.len(), 1, "the probe's outcome went to its handle");
+        assert_answered(&records);
+        assert_eq!(w.stats().shared_tasks, 0);
+    });
+}
+
+#[test]
+fn large_tasks_sent_ahead_to_a_killed_worker_run_on_the_next_one_with_the_same_bytes() {
+    within(Duration::from_secs(60), || {
+        let w = WorkingProcessFacade::<SimpleTask>::spawn(worker()).expect("spawn");
+        let running = w
+            .submit(SimpleTask::new(format!("slow{}", name(0, 200_000)), 0.0))
+            .expect("accepted");
+        let ahead: Vec<String> = (1..6).map(|seed| name(seed, 300_000)).collect();
+        for n in &ahead {
+            w.process_task(SimpleTask::new(n.clone(), 0.0))
+                .expect("accepted");
+        }
+        // All of them sent: their frames are a few bytes each.
+        std::thread::sleep(Duration::from_millis(100));
+        let pid = w.worker_pid().expect("a worker");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the worker");
+        assert!(
+            matches!(running.wait().expect("an outcome"), Outcome::Crashed(_)),
+            "the running task is the crash"
+        );
+        // New tasks meanwhile take other spans; the re-sent ones keep theirs.
+        for seed in 10..15 {
+            w.process_task(SimpleTask::new(name(seed, 300_000), 0.0))
+                .expect("accepted");
+        }
+        let records = w.collect_tasks().expect("collect");
+        assert_eq!(records.len(), 10);
+        assert_answered(&records);
+        let names: Vec<&str> = records[..5].iter().map(|r| r.task.id.as_str()).collect();
+        assert_eq!(names, ahead.iter().map(String::as_str).collect::<Vec<_>>());
+        let stats = w.stats();
+        assert_eq!(stats.restarts, 1);
+        assert_eq!(
+            stats.shared_tasks, 11,
+            "every large task through the region"
+        );
+    });
+}
+
+#[test]
+fn a_hostile_worker_can_neither_write_nor_resize_the_region() {
+    within(Duration::from_secs(30), || {
+        let w = WorkingProcessFacade::<SimpleTask>::spawn(worker()).expect("spawn");
+        let before = name(7, 100_000);
+        w.process_task(SimpleTask::new(before.clone(), 0.0))
+            .expect("accepted");
+        let probe = w.submit(SimpleTask::new("probe", 0.0)).expect("accepted");
+        let Outcome::Completed(report) = probe.wait().expect("an outcome") else {
+            panic!("the probe did not complete")
+        };
+        for part in report.split("; ") {
+            assert!(
+                !part.ends_with(" ok"),
+                "a way to change the region: {report}"
+            );
+        }
+        assert!(report.contains("write EPERM"), "{report}");
+        assert!(report.contains("grow EPERM"), "{report}");
+        // The tasks after it still read what was stored.
+        for seed in 0..5 {
+            w.process_task(SimpleTask::new(name(seed, 100_000), 0.0))
+                .expect("accepted");
+        }
+        let records = w.collect_tasks().expect("collect");
+        assert_answered(&records);
+        assert_eq!(records.len(), 6);
+    });
+}
+
+#[test]
+fn after_a_large_task_a_small_one_goes_through_the_socket_within_its_frame_limit() {
+    within(Duration::from_secs(30), || {
+        let a = WorkingProcessFacade::<SimpleTask>::spawn(worker()).expect("spawn");
+        let b = WorkingProcessFacade::<SimpleTask>::spawn(worker().max_frame_size(4096))
+            .expect("spawn");
+        // This thread's last task was large: the next is tried in a span.
+        a.process_task(SimpleTask::new(name(1, 1 << 20), 0.0))
+            .expect("accepted");
+        match b.process_task(SimpleTask::new(name(2, 10_000), 0.0)) {
+            Err(worker_facade::SubmitError::TooLarge { len, max, .. }) => {
+                assert_eq!(max, 4096);
+                assert!(len > 10_000, "{len}");
+            }
+            other => panic!("{other:?}"),
+        }
+        a.process_task(SimpleTask::new(name(3, 1 << 20), 0.0))
+            .expect("accepted");
+        a.process_task(SimpleTask::new(name(4, 100), 0.0))
+            .expect("accepted");
+        let records = a.collect_tasks().expect("collect");
+        assert_answered(&records);
+        assert_eq!(a.stats().shared_tasks, 2, "the small one went by the socket");
+        assert!(b.collect_tasks().expect("collect").is_empty());
+    });
+}
