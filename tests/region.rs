@@ -409,7 +409,11 @@ fn after_a_large_task_a_small_one_goes_through_the_socket_within_its_frame_limit
             .expect("accepted");
         let records = a.collect_tasks().expect("collect");
         assert_answered(&records);
-        assert_eq!(a.stats().shared_tasks, 2, "the small one went by the socket");
+        assert_eq!(
+            a.stats().shared_tasks,
+            2,
+            "the small one went by the socket"
+        );
         assert!(b.collect_tasks().expect("collect").is_empty());
     });
 }

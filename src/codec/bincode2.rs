@@ -25,10 +25,9 @@ const fn config() -> bincode::config::Configuration {
 
 pub(super) fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
     value: &T,
-    out: W,
+    out: &mut W,
 ) -> Result<(), Failure> {
-    let mut out = out;
-    bincode::serde::encode_into_std_write(value, &mut out, config())
+    bincode::serde::encode_into_std_write(value, out, config())
         .map(|_| ())
         .map_err(|e| encode_failure(&e))
 }

@@ -299,7 +299,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 /// makes (a byte string is one). On error `out` may hold part of it.
 pub(crate) fn encode_to<T: Serialize + ?Sized, W: std::io::Write>(
     value: &T,
-    out: W,
+    out: &mut W,
 ) -> Result<(), CodecError> {
     let slot = guard::Slot::new(None);
     let result = backend::encode_into(&guard::Checked::new(value, &slot, NAME), out);

@@ -21,7 +21,7 @@ pub(super) const ID: u8 = 1;
 
 pub(super) fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
     value: &T,
-    out: W,
+    out: &mut W,
 ) -> Result<(), Failure> {
     postcard::serialize_with_flavor(value, Append(out)).map_err(|e| encode_failure(&e))
 }

@@ -68,8 +68,8 @@ pub(crate) struct Submission<T: Task> {
     /// Written to an idle worker by its submitter (see [`super::lane`]).
     pub(crate) direct: Option<Direct>,
     /// Where its payload lies in the task region, when its frame is a
-    /// TASK_AT (see `region.rs`).
-    pub(crate) span: Option<Span>,
+    /// TASK_AT (see `region.rs`). Boxed: a tray of tiny tasks stays small.
+    pub(crate) span: Option<Box<Span>>,
 }
 
 struct Tray<T: Task> {
@@ -221,7 +221,7 @@ impl<T: Task> Outbox<T> {
             entry,
             own_frame,
             direct: claim.as_ref().map(|c| c.direct),
-            span,
+            span: span.map(Box::new),
         });
         // One wake per tray is enough. A task written whole to the worker
         // wakes the engine with the worker's answer, and does not count:

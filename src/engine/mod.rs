@@ -379,7 +379,7 @@ impl<T: Task> Engine<T> {
                 continue;
             }
             if let Some(span) = sub.span {
-                self.spans.keep(id, span);
+                self.spans.keep(id, *span);
             }
             match (sub.own_frame, sub.direct) {
                 (Some(frame), _) => self.queue.push_back_owned(frame),
