@@ -62,8 +62,8 @@ pub struct WorkerCommand {
     pub(crate) image: Option<Arc<OwnedFd>>,
 }
 
-/// This process's own program, opened once (close-on-exec, numbered 5 or
-/// above) from `/proc/self/exe`, which names the running image even after its file was
+/// This process's own program, opened once (close-on-exec, numbered 6 or
+/// above, `sys::spawn::FIRST_FREE`) from `/proc/self/exe`, which names the running image even after its file was
 /// replaced or deleted.
 fn running_image() -> Option<Arc<OwnedFd>> {
     static IMAGE: OnceLock<Option<Arc<OwnedFd>>> = OnceLock::new();

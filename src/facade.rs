@@ -19,7 +19,7 @@ use crate::handle::TaskHandle;
 use crate::joinable::{self, Joinable};
 use crate::map::{Map, MapUnordered};
 use crate::progress::ProgressCell;
-use crate::region::{Span, TaskRegion};
+use crate::region::{Span, Spilling, TaskRegion};
 use crate::stats::{FacadeStats, StatsCells};
 use crate::task::{CancelReason, CrashReason, Task, TaskId, TaskRecord};
 use crate::wire::{self, KIND_TASK, PushError};
@@ -258,8 +258,9 @@ impl<T: Task> FacadeBuilder<T> {
 
     /// Recycle a worker whose resident memory is above `bytes` after a
     /// task: it finishes what it was sent, exits, and a fresh one takes its
-    /// place (no task lost, none run twice). Read from `/proc/<pid>/statm`
-    /// after each answer. Unlike
+    /// place (no task lost, none run twice). Its own memory: resident
+    /// anonymous and file-backed pages, read from `/proc/<pid>/status`
+    /// after each answer (not the shared memory it reads large tasks from). Unlike
     /// [`WorkerCommand::memory_limit`](crate::WorkerCommand::memory_limit),
     /// which crashes a worker that goes past it, this is for workers that
     /// leak slowly.
@@ -284,7 +285,11 @@ impl<T: Task> FacadeBuilder<T> {
     /// than a few large tasks in flight uses only a few pages. When it is
     /// full, large tasks go through the socket as small ones do; nothing
     /// is ever refused for it. Workers map it read-only and cannot change
-    /// it.
+    /// it; each can read all of it (the large tasks of the facade's other
+    /// workers too, and bytes of tasks already answered), as it could read
+    /// a shared input file. Less than a page means none; so does a
+    /// [`memory_limit`](WorkerCommand::memory_limit) (the mapping would
+    /// count against it), or a kernel that cannot seal one.
     ///
     /// ```no_run
     /// use worker_facade::{WorkerCommand, WorkingProcessFacade, simple::SimpleTask};
@@ -418,10 +423,14 @@ impl<T: Task> WorkingProcessFacade<T> {
         let max_frame = cfg.command.max_frame;
         let trace_id = crate::trace::next_id();
         let span = crate::trace::facade_span(trace_id, &path, cfg.workers);
-        // Before the first spawn, so that every worker inherits it.
+        // Before the first spawn, so that every worker inherits it. Only an
+        // optimisation: where the kernel cannot make one, there is none. A
+        // worker with a memory limit gets none either: its mapping would
+        // count against the limit.
         let region = match cfg.task_region {
+            _ if cfg.command.memory_limit.is_some() => None,
             0 => None,
-            len => Some(TaskRegion::create(len).map_err(|e| resource("task region", e))?),
+            len => TaskRegion::create(len).ok(),
         };
         let engine = Engine::new(cfg, inbox, stats.clone(), region.clone())
             .map_err(|e| resource("event loop", e))?;
@@ -740,59 +749,66 @@ impl<T: Task> WorkingProcessFacade<T> {
     }
 
     /// Encodes `task`'s frame into `frame`: a TASK frame, or a TASK_AT
-    /// frame with the span of the task region that holds its payload.
+    /// frame with the span of the task region that holds its payload. The
+    /// task's `Serialize` runs once.
     ///
     /// A thread whose last task was large encodes the next one straight
     /// into a span as large, if one is free (no copy of its own, no page
-    /// of fresh memory). One that turns out larger is encoded again the
-    /// usual way (its `Serialize` then runs twice). The usual way encodes
-    /// into `frame`, and a large payload is copied into the region if a
-    /// span is free; when none is, the whole frame goes through the socket.
+    /// of fresh memory); pages it did not need go back at once. A task
+    /// larger than the guess spills the rest into a buffer, and a small one
+    /// goes through the socket; either is then handled the usual way. The
+    /// usual way encodes into `frame`, and a large payload is copied into
+    /// the region if a span is free; when none is, the whole frame goes
+    /// through the socket.
     fn encode_frame(&self, frame: &mut Vec<u8>, task: &T) -> Result<Option<Span>, Unencoded> {
         let last = LAST_LARGE_FRAME.try_with(Cell::get).unwrap_or(0);
         let guess = last.saturating_sub(wire::FRAME_HEADER);
         let region = self.region.as_ref().filter(|_| guess > 0);
-        if let Some(mut span) = region.and_then(|r| r.reserve(guess)) {
-            let encoded = catch_unwind(AssertUnwindSafe(|| {
-                crate::codec::encode_to(task, &mut span)
-            }));
+        if let Some(span) = region.and_then(|r| r.reserve(guess)) {
+            let mut out = Spilling::new(span);
+            let encoded =
+                catch_unwind(AssertUnwindSafe(|| crate::codec::encode_to(task, &mut out)));
             match encoded {
-                Ok(Ok(())) => {
-                    let len = 9 + span.len() as usize;
-                    if len > self.max_frame as usize {
-                        return Err(Unencoded::TooLarge {
-                            len,
-                            max: self.max_frame,
-                        });
-                    }
-                    let whole = wire::FRAME_HEADER + span.len() as usize;
-                    frame.clear();
-                    if whole < crate::engine::LARGE_FRAME {
-                        // Small after all: through the socket, like any
-                        // small task, and this thread guesses no more.
-                        let _ = LAST_LARGE_FRAME.try_with(|c| c.set(0));
-                        let copied =
-                            wire::push_frame(frame, KIND_TASK, Some(0), self.max_frame, |out| {
-                                span.read_into(out);
-                                Ok::<(), std::convert::Infallible>(())
-                            });
-                        return match copied {
-                            Ok(()) => Ok(None),
-                            Err(PushError::TooLarge { len, max }) => {
-                                Err(Unencoded::TooLarge { len, max })
-                            }
-                            Err(PushError::Fill(never)) => match never {},
-                        };
-                    }
-                    let _ = LAST_LARGE_FRAME.try_with(|c| c.set(whole));
-                    wire::push_task_at(frame, 0, span.offset(), span.len());
-                    return Ok(Some(span));
-                }
-                // Larger than the last: encoded again below.
-                Ok(Err(_)) if span.overflowed() => {}
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(Unencoded::Failed(crate::worker::error_chain(&e))),
                 Err(panic) => return Err(Unencoded::panicked(&*panic)),
             }
+            let (mut span, spill) = out.into_parts();
+            let payload = span.len() as usize + spill.len();
+            let body = 1 + 8 + payload;
+            if body > self.max_frame as usize {
+                return Err(Unencoded::TooLarge {
+                    len: body,
+                    max: self.max_frame,
+                });
+            }
+            let whole = wire::FRAME_HEADER + payload;
+            let large = whole >= crate::engine::LARGE_FRAME;
+            let _ = LAST_LARGE_FRAME.try_with(|c| c.set(if large { whole } else { 0 }));
+            frame.clear();
+            if large && spill.is_empty() {
+                span.trim();
+                wire::push_task_at(frame, 0, span.offset(), span.len());
+                return Ok(Some(span));
+            }
+            // Small after all, or larger than the guess: the whole frame.
+            if whole > frame.capacity() {
+                *frame = self.tx.large_buffer(whole);
+            }
+            let copied = wire::push_frame(frame, KIND_TASK, Some(0), self.max_frame, |out| {
+                span.read_into(out);
+                out.extend_from_slice(&spill);
+                Ok::<(), std::convert::Infallible>(())
+            });
+            match copied {
+                Ok(()) => {}
+                Err(PushError::TooLarge { len, max }) => {
+                    return Err(Unencoded::TooLarge { len, max });
+                }
+                Err(PushError::Fill(never)) => match never {},
+            }
+            drop(span);
+            return Ok(if large { self.share(frame) } else { None });
         }
         // A large frame leaves with its buffer: the next one starts from
         // nothing, so room for one as large as the last is made at once
@@ -817,18 +833,21 @@ impl<T: Task> WorkingProcessFacade<T> {
             Err(panic) => return Err(Unencoded::panicked(&*panic)),
         }
         let len = frame.len();
-        let large = if len >= crate::engine::LARGE_FRAME { len } else { 0 };
-        let _ = LAST_LARGE_FRAME.try_with(|c| c.set(large));
-        let Some(region) = self.region.as_ref().filter(|_| large > 0) else {
-            return Ok(None);
-        };
-        let Some(span) = region.store(wire::frame_payload(frame)) else {
-            return Ok(None); // the region is full: through the socket
-        };
+        let large = len >= crate::engine::LARGE_FRAME;
+        let _ = LAST_LARGE_FRAME.try_with(|c| c.set(if large { len } else { 0 }));
+        Ok(if large { self.share(frame) } else { None })
+    }
+
+    /// Moves the payload of the large TASK frame in `frame` into a free
+    /// span of the task region, leaving a TASK_AT frame in its place; `None`
+    /// (and `frame` as it was) when the facade has no region or no span is
+    /// free.
+    fn share(&self, frame: &mut Vec<u8>) -> Option<Span> {
+        let span = self.region.as_ref()?.store(wire::frame_payload(frame))?;
         let encoded = std::mem::take(frame);
         wire::push_task_at(frame, 0, span.offset(), span.len());
         self.tx.recycle(encoded);
-        Ok(Some(span))
+        Some(span)
     }
 
     /// Closes submission, sends the terminator behind every queued task,

@@ -12,13 +12,14 @@
 //!    behind and no stranger can connect.
 //! 2. The worker is spawned in its own process group, stdin from
 //!    `/dev/null`, stdout and stderr piped, holding no descriptor of the
-//!    parent's but its end of the socket and its ring, whose numbers go in
-//!    [`WORKER_FD_ENV`] and [`WORKER_RING_ENV`]. With `posix_spawn`
-//!    (`sys::spawn`) they are placed at 3 and 4 and everything above is
-//!    closed, and nothing of the parent's memory is copied; on a C library
-//!    without `posix_spawn_file_actions_addclosefrom_np`, std's fork is
-//!    used, and between fork and exec every descriptor above stderr but
-//!    those two is made close-on-exec.
+//!    parent's but its end of the socket, its ring and its facade's task
+//!    region (if it has one), whose numbers go in [`WORKER_FD_ENV`],
+//!    [`WORKER_RING_ENV`] and [`WORKER_TASKS_ENV`]. With `posix_spawn`
+//!    (`sys::spawn`) they are placed at 3, 4 and 5 and everything else
+//!    above stderr is closed, and nothing of the parent's memory is copied;
+//!    on a C library without `posix_spawn_file_actions_addclosefrom_np`,
+//!    std's fork is used, and between fork and exec every descriptor above
+//!    stderr but those is made close-on-exec.
 //! 3. A pidfd is opened for the child at once: unless the child exited at
 //!    once and the host reaped it (SIGCHLD ignored, a `waitpid(-1)`), which
 //!    `pidfd_open` reports and the spawn reports as an early exit without
@@ -102,15 +103,13 @@ pub(crate) fn spawn(
         ring: ring_fd.as_fd(),
         tasks,
     };
-    let started = start(cmd, &fds).map_err(|source| {
-        match source.kind() {
-            io::ErrorKind::NotFound => SpawnError::NotFound { path: path.clone() },
-            io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { path: path.clone() },
-            _ => SpawnError::Start {
-                path: path.clone(),
-                source,
-            },
-        }
+    let started = start(cmd, &fds).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => SpawnError::NotFound { path: path.clone() },
+        io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { path: path.clone() },
+        _ => SpawnError::Start {
+            path: path.clone(),
+            source,
+        },
     })?;
     drop(worker_end);
     drop(ring_fd); // the mapping stays; the worker has its own descriptor
@@ -229,7 +228,12 @@ fn start_spawned(cmd: &WorkerCommand, fds: &Inherited<'_>) -> io::Result<Option<
     let pipes = if cmd.output.is_piped() {
         let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        Some((out_read, lift(out_write.as_fd())?, err_read, lift(err_write.as_fd())?))
+        Some((
+            out_read,
+            lift(out_write.as_fd())?,
+            err_read,
+            lift(err_write.as_fd())?,
+        ))
     } else {
         None
     };
@@ -633,13 +637,27 @@ mod tests {
         )
         .expect("open /dev/null");
         let expect = |fds: &BTreeMap<i32, String>, socket_at: i32, ring_at: i32, tasks_at: i32| {
-            assert_eq!(fds.get(&0).map(String::as_str), Some("/dev/null"), "{fds:?}");
+            assert_eq!(
+                fds.get(&0).map(String::as_str),
+                Some("/dev/null"),
+                "{fds:?}"
+            );
             for fd in [1, 2] {
                 assert!(fds[&fd].starts_with("pipe:"), "{fds:?}");
             }
-            assert_eq!(fds[&socket_at], format!("socket:[{socket_inode}]"), "{fds:?}");
-            assert!(fds[&ring_at].starts_with("/memfd:worker-facade-ring"), "{fds:?}");
-            assert!(fds[&tasks_at].starts_with("/memfd:worker-facade-tasks"), "{fds:?}");
+            assert_eq!(
+                fds[&socket_at],
+                format!("socket:[{socket_inode}]"),
+                "{fds:?}"
+            );
+            assert!(
+                fds[&ring_at].starts_with("/memfd:worker-facade-ring"),
+                "{fds:?}"
+            );
+            assert!(
+                fds[&tasks_at].starts_with("/memfd:worker-facade-tasks"),
+                "{fds:?}"
+            );
             assert_eq!(fds.len(), 6, "nothing else reaches the child: {fds:?}");
         };
         if sys::spawn::supported() {
@@ -647,7 +665,12 @@ mod tests {
                 |cmd, fds| Ok(start_spawned(cmd, fds)?.expect("posix_spawn is used")),
                 &fds,
             );
-            expect(&spawned, SPAWNED_SOCKET_FD, SPAWNED_RING_FD, SPAWNED_TASKS_FD);
+            expect(
+                &spawned,
+                SPAWNED_SOCKET_FD,
+                SPAWNED_RING_FD,
+                SPAWNED_TASKS_FD,
+            );
         }
         let forked = child_descriptors(start_forked, &fds);
         expect(
@@ -656,6 +679,38 @@ mod tests {
             ring.as_raw_fd(),
             region.fd().as_raw_fd(),
         );
+        // Without a task region, its fixed number stays closed, even when
+        // the parent has something open there without close-on-exec.
+        let free = std::fs::symlink_metadata(format!("/proc/self/fd/{SPAWNED_TASKS_FD}")).is_err();
+        let at_five = free.then(|| {
+            let copy = sys::dup_at_least(leaky.as_fd(), SPAWNED_TASKS_FD).expect("dup");
+            nix::fcntl::fcntl(
+                &copy,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .expect("clear close-on-exec");
+            copy
+        });
+        let none = Inherited { tasks: None, ..fds };
+        if sys::spawn::supported() {
+            let spawned = child_descriptors(
+                |cmd, fds| Ok(start_spawned(cmd, fds)?.expect("posix_spawn is used")),
+                &none,
+            );
+            assert!(!spawned.contains_key(&SPAWNED_TASKS_FD), "{spawned:?}");
+            assert_eq!(
+                spawned.len(),
+                5,
+                "nothing else reaches the child: {spawned:?}"
+            );
+        }
+        let forked = child_descriptors(start_forked, &none);
+        assert_eq!(
+            forked.len(),
+            5,
+            "nothing else reaches the child: {forked:?}"
+        );
+        drop(at_five);
         drop(leaky);
     }
 

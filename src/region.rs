@@ -31,12 +31,16 @@
 //!
 //! ## What a worker can do to it
 //!
-//! Read it, as it can read its socket; nothing more. The seals hold for
+//! Read all of it: the large tasks of the facade's other workers too, and
+//! the bytes of tasks already answered (spans are not cleared), as it could
+//! read a shared input file. Nothing more. The seals hold for
 //! every process that has the descriptor, whatever it does with it (map it
 //! again, reopen it through `/proc`), so a hostile worker can neither
 //! change a task another worker is about to read nor the bytes a re-sent
-//! task will be read from. The parent reads back only a span it has just
-//! filled itself, when the task turned out small.
+//! task will be read from. At worst it can make the whole region resident
+//! (`fallocate` without punching holes is not sealed), which is bounded by
+//! the region's size and ends with the facade. The parent reads back only
+//! a span it has just filled itself.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -114,7 +118,6 @@ impl TaskRegion {
             offset,
             len: 0,
             size,
-            overflowed: false,
         })
     }
 
@@ -142,8 +145,6 @@ pub(crate) struct Span {
     len: usize,
     /// Bytes reserved, in whole pages.
     size: usize,
-    /// A write was refused for want of room.
-    overflowed: bool,
 }
 
 impl std::fmt::Debug for Span {
@@ -171,7 +172,6 @@ impl Span {
 impl io::Write for Span {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         if bytes.len() > self.size - self.len {
-            self.overflowed = true;
             return Err(io::ErrorKind::WriteZero.into());
         }
         // The span is this one's alone (the free list handed it out once),
@@ -187,18 +187,26 @@ impl io::Write for Span {
 }
 
 impl Span {
+    /// Gives back the pages past the bytes written (a span reserved for
+    /// more than the task needed).
+    pub(crate) fn trim(&mut self) {
+        let used = self.len.next_multiple_of(PAGE).max(PAGE);
+        if used < self.size {
+            self.region
+                .free
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .give_back(self.offset + used, self.size - used);
+            self.size = used;
+        }
+    }
+
     /// Appends the bytes written so far to `out` (the parent's own
     /// mapping, which no worker can write).
     pub(crate) fn read_into(&self, out: &mut Vec<u8>) {
         let at = out.len();
         out.resize(at + self.len, 0);
         self.region.map.read(self.offset, &mut out[at..]);
-    }
-
-    /// Whether a write found too little room left (an encoding that
-    /// failed because of it needs a larger span, or none).
-    pub(crate) fn overflowed(&self) -> bool {
-        self.overflowed
     }
 }
 
@@ -209,6 +217,42 @@ impl Drop for Span {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .give_back(self.offset, self.size);
+    }
+}
+
+/// Where a task is encoded when its size is only guessed: into its span
+/// while the bytes fit, and what comes after into a buffer, so that the
+/// task's `Serialize` runs once whatever its size.
+pub(crate) struct Spilling {
+    span: Span,
+    spill: Vec<u8>,
+}
+
+impl Spilling {
+    pub(crate) fn new(span: Span) -> Self {
+        Spilling {
+            span,
+            spill: Vec::new(),
+        }
+    }
+
+    /// The span (its bytes come first) and what did not fit in it.
+    pub(crate) fn into_parts(self) -> (Span, Vec<u8>) {
+        (self.span, self.spill)
+    }
+}
+
+impl io::Write for Spilling {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.spill.is_empty() && self.span.write_all(bytes).is_ok() {
+            return Ok(bytes.len());
+        }
+        self.spill.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -262,6 +306,12 @@ pub(crate) struct TaskView {
 impl TaskView {
     /// Maps the region behind the descriptor the parent handed down.
     pub(crate) fn open(fd: BorrowedFd<'_>) -> io::Result<TaskView> {
+        if !crate::sys::sealed_read_only(fd)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor is not a sealed task region",
+            ));
+        }
         Ok(TaskView {
             map: SharedMap::map_read_only(fd)?,
         })
@@ -340,10 +390,7 @@ mod tests {
         drop(b);
         let d = region.store(&[5; 100]).expect("d");
         assert_eq!(d.offset(), 4096, "the lowest free page");
-        assert!(
-            region.store(&[6; 8192]).is_none(),
-            "one page left, not two"
-        );
+        assert!(region.store(&[6; 8192]).is_none(), "one page left, not two");
         drop((a, c, d));
         assert_eq!(region.free_bytes(), 4 * 4096, "every page back");
         let whole = region.store(&[7; 4 * 4096]).expect("merged into one run");

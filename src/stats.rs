@@ -34,10 +34,11 @@ pub struct FacadeStats {
     pub restarts: u64,
     /// Workers started to replace one that reached `max_tasks_per_worker`.
     pub recycles: u64,
-    /// Large tasks that reached the workers through the task region
-    /// (shared memory; see
-    /// [`large_task_region`](crate::FacadeBuilder::large_task_region))
-    /// rather than through the socket.
+    /// Large tasks accepted with their bytes in the task region (shared
+    /// memory; see
+    /// [`large_task_region`](crate::FacadeBuilder::large_task_region)),
+    /// which their worker reads them from, rather than sent through the
+    /// socket.
     pub shared_tasks: u64,
     /// Whether the facade gave up: every worker place ran out of its restart
     /// budget or failed to start a replacement, so no task will run on it

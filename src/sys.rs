@@ -237,8 +237,8 @@ pub(crate) fn borrow_open_fd(fd: RawFd) -> Option<BorrowedFd<'static>> {
 
 /// Prepares the child between fork and exec: every descriptor above stderr
 /// close-on-exec (so that a descriptor the parent inherited, or a C library
-/// opened without `O_CLOEXEC`, does not reach the worker), except `keep`,
-/// the worker's end of its socket. Close-on-exec rather than close, so
+/// opened without `O_CLOEXEC`, does not reach the worker), except `keep`:
+/// the worker's end of its socket, its ring and its task region. Close-on-exec rather than close, so
 /// std's own pipe that reports a failed `exec` keeps working.
 pub(crate) fn prepare_child(command: &mut std::process::Command, keep: Vec<RawFd>) {
     use std::os::unix::process::CommandExt;
@@ -423,7 +423,11 @@ impl SharedMap {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let map = SharedMap::map_with(std::os::fd::AsFd::as_fd(&fd), len, libc::PROT_READ | libc::PROT_WRITE)?;
+        let map = SharedMap::map_with(
+            std::os::fd::AsFd::as_fd(&fd),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )?;
         let seals =
             libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
         // SAFETY: F_ADD_SEALS takes an integer and changes only the
@@ -538,6 +542,18 @@ impl SharedMap {
     }
 }
 
+/// Whether `fd` is a memfd sealed the way [`SharedMap::create_sealed`]
+/// seals it (so that a worker maps only the parent's task region).
+pub(crate) fn sealed_read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: F_GET_SEALS takes no argument and only reads the file's seals.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let want = libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    Ok(seals & want == want)
+}
+
 /// The size of the regular file behind `fd` (an error for anything else).
 fn regular_file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: all-zero bytes are a valid stat.
@@ -578,8 +594,8 @@ pub(crate) enum Inherited {
 /// process).
 pub(crate) fn take_inherited_region(fd: RawFd, which: Inherited) -> io::Result<OwnedFd> {
     use std::sync::atomic::AtomicBool;
-    use std::sync::atomic::Ordering::SeqCst;
     use std::sync::atomic::AtomicI32;
+    use std::sync::atomic::Ordering::SeqCst;
     static RING: AtomicBool = AtomicBool::new(false);
     static TASKS: AtomicBool = AtomicBool::new(false);
     /// The number each took, so that one never takes the other's.

@@ -223,7 +223,9 @@ pub(crate) const FRAME_HEADER: usize = 4 + 1 + 8;
 /// The payload of a frame made by [`push_frame`] with an ID (after its
 /// header).
 pub(crate) fn frame_payload(frame: &[u8]) -> &[u8] {
-    frame.get(FRAME_HEADER..own_frame_len(frame)).unwrap_or_default()
+    frame
+        .get(FRAME_HEADER..own_frame_len(frame))
+        .unwrap_or_default()
 }
 
 /// The task ID of a frame made by [`push_frame`] with an ID.
@@ -267,11 +269,15 @@ pub(crate) fn push_task_at(out: &mut Vec<u8>, id: u64, offset: u64, len: u64) {
 
 /// The offset and length a TASK_AT frame's payload names.
 pub(crate) fn task_at(payload: &[u8]) -> Result<(u64, u64), WireError> {
-    let bytes: [u8; 16] = payload
-        .try_into()
-        .map_err(|_| WireError::Malformed(format!("TASK_AT needs 16 bytes, got {}", payload.len())))?;
+    let bytes: [u8; 16] = payload.try_into().map_err(|_| {
+        WireError::Malformed(format!("TASK_AT needs 16 bytes, got {}", payload.len()))
+    })?;
     let (offset, len) = bytes.split_at(8);
-    let word = |b: &[u8]| b.try_into().map(u64::from_le_bytes).map_err(|_| bad("TASK_AT"));
+    let word = |b: &[u8]| {
+        b.try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| bad("TASK_AT"))
+    };
     Ok((word(offset)?, word(len)?))
 }
 

@@ -34,8 +34,9 @@ use crate::error::SpawnError;
 use crate::task::Task;
 use crate::wire::{
     self, FrameReader, Hello, KIND_CANCEL, KIND_CANCEL_TASK, KIND_ERR, KIND_NOT_SERVING, KIND_OK,
-    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_TASK_AT, KIND_UNDECODABLE, KIND_WAKE,
-    PROTOCOL_VERSION, PROTOCOL_WORD, PushError, WireError, WorkerOptions,
+    KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_TASK, KIND_TASK_AT,
+    KIND_UNDECODABLE, KIND_WAKE, PROTOCOL_VERSION, PROTOCOL_WORD, PushError, WireError,
+    WorkerOptions,
 };
 
 /// Set once this process serves tasks: from then on it may make facades of
@@ -925,7 +926,11 @@ impl Tasks {
 
 /// Maps the task region whose descriptor the parent handed down.
 fn open_task_region() -> io::Result<crate::region::TaskView> {
-    let number = |var: &str| std::env::var(var).ok().and_then(|v| v.trim().parse::<i32>().ok());
+    let number = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse::<i32>().ok())
+    };
     let fd = number(WORKER_TASKS_ENV)
         .ok_or_else(|| io::Error::other(format!("{WORKER_TASKS_ENV} is not a number")))?;
     if number(WORKER_FD_ENV) == Some(fd) {

@@ -43,6 +43,35 @@ fn answer(name: &str, mapped: bool) -> String {
     )
 }
 
+/// This worker's descriptors that are the task region (it must hold none
+/// once serving: the library maps the region and closes it).
+fn region_descriptors() -> String {
+    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|t| t.to_string_lossy().into_owned())
+                .filter(|t| t.contains("worker-facade-tasks"))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("{} region descriptors", fds.len())
+}
+
+/// Proves every span came back: a task as large as the whole region, but
+/// a page, goes through it only if nothing else holds a page of it.
+fn assert_region_all_free(w: &WorkingProcessFacade<SimpleTask>, region: usize) {
+    let before = w.stats().shared_tasks;
+    let h = w
+        .submit(SimpleTask::new(name(77, region - 4096 - 64), 0.0))
+        .expect("accepted");
+    assert!(h.wait().expect("an outcome").is_completed());
+    assert_eq!(
+        w.stats().shared_tasks,
+        before + 1,
+        "a task the size of the region found it empty: no span was kept"
+    );
+}
+
 fn region_mapped() -> bool {
     std::fs::read_to_string("/proc/self/maps").is_ok_and(|m| m.contains("worker-facade-tasks"))
 }
@@ -130,8 +159,11 @@ fn region_worker_main() {
         if t.id == "probe" {
             return Ok::<_, String>(report.clone());
         }
+        if t.id == "fds" {
+            return Ok(region_descriptors());
+        }
         if t.id.starts_with("slow") {
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(600));
         }
         Ok(answer(&t.id, region_mapped()))
     });
@@ -184,9 +216,14 @@ fn large_tasks_of_every_size_arrive_whole_on_one_worker_or_several() {
                 .workers(workers)
                 .spawn()
                 .expect("spawn");
+            // One at a time: each finds the region empty, so the count
+            // below is exact whatever the machine's speed.
             for (seed, &len) in sizes.iter().enumerate() {
                 w.process_task(SimpleTask::new(name(seed, len), 0.0))
                     .expect("accepted");
+                while w.stats().in_flight > 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
             let shared = w.stats().shared_tasks;
             let records = w.collect_tasks().expect("collect");
@@ -229,42 +266,58 @@ fn spans_come_back_so_a_region_with_room_for_one_task_carries_a_stream() {
             40,
             "each span came back when answered"
         );
-        // Queued behind a slow one and cancelled: their spans come back too.
-        let slow = w
-            .submit(SimpleTask::new(format!("slow{}", name(99, 100)), 0.0))
-            .expect("accepted");
-        let queued: Vec<_> = (0..3)
-            .map(|seed| {
-                w.submit(SimpleTask::new(name(seed, mib), 0.0))
+        assert_region_all_free(&w, mib + 64 * 1024);
+        let records = w.collect_tasks().expect("collect");
+        assert!(records.is_empty(), "every outcome went to its handle");
+    });
+}
+
+#[test]
+fn spans_of_tasks_cancelled_in_the_engines_queue_come_back() {
+    within(Duration::from_secs(60), || {
+        let region = 2 << 20;
+        // Two workers, both busy with a slow task: with no run time known
+        // yet, each is sent one task at a time, so the large ones wait in
+        // the engine's queue, each with its span.
+        let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+            .workers(2)
+            .large_task_region(region)
+            .spawn()
+            .expect("spawn");
+        let slow: Vec<_> = (0..2)
+            .map(|i| {
+                w.submit(SimpleTask::new(format!("slow{i}"), 0.0))
                     .expect("accepted")
             })
             .collect();
-        for h in &queued {
+        std::thread::sleep(Duration::from_millis(100));
+        let queued: Vec<_> = (0..6)
+            .map(|seed| {
+                w.submit(SimpleTask::new(name(seed, 200_000), 0.0))
+                    .expect("accepted")
+            })
+            .collect();
+        assert_eq!(w.stats().shared_tasks, 6, "all six in the region");
+        for h in &queued[..4] {
             h.cancel();
         }
-        for h in queued {
+        for (i, h) in queued.into_iter().enumerate() {
             let outcome = h.wait().expect("an outcome");
-            assert!(
-                matches!(
+            if i < 4 {
+                assert_eq!(
                     outcome,
-                    Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested))
-                ) || outcome.is_completed(),
-                "{outcome:?}"
-            );
+                    Outcome::NotRun(NotRunReason::Cancelled(CancelReason::Requested)),
+                    "task {i} was still queued"
+                );
+            } else {
+                assert!(outcome.is_completed(), "{outcome:?}");
+            }
         }
-        assert!(slow.wait().expect("an outcome").is_completed());
-        let before = w.stats().shared_tasks;
-        for seed in 0..5 {
-            w.process_task(SimpleTask::new(name(seed, mib), 0.0))
-                .expect("accepted");
+        for h in slow {
+            assert!(h.wait().expect("an outcome").is_completed());
         }
-        let after = w.stats().shared_tasks;
-        let records = w.collect_tasks().expect("collect");
-        assert_answered(&records);
-        assert!(
-            after - before >= 1,
-            "the region had room again after the cancelled tasks ({before} → {after})"
-        );
+        assert_region_all_free(&w, region);
+        assert!(w.collect_tasks().expect("collect").is_empty());
     });
 }
 
@@ -317,7 +370,11 @@ fn a_full_region_or_a_task_larger_than_it_goes_through_the_socket() {
 #[test]
 fn large_tasks_sent_ahead_to_a_killed_worker_run_on_the_next_one_with_the_same_bytes() {
     within(Duration::from_secs(60), || {
-        let w = WorkingProcessFacade::<SimpleTask>::spawn(worker()).expect("spawn");
+        let region = 8 << 20;
+        let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+            .large_task_region(region)
+            .spawn()
+            .expect("spawn");
         let running = w
             .submit(SimpleTask::new(format!("slow{}", name(0, 200_000)), 0.0))
             .expect("accepted");
@@ -326,8 +383,9 @@ fn large_tasks_sent_ahead_to_a_killed_worker_run_on_the_next_one_with_the_same_b
             w.process_task(SimpleTask::new(n.clone(), 0.0))
                 .expect("accepted");
         }
-        // All of them sent: their frames are a few bytes each.
-        std::thread::sleep(Duration::from_millis(100));
+        // All of them sent while the first runs: their frames are a few
+        // bytes each.
+        std::thread::sleep(Duration::from_millis(300));
         let pid = w.worker_pid().expect("a worker");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -343,6 +401,12 @@ fn large_tasks_sent_ahead_to_a_killed_worker_run_on_the_next_one_with_the_same_b
             w.process_task(SimpleTask::new(name(seed, 300_000), 0.0))
                 .expect("accepted");
         }
+        while w.stats().in_flight > 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The crashed task's span came back with its worker's end, the
+        // others' as they were answered.
+        assert_region_all_free(&w, region);
         let records = w.collect_tasks().expect("collect");
         assert_eq!(records.len(), 10);
         assert_answered(&records);
@@ -351,8 +415,8 @@ fn large_tasks_sent_ahead_to_a_killed_worker_run_on_the_next_one_with_the_same_b
         let stats = w.stats();
         assert_eq!(stats.restarts, 1);
         assert_eq!(
-            stats.shared_tasks, 11,
-            "every large task through the region"
+            stats.shared_tasks, 12,
+            "every large task through the region (and the region-sized one)"
         );
     });
 }
@@ -376,6 +440,12 @@ fn a_hostile_worker_can_neither_write_nor_resize_the_region() {
         }
         assert!(report.contains("write EPERM"), "{report}");
         assert!(report.contains("grow EPERM"), "{report}");
+        let fds = w.submit(SimpleTask::new("fds", 0.0)).expect("accepted");
+        assert_eq!(
+            fds.wait().expect("an outcome"),
+            Outcome::Completed("0 region descriptors".into()),
+            "the worker keeps only its read-only mapping"
+        );
         // The tasks after it still read what was stored.
         for seed in 0..5 {
             w.process_task(SimpleTask::new(name(seed, 100_000), 0.0))
@@ -415,5 +485,27 @@ fn after_a_large_task_a_small_one_goes_through_the_socket_within_its_frame_limit
             "the small one went by the socket"
         );
         assert!(b.collect_tasks().expect("collect").is_empty());
+    });
+}
+
+#[test]
+fn a_worker_with_a_memory_limit_gets_its_large_tasks_through_the_socket() {
+    within(Duration::from_secs(30), || {
+        // A read-only mapping of the region would count against the limit.
+        let w = WorkingProcessFacade::<SimpleTask>::spawn(worker().memory_limit(512 << 20))
+            .expect("spawn");
+        let probe = w.submit(SimpleTask::new("probe", 0.0)).expect("accepted");
+        assert_eq!(
+            probe.wait().expect("an outcome"),
+            Outcome::Completed("no region".into())
+        );
+        for seed in 0..3 {
+            w.process_task(SimpleTask::new(name(seed, 1 << 20), 0.0))
+                .expect("accepted");
+        }
+        let records = w.collect_tasks().expect("collect");
+        assert_eq!(records.len(), 3);
+        assert_answered(&records);
+        assert_eq!(w.stats().shared_tasks, 0);
     });
 }

@@ -35,8 +35,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::Command;
 use super::lane::{DIRECT_FRAME, Direct, Lane};
 use super::ledger::Entry;
-use crate::task::Task;
 use crate::region::Span;
+use crate::task::Task;
 
 /// A frame at least this large travels in its own buffer, never copied
 /// into the tray (nor anywhere else on its way to the socket).

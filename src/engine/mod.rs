@@ -30,9 +30,9 @@ pub(crate) use inbox::{LARGE_FRAME, Outbox, inbox};
 pub(crate) use ledger::Entry;
 use ledger::Ledger;
 pub(crate) use ledger::{Notify, Reclaimed};
-use queue::{Queue, Taken};
 use link::{Cause, End, HandshakeFailure, Link, LinkTasks, Said, Starts, StopWhy};
 use policy::{Refused, RestartBudget};
+use queue::{Queue, Taken};
 
 use crate::codec;
 use crate::config::{Config, RestartPolicy};
@@ -88,9 +88,7 @@ pub(crate) enum Command<T: Task> {
     },
     /// Cancel one task: not started, it never will; running, its worker is
     /// stopped and replaced.
-    Cancel {
-        id: u64,
-    },
+    Cancel { id: u64 },
     /// Hand every record no handle takes to this channel, as it settles.
     Completed(flume::Sender<TaskRecord<T>>),
 }
@@ -385,7 +383,11 @@ impl<T: Task> Engine<T> {
                 (Some(frame), _) => self.queue.push_back_owned(frame),
                 (None, Some(direct)) => {
                     let frame = &frames[frame_at..at];
-                    match self.slots.get_mut(direct.slot).and_then(|s| s.link.as_mut()) {
+                    match self
+                        .slots
+                        .get_mut(direct.slot)
+                        .and_then(|s| s.link.as_mut())
+                    {
                         Some(link) if link.generation == direct.generation => {
                             link.sent_directly(id, frame);
                             self.lane_task = Some((direct, id));
@@ -742,7 +744,8 @@ impl<T: Task> Engine<T> {
         };
         let settled = match self.slots[direct.slot].link.as_mut() {
             Some(link) if link.generation == direct.generation => {
-                let read = link.running.is_some_and(|(r, _)| r == id) || !link.inflight.contains(&id);
+                let read =
+                    link.running.is_some_and(|(r, _)| r == id) || !link.inflight.contains(&id);
                 // A stopping worker's STOP waits for the submitter's word:
                 // only a worker that can no longer read ends the wait.
                 if read || link.socket().is_none() || link.is_exited() {
@@ -1171,9 +1174,10 @@ impl<T: Task> Engine<T> {
         // A worker that completed its handshake and died before this turn
         // (settled already, its place maybe retired) counts as started: the
         // constructor must not wait for it for ever.
-        let all_ready = self.slots.iter().all(|s| {
-            s.handshaken || s.link.as_ref().is_some_and(|l| l.ready_at.is_some())
-        });
+        let all_ready = self
+            .slots
+            .iter()
+            .all(|s| s.handshaken || s.link.as_ref().is_some_and(|l| l.ready_at.is_some()));
         if all_ready {
             if let Some(ready) = self.startup.take() {
                 if ready.send(Ok(())).is_err() {
@@ -1259,7 +1263,8 @@ impl<T: Task> Engine<T> {
     /// Starts a replacement in every free place while work is waiting.
     fn ensure_workers(&mut self, now: Instant) {
         let (ledger, spans) = (&self.ledger, &mut self.spans);
-        self.queue.prune(|id| ledger.get(id).is_some(), |id| spans.forget(id));
+        self.queue
+            .prune(|id| ledger.get(id).is_some(), |id| spans.forget(id));
         if self.dead.is_some() || self.queue.is_empty() {
             return;
         }

@@ -92,16 +92,22 @@ pub(crate) fn recycle_due(sent: u64, max_tasks_per_worker: Option<u64>) -> bool 
     max_tasks_per_worker.is_some_and(|max| sent >= max)
 }
 
-/// The resident set size of process `pid`, in bytes, from
-/// `/proc/<pid>/statm` (its second field, in pages).
+/// The memory process `pid` holds of its own, in bytes: its resident
+/// anonymous and file-backed pages (`RssAnon` + `RssFile` in
+/// `/proc/<pid>/status`). Shared memory (`RssShmem`: the task region it
+/// reads large tasks from, its result ring) is the parent's, and does not
+/// count.
 pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096);
-    Some(pages.saturating_mul(page.max(1) as u64))
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = status.lines().find_map(|l| l.strip_prefix(key))?;
+        line.trim().strip_suffix("kB")?.trim().parse().ok()
+    };
+    Some(
+        kib("RssAnon:")?
+            .saturating_add(kib("RssFile:")?)
+            .saturating_mul(1024),
+    )
 }
 
 #[cfg(test)]

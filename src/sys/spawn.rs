@@ -176,11 +176,9 @@ pub(crate) fn spawn(request: &SpawnRequest<'_>) -> io::Result<Spawned> {
         (Some(dir), Some(f)) => Some((dir, f)),
         (Some(_), None) => return Ok(Spawned::Unsupported),
     };
-    if request
-        .place
-        .iter()
-        .any(|(source, target)| source.as_raw_fd() < FIRST_FREE || !(1..FIRST_FREE).contains(target))
-    {
+    if request.place.iter().any(|(source, target)| {
+        source.as_raw_fd() < FIRST_FREE || !(1..FIRST_FREE).contains(target)
+    }) {
         return Ok(Spawned::Unsupported);
     }
     let kept = request.exec_through.map(|fd| fd.as_raw_fd());
@@ -205,6 +203,16 @@ pub(crate) fn spawn(request: &SpawnRequest<'_>) -> io::Result<Spawned> {
         check(unsafe {
             libc::posix_spawn_file_actions_adddup2(&mut actions.0, source.as_raw_fd(), *target)
         })?;
+    }
+    // A fixed number nothing is placed at (the task region's, when the
+    // facade has none) is closed too: whatever the parent has open there
+    // must not reach the worker.
+    for fd in 3..FIRST_FREE {
+        if !request.place.iter().any(|(_, target)| *target == fd) {
+            // SAFETY: as above; closing a number that is not open is not
+            // an error for posix_spawn's close action.
+            check(unsafe { libc::posix_spawn_file_actions_addclose(&mut actions.0, fd) })?;
+        }
     }
     match kept {
         Some(k) => {
@@ -241,8 +249,9 @@ pub(crate) fn spawn(request: &SpawnRequest<'_>) -> io::Result<Spawned> {
         check(libc::posix_spawnattr_setpgroup(&mut attributes.0, 0))?;
         check(libc::posix_spawnattr_setflags(
             &mut attributes.0,
-            (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETPGROUP)
-                as libc::c_short,
+            (libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF
+                | libc::POSIX_SPAWN_SETPGROUP) as libc::c_short,
         ))?;
     }
 
