@@ -223,6 +223,10 @@ impl Drop for Span {
 /// Where a task is encoded when its size is only guessed: into its span
 /// while the bytes fit, and what comes after into a buffer, so that the
 /// task's `Serialize` runs once whatever its size.
+///
+/// # Drop
+///
+/// Drops its span (whose pages go back) and its buffer.
 pub(crate) struct Spilling {
     span: Span,
     spill: Vec<u8>,

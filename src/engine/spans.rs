@@ -12,6 +12,10 @@ use std::hash::BuildHasherDefault;
 use super::ledger::IdHasher;
 use crate::region::Span;
 
+/// # Drop
+///
+/// Gives every span back: the engine drops it only once its workers are
+/// ended, so no worker reads one any more.
 #[derive(Default)]
 pub(super) struct Spans {
     by_id: HashMap<u64, Span, BuildHasherDefault<IdHasher>>,
