@@ -18,8 +18,10 @@
 //!    ID, the span's offset and its length. When no span is free, the task
 //!    goes the usual way, whole over the socket: the region only ever makes
 //!    a task cheaper, never refuses one.
-//! 3. The worker copies the span out of its mapping and decodes the copy
-//!    like any task (it never decodes in place).
+//! 3. The worker decodes the task in place, straight from its read-only
+//!    mapping: nothing writes a span while a frame names it (step 4), so
+//!    its bytes are as steady as a buffer of its own, and one copy is
+//!    saved. It borrows them only until it answers the task.
 //! 4. The span stays the task's for as long as a frame naming it may still
 //!    be sent or read: the engine keeps it in a table by task ID and drops
 //!    it only once the worker has answered or skipped the task, or the
@@ -321,10 +323,12 @@ impl TaskView {
         })
     }
 
-    /// Copies the `len` bytes at `offset` into `into` (replacing what it
-    /// held). A span outside the region is an error: the parent never
-    /// sends one.
-    pub(crate) fn copy_out(&self, offset: u64, len: u64, into: &mut Vec<u8>) -> Result<(), String> {
+    /// The `len` bytes at `offset`, in place. A span outside the region
+    /// is an error: the parent never sends one.
+    ///
+    /// The bytes are the task's until the worker answers it (see step 4):
+    /// the borrow must end before the answer is sent.
+    pub(crate) fn task(&self, offset: u64, len: u64) -> Result<&[u8], String> {
         let fits = offset
             .checked_add(len)
             .is_some_and(|end| end <= self.map.len() as u64);
@@ -335,11 +339,7 @@ impl TaskView {
             ));
         }
         // Both fit in usize: they are inside a mapping of this process.
-        let (offset, len) = (offset as usize, len as usize);
-        // Every byte is overwritten: only room added is zeroed first.
-        into.resize(len, 0);
-        self.map.read(offset, into);
-        Ok(())
+        Ok(self.map.frozen(offset as usize, len as usize))
     }
 }
 
@@ -354,15 +354,18 @@ mod tests {
         let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let span = region.store(&bytes).expect("a free span");
         let view = TaskView::open(region.fd()).expect("view");
-        let mut out = Vec::new();
-        view.copy_out(span.offset(), span.len(), &mut out)
+        let read = view
+            .task(span.offset(), span.len())
             .expect("inside the region");
-        assert_eq!(out, bytes);
+        assert_eq!(read, &bytes[..]);
         let err = view
-            .copy_out(span.offset() + 1, 64 * 1024, &mut out)
+            .task(span.offset() + 1, 64 * 1024)
             .expect_err("runs past the end");
         assert!(err.contains("outside"), "{err}");
-        assert!(view.copy_out(u64::MAX, 2, &mut out).is_err(), "overflow");
+        assert!(view.task(u64::MAX, 2).is_err(), "overflow");
+        let last = view.task(64 * 1024 - 1, 1).expect("the last byte");
+        assert_eq!(last.len(), 1);
+        assert!(view.task(64 * 1024, 1).is_err(), "one past the end");
     }
 
     #[test]
@@ -429,9 +432,8 @@ mod tests {
                     prop_assert!(pair[0].1 <= pair[1].0, "overlap: {:?}", pair);
                 }
                 for (span, fill) in &live {
-                    let mut out = Vec::new();
-                    view.copy_out(span.offset(), span.len(), &mut out).expect("inside");
-                    prop_assert!(out.iter().all(|b| b == fill));
+                    let read = view.task(span.offset(), span.len()).expect("inside");
+                    prop_assert!(read.iter().all(|b| b == fill));
                 }
             }
             drop(live);

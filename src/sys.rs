@@ -357,9 +357,11 @@ mod tests {
 
 /// A shared memory region: a memfd mapped `MAP_SHARED`, the same pages in
 /// the parent and in the worker that inherits the descriptor. Only plain
-/// bytes and 64-bit atomic words ever live in it; the peer is untrusted, so
-/// nothing read from it is ever referenced in place: words are loaded,
-/// bytes are copied out.
+/// bytes and 64-bit atomic words ever live in it. Where the peer may write
+/// (the result ring), nothing read from it is ever referenced in place:
+/// words are loaded, bytes are copied out. Only a read-only view of a
+/// region that nobody may write while it is looked at (a worker's view of
+/// the sealed task region) lends its bytes ([`SharedMap::frozen`]).
 ///
 /// # Drop
 ///
@@ -524,6 +526,31 @@ impl SharedMap {
                 dst.len(),
             )
         }
+    }
+
+    /// The `len` bytes at byte `offset`, lent in place, from a mapping
+    /// that this process maps read-only.
+    ///
+    /// Only for the worker's view of the sealed task region: the seals
+    /// leave the parent's mapping the only writable one, and the parent
+    /// never writes a span while a frame naming it may be read (see
+    /// `region.rs`, step 4). The worker borrows a span only between reading
+    /// its TASK_AT and answering it, so nothing writes under the borrow.
+    pub(crate) fn frozen(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(!self.writable, "lending bytes of a writable region");
+        assert!(
+            offset <= self.len && len <= self.len - offset,
+            "bytes outside the region"
+        );
+        // SAFETY: the range is inside the mapping (checked above), which
+        // lives as long as `self`, so as long as the borrow. This process
+        // cannot write it (mapped PROT_READ, and the memfd is sealed against
+        // new writable mappings and write(2)); the one writable mapping is
+        // the parent's, which writes a span only before sending the frame
+        // that names it (the socket orders that write before our read) and
+        // again only once this worker answered it or is dead. Any byte value
+        // is a valid u8.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
     }
 
     /// Copies `src` into the region at byte `offset`.

@@ -319,10 +319,8 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let outlet = std::cell::RefCell::new(Outlet::new(&stream, &options)?);
     let mut look_ahead = LookAhead::new();
-    // The task region, mapped now (its descriptor closed at once); and
-    // where each large task is copied out of it.
+    // The task region, mapped now (its descriptor closed at once).
     let tasks = Tasks::open();
-    let mut large: Vec<u8> = Vec::new();
     // What the parent cancelled, seen ahead of the tasks it concerns.
     let mut cancel_all = false;
     let mut cancelled: HashSet<u64> = HashSet::new();
@@ -386,19 +384,23 @@ where
                 if options.mark_output {
                     mark_output(id);
                 }
-                // A large task's bytes are copied out of the task region
-                // first: never decoded in place.
-                let payload = match at {
-                    None => payload,
-                    Some((offset, len)) => match tasks.copy_out(offset, len, &mut large) {
-                        Ok(()) => &large[..],
-                        Err(why) => {
-                            push_message(&mut out, KIND_UNDECODABLE, id, &why, max);
-                            continue;
-                        }
-                    },
+                // A large task is decoded in place from the task region. Its
+                // bytes are borrowed only in this block, long before the
+                // task is answered (region.rs, step 4).
+                let decoded = {
+                    let payload = match at {
+                        None => payload,
+                        Some((offset, len)) => match tasks.task(offset, len) {
+                            Ok(bytes) => bytes,
+                            Err(why) => {
+                                push_message(&mut out, KIND_UNDECODABLE, id, &why, max);
+                                continue;
+                            }
+                        },
+                    };
+                    caught(|| codec::decode::<T>(payload))
                 };
-                let task = match caught(|| codec::decode::<T>(payload)) {
+                let task = match decoded {
                     Ok(Ok(task)) => task,
                     Ok(Err(e)) => {
                         push_message(&mut out, KIND_UNDECODABLE, id, &error_chain(&e), max);
@@ -915,10 +917,10 @@ impl Tasks {
         }
     }
 
-    /// Copies the large task at `offset` (`len` bytes) into `into`.
-    fn copy_out(&self, offset: u64, len: u64, into: &mut Vec<u8>) -> Result<(), String> {
+    /// The large task at `offset` (`len` bytes), in place.
+    fn task(&self, offset: u64, len: u64) -> Result<&[u8], String> {
         match self {
-            Tasks::Mapped(view) => view.copy_out(offset, len, into),
+            Tasks::Mapped(view) => view.task(offset, len),
             Tasks::Missing(why) => Err(why.clone()),
         }
     }

@@ -5,6 +5,8 @@
 //!   worker or several; small ones still go through the socket.
 //! - A span comes back when its task is answered, skipped or cancelled
 //!   while queued: a region with room for one task carries a long stream.
+//! - A span is written again only once its task is answered: workers
+//!   decode in place, and each still reads its own task's bytes.
 //! - A full region, or a task larger than it, sends the task through the
 //!   socket instead: nothing is refused.
 //! - A worker SIGKILLed with large tasks sent ahead: they run on the next
@@ -269,6 +271,65 @@ fn spans_come_back_so_a_region_with_room_for_one_task_carries_a_stream() {
         assert_region_all_free(&w, mib + 64 * 1024);
         let records = w.collect_tasks().expect("collect");
         assert!(records.is_empty(), "every outcome went to its handle");
+    });
+}
+
+/// The worker decodes a large task in place, so a span must not be
+/// written again before its task is answered. Each task below differs from
+/// every other from its first byte on, and is answered with its checksum.
+#[test]
+fn reused_spans_never_show_a_worker_another_tasks_bytes() {
+    within(Duration::from_secs(60), || {
+        let len: usize = 200_000;
+        let pages = len.div_ceil(4096) + 1;
+        // Room for four such tasks.
+        let region = 4 * pages * 4096;
+        let text = |seed: usize| format!("{seed:06}{}", name(seed, len - 6));
+        // Sent ahead to a worker that sleeps first: their spans are full
+        // long before it reads them, while later tasks look for room.
+        let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+            .large_task_region(region)
+            .spawn()
+            .expect("spawn");
+        w.process_task(SimpleTask::new("slow", 0.0))
+            .expect("accepted");
+        for seed in 0..40 {
+            w.process_task(SimpleTask::new(text(seed), 0.0))
+                .expect("accepted");
+        }
+        let records = w.collect_tasks().expect("collect");
+        assert_eq!(records.len(), 41);
+        assert_answered(&records[1..]);
+        // Streamed to two workers, never more than three in flight: every
+        // task finds a span, so the four are reused all through the stream.
+        let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+            .workers(2)
+            .large_task_region(region)
+            .spawn()
+            .expect("spawn");
+        let tasks = 120;
+        let mut waiting = std::collections::VecDeque::new();
+        let settle = |(text, h): (String, worker_facade::TaskHandle<String>)| {
+            let outcome = h.wait().expect("an outcome");
+            assert_eq!(outcome, Outcome::Completed(answer(&text, true)));
+        };
+        for seed in 0..tasks {
+            let h = w
+                .submit(SimpleTask::new(text(seed), 0.0))
+                .expect("accepted");
+            waiting.push_back((text(seed), h));
+            if waiting.len() == 3 {
+                settle(waiting.pop_front().expect("three waiting"));
+            }
+        }
+        waiting.into_iter().for_each(settle);
+        assert_eq!(
+            w.stats().shared_tasks,
+            tasks as u64,
+            "every task through the region, its four spans reused"
+        );
+        assert_region_all_free(&w, region);
+        assert!(w.collect_tasks().expect("collect").is_empty());
     });
 }
 
