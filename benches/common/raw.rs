@@ -147,19 +147,39 @@ pub(crate) fn stream<T: Serialize + Sync>(mode: &str, tasks: &[T]) -> Duration {
     took
 }
 
+/// Where [`bandwidth`] writes its frames from.
+#[derive(Clone, Copy)]
+pub(crate) enum Source {
+    /// One buffer, written `count` times: after the first frame it sits in
+    /// the cache, which no stream of distinct tasks can do.
+    OneCached,
+    /// `count` buffers made before the clock starts, one per frame: the same
+    /// memory a facade reads the same tasks from.
+    Distinct,
+}
+
 /// 1 MiB (or `size`) frames parent → child, an 8-byte ack back for each:
 /// the socket's bandwidth, no codec. Returns bytes per second.
-pub(crate) fn bandwidth(count: usize, size: usize) -> f64 {
+pub(crate) fn bandwidth(count: usize, size: usize, source: Source) -> f64 {
     let (child, s) = ready_child("sink");
     let mut reader = s.try_clone().expect("clone socket");
     let mut writer = s.try_clone().expect("clone socket");
-    let mut frame = vec![0xabu8; 4 + size];
-    frame[..4].copy_from_slice(&(size as u32).to_le_bytes());
+    let frame = || {
+        let mut frame = vec![0xabu8; 4 + size];
+        frame[..4].copy_from_slice(&(size as u32).to_le_bytes());
+        frame
+    };
+    let frames: Vec<Vec<u8>> = match source {
+        Source::OneCached => vec![frame()],
+        Source::Distinct => (0..count).map(|_| frame()).collect(),
+    };
     let t0 = Instant::now();
     thread::scope(|scope| {
         scope.spawn(|| {
-            for _ in 0..count {
-                writer.write_all(&frame).expect("write frame");
+            for i in 0..count {
+                writer
+                    .write_all(&frames[i % frames.len()])
+                    .expect("write frame");
             }
         });
         let mut ack = [0u8; 8];
