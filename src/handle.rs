@@ -203,10 +203,15 @@ impl<O> TaskHandle<O> {
     /// [`WaitError::AlreadyTaken`] if an earlier wait returned it;
     /// [`WaitError::Disconnected`] if it can never arrive.
     pub fn try_wait(&self) -> Result<Outcome<O>, WaitError> {
-        self.take(self.rx.try_recv().map(Delivery::taken).map_err(|e| match e {
-            oneshot::TryRecvError::Empty => WaitError::Timeout,
-            oneshot::TryRecvError::Disconnected => WaitError::Disconnected,
-        }))
+        self.take(
+            self.rx
+                .try_recv()
+                .map(Delivery::taken)
+                .map_err(|e| match e {
+                    oneshot::TryRecvError::Empty => WaitError::Timeout,
+                    oneshot::TryRecvError::Disconnected => WaitError::Disconnected,
+                }),
+        )
     }
 
     /// Waits at most `timeout` for the outcome.
@@ -238,10 +243,15 @@ impl<O> TaskHandle<O> {
         if self.taken.get() {
             return Err(WaitError::AlreadyTaken);
         }
-        self.take(self.rx.recv_deadline(deadline).map(Delivery::taken).map_err(|e| match e {
-            oneshot::RecvTimeoutError::Timeout => WaitError::Timeout,
-            oneshot::RecvTimeoutError::Disconnected => WaitError::Disconnected,
-        }))
+        self.take(
+            self.rx
+                .recv_deadline(deadline)
+                .map(Delivery::taken)
+                .map_err(|e| match e {
+                    oneshot::RecvTimeoutError::Timeout => WaitError::Timeout,
+                    oneshot::RecvTimeoutError::Disconnected => WaitError::Disconnected,
+                }),
+        )
     }
 
     /// What a wait got, remembering that the outcome was taken; once it
@@ -344,7 +354,10 @@ impl<O> Future for TaskFuture<O> {
         };
         let got = std::task::ready!(Pin::new(rx).poll(cx));
         self.rx = None;
-        Poll::Ready(got.map(Delivery::taken).map_err(|_| WaitError::Disconnected))
+        Poll::Ready(
+            got.map(Delivery::taken)
+                .map_err(|_| WaitError::Disconnected),
+        )
     }
 }
 

@@ -290,7 +290,9 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for chunk in [&b"small"[..], &big, &b"after"[..]] {
-                    writer.send(chunk, false, &mut || {}, &mut || false).expect("sent");
+                    writer
+                        .send(chunk, false, &mut || {}, &mut || false)
+                        .expect("sent");
                 }
             });
             let want = 5 + big.len() + 5;

@@ -156,7 +156,12 @@ impl Lane {
         }
         *self.target() = Some(Target { socket, direct });
         self.word
-            .compare_exchange(word, pack(epoch.wrapping_add(1), Phase::Open), AcqRel, Acquire)
+            .compare_exchange(
+                word,
+                pack(epoch.wrapping_add(1), Phase::Open),
+                AcqRel,
+                Acquire,
+            )
             .is_ok()
     }
 
@@ -262,8 +267,10 @@ impl Lane {
     pub(crate) fn settle(&self) {
         let (epoch, phase) = unpack(self.word.load(Acquire));
         if phase != Phase::Closed {
-            self.word
-                .store(pack(epoch, Phase::Closed), std::sync::atomic::Ordering::Release);
+            self.word.store(
+                pack(epoch, Phase::Closed),
+                std::sync::atomic::Ordering::Release,
+            );
         }
         *self.target() = None;
     }
@@ -308,9 +315,15 @@ mod tests {
         assert_eq!(lane.observe(), Seen::Claimed, "claimed, not yet written");
         assert!(lane.write(claim, b"hello"), "a whole write");
         let mut got = [0u8; 5];
-        theirs.read_exact(&mut got).expect("the worker's end reads it");
+        theirs
+            .read_exact(&mut got)
+            .expect("the worker's end reads it");
         assert_eq!(&got, b"hello");
-        assert_eq!(lane.observe(), Seen::Whole, "the engine learns it was whole");
+        assert_eq!(
+            lane.observe(),
+            Seen::Whole,
+            "the engine learns it was whole"
+        );
         assert_eq!(lane.observe(), Seen::Unused, "and only once");
         assert!(lane.claim().is_none(), "closed until the engine reopens it");
     }
@@ -322,7 +335,11 @@ mod tests {
         let lane = lane_to(&ours);
         let claim = lane.claim().expect("open");
         assert!(!lane.write(claim, b"nobody reads this"));
-        assert_eq!(lane.observe(), Seen::Short(0), "EPIPE leaves it all to the engine");
+        assert_eq!(
+            lane.observe(),
+            Seen::Short(0),
+            "EPIPE leaves it all to the engine"
+        );
     }
 
     #[test]

@@ -605,7 +605,11 @@ mod tests {
             );
         }
         assert_eq!(ledger.pending(), 4);
-        assert!(ledger.slots.len() <= 2 * STRAGGLER_SLACK, "{}", ledger.slots.len());
+        assert!(
+            ledger.slots.len() <= 2 * STRAGGLER_SLACK,
+            "{}",
+            ledger.slots.len()
+        );
         for (id, rx) in stuck {
             assert!(ledger.get(id).is_some(), "task {id} is still known");
             assert!(!ledger.accept(id, entry(0, false).0), "its ID stays taken");
@@ -617,7 +621,11 @@ mod tests {
                 rx.and_then(|rx| rx.try_recv().ok()).map(|d| d.outcome),
                 Some(Outcome::Completed(id as u32))
             );
-            assert_eq!(ledger.settle(id, Outcome::Completed(0)), None, "settled once");
+            assert_eq!(
+                ledger.settle(id, Outcome::Completed(0)),
+                None,
+                "settled once"
+            );
         }
         assert_eq!(ledger.pending(), 0);
         assert!(ledger.take_records().is_empty());

@@ -635,7 +635,10 @@ impl Link {
 
     /// Back to quiet STARTEDs if they were watched only for cancels and no
     /// cancelled task is in flight any more (`cancelled_in_flight`).
-    pub(super) fn settle_starts(&mut self, cancelled_in_flight: impl FnOnce(&VecDeque<u64>) -> bool) {
+    pub(super) fn settle_starts(
+        &mut self,
+        cancelled_in_flight: impl FnOnce(&VecDeque<u64>) -> bool,
+    ) {
         if self.starts != Starts::WhileCancelled || cancelled_in_flight(&self.inflight) {
             return;
         }

@@ -127,9 +127,10 @@ impl<T: Task> Flight<T> {
                     },
                     answer,
                 ),
-                Err(LeaseError::Refused(refused)) => item
-                    .reply
-                    .send(&flight.counters, Err(WorkError::Refused(refused.to_string()))),
+                Err(LeaseError::Refused(refused)) => item.reply.send(
+                    &flight.counters,
+                    Err(WorkError::Refused(refused.to_string())),
+                ),
                 // The lease expired before its batch was even queued (a lease
                 // far too short) or the manager stopped.
                 Err(refused) => {
@@ -259,7 +260,11 @@ impl<T: Task> Slot<T> {
     /// already there is delivered at once; otherwise the engine's send wakes
     /// the slot. The slot's lock is held across the poll, so a wake racing
     /// with it waits until the slot is armed.
-    fn arm(flight: &Arc<Flight<T>>, item: Sent<T::Output>, answer: oneshot::Receiver<Reclaimed<T>>) {
+    fn arm(
+        flight: &Arc<Flight<T>>,
+        item: Sent<T::Output>,
+        answer: oneshot::Receiver<Reclaimed<T>>,
+    ) {
         flight.outstanding.fetch_add(1, Ordering::AcqRel);
         let slot = Arc::new(Slot {
             armed: Mutex::new(None),

@@ -56,7 +56,10 @@ enum Stage<T: Task> {
     /// happens only when the places are the pool's every executor and one
     /// of them was just released by a batch landing: the batch starts as
     /// soon as this thread hears of that landing.
-    Held { items: Vec<Item<T>>, lease: Lease<T> },
+    Held {
+        items: Vec<Item<T>>,
+        lease: Lease<T>,
+    },
     /// Queued on the leased executor; answered from its engine thread.
     /// It holds one of the `concurrency` places.
     Running {
@@ -197,12 +200,13 @@ impl<T: Task> Scheduler<T> {
                 }
                 Some(op) => {
                     let index = op.index();
-                    let found = leasing.iter().find(|(i, _)| *i == index).and_then(|&(_, at)| {
-                        match &self.active[at].stage {
+                    let found = leasing
+                        .iter()
+                        .find(|(i, _)| *i == index)
+                        .and_then(|&(_, at)| match &self.active[at].stage {
                             Stage::Leasing { answer, .. } => Some((at, op.recv(answer).ok())),
                             Stage::Held { .. } | Stage::Running { .. } => None,
-                        }
-                    });
+                        });
                     match found {
                         Some((at, answer)) => Got::Lease(at, answer),
                         // Every selected operation is one of the above.
