@@ -38,6 +38,14 @@ thread_local! {
     static LAST_LARGE_FRAME: Cell<usize> = const { Cell::new(0) };
 }
 
+/// Remembers the size of the frame this thread just encoded, for its next
+/// one (see `encode_frame`); whether it was large.
+fn remember_frame(len: usize) -> bool {
+    let large = len >= crate::engine::LARGE_FRAME;
+    let _ = LAST_LARGE_FRAME.try_with(|c| c.set(if large { len } else { 0 }));
+    large
+}
+
 /// Why a task's frame could not be made (the task goes back to its caller
 /// in the matching [`SubmitError`]).
 enum Unencoded {
@@ -783,8 +791,7 @@ impl<T: Task> WorkingProcessFacade<T> {
                 });
             }
             let whole = wire::FRAME_HEADER + payload;
-            let large = whole >= crate::engine::LARGE_FRAME;
-            let _ = LAST_LARGE_FRAME.try_with(|c| c.set(if large { whole } else { 0 }));
+            let large = remember_frame(whole);
             frame.clear();
             if large && spill.is_empty() {
                 span.trim();
@@ -832,9 +839,7 @@ impl<T: Task> WorkingProcessFacade<T> {
             }
             Err(panic) => return Err(Unencoded::panicked(&*panic)),
         }
-        let len = frame.len();
-        let large = len >= crate::engine::LARGE_FRAME;
-        let _ = LAST_LARGE_FRAME.try_with(|c| c.set(if large { len } else { 0 }));
+        let large = remember_frame(frame.len());
         Ok(if large { self.share(frame) } else { None })
     }
 
