@@ -11,6 +11,8 @@
 //!   socket instead: nothing is refused.
 //! - A worker SIGKILLed with large tasks sent ahead: they run on the next
 //!   worker and read the same bytes, while new tasks take other spans.
+//! - A large task that crashed its worker runs again (`retries`) from the
+//!   same span.
 //! - A hostile worker can neither write to the region nor resize it,
 //!   through any mapping or descriptor it can make.
 //!
@@ -167,6 +169,20 @@ fn region_worker_main() {
         if t.id.starts_with("slow") {
             std::thread::sleep(Duration::from_millis(600));
         }
+        // `crash:<marker>|...`: the first worker to run it aborts.
+        if let Some(marker) =
+            t.id.strip_prefix("crash:")
+                .and_then(|r| r.split('|').next())
+        {
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(marker)
+                .is_ok()
+            {
+                std::process::abort();
+            }
+        }
         Ok(answer(&t.id, region_mapped()))
     });
 }
@@ -271,6 +287,54 @@ fn spans_come_back_so_a_region_with_room_for_one_task_carries_a_stream() {
         assert_region_all_free(&w, mib + 64 * 1024);
         let records = w.collect_tasks().expect("collect");
         assert!(records.is_empty(), "every outcome went to its handle");
+    });
+}
+
+/// A large task that crashed its worker is sent again (`retries`) with
+/// the same TASK_AT frame: its span stays with it through the death, while
+/// tasks submitted meanwhile take others.
+#[test]
+fn a_large_task_retried_after_its_crash_reads_the_same_bytes_again() {
+    within(Duration::from_secs(60), || {
+        let marker = std::env::temp_dir().join(format!("wf-region-crash-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let region = 8 << 20;
+        let w = WorkingProcessFacade::<SimpleTask>::builder(worker())
+            .retries(1)
+            .large_task_region(region)
+            .spawn()
+            .expect("spawn");
+        let first = w.worker_pid().expect("a worker");
+        let crashing = format!("crash:{}|{}", marker.display(), name(5, 300_000));
+        let h = w
+            .submit(SimpleTask::new(crashing.clone(), 0.0))
+            .expect("accepted");
+        let others: Vec<_> = (20..26)
+            .map(|seed| {
+                let text = format!("{seed:06}{}", name(seed, 300_000));
+                let h = w
+                    .submit(SimpleTask::new(text.clone(), 0.0))
+                    .expect("accepted");
+                (text, h)
+            })
+            .collect();
+        assert_eq!(
+            h.wait().expect("an outcome"),
+            Outcome::Completed(answer(&crashing, true)),
+            "run again after the crash, from its own bytes"
+        );
+        assert!(marker.exists(), "the first run crashed its worker");
+        assert_ne!(w.worker_pid(), Some(first), "on a new worker");
+        for (text, h) in others {
+            assert_eq!(
+                h.wait().expect("an outcome"),
+                Outcome::Completed(answer(&text, true))
+            );
+        }
+        assert_eq!(w.stats().shared_tasks, 7, "the retry is the same frame");
+        assert_region_all_free(&w, region);
+        assert!(w.collect_tasks().expect("collect").is_empty());
+        let _ = std::fs::remove_file(&marker);
     });
 }
 
