@@ -205,6 +205,13 @@ pub(crate) fn lease_granted(lease: u64, owner: &str, pid: Option<u32>, duration:
         lease, owner, pid, duration_ms = duration.as_millis() as u64, "lease granted");
 }
 
+/// A lease's holder started its term again (a grinder's next batch).
+pub(crate) fn lease_renewed(lease: u64, owner: &str, pid: Option<u32>, duration: Duration) {
+    #[cfg(feature = "tracing")]
+    event!(name: "lease_renewed", target: "worker_facade::pool", Level::DEBUG,
+        lease, owner, pid, duration_ms = duration.as_millis() as u64, "lease renewed");
+}
+
 /// A lease passed its hard expiry: revoked, its worker killed.
 pub(crate) fn lease_expired(lease: u64, owner: &str, pid: Option<u32>) {
     #[cfg(feature = "tracing")]

@@ -248,8 +248,8 @@ fn with_fewer_places_than_executors_a_waiting_batch_leaves_the_spare_one_to_othe
 #[test]
 fn batches_on_one_executor_follow_each_other_and_each_item_is_answered() {
     let _watchdog = watchdog("batches_on_one_executor_follow_each_other_and_each_item_is_answered");
-    // One executor, one place: each batch after the first asks for the
-    // executor ahead and gets it as the batch before it lands.
+    // One executor, one place: each batch after the first goes to the
+    // executor as the batch before it lands.
     let pool = pool(1);
     let grinder = by_size(&pool, 2);
     let ids: Vec<String> = (0..40).map(|i| format!("item-{i}")).collect();
@@ -272,6 +272,100 @@ fn batches_on_one_executor_follow_each_other_and_each_item_is_answered() {
         "{stats:?}"
     );
     assert_eq!(pool.stats().leased, 0, "every batch's lease went back");
+    pool.stop();
+}
+
+#[test]
+fn an_executor_goes_straight_to_the_next_batch_on_its_lease_renewed_for_each() {
+    let _watchdog =
+        watchdog("an_executor_goes_straight_to_the_next_batch_on_its_lease_renewed_for_each");
+    // Eight batches of two 0.1 s items, all cut at once: 1.6 s of work on
+    // one executor, under a 1 s lease with 0.2 s of grace. Without a new
+    // term for each batch, the lease would be revoked mid-way.
+    let pool = pool_with_grace(1, Duration::from_millis(200));
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(2)
+        .lease_seconds(1.0)
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            grinder
+                .enqueue(SimpleTask::new(format!("r{i}"), 0.1))
+                .expect("accepted")
+        })
+        .collect();
+    for (i, handle) in handles.iter().enumerate() {
+        assert_eq!(
+            result(handle).expect("completed, never expired"),
+            format!("r{i} solved after 0.1")
+        );
+    }
+    grinder.stop(false);
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.granted, stats.renewed, stats.revoked, stats.leased),
+        (1, 7, 0, 0),
+        "one lease, renewed for each batch after the first, given back at the end"
+    );
+    pool.stop();
+}
+
+#[test]
+fn a_caller_waiting_for_the_pool_gets_the_executor_before_the_grinders_next_batch() {
+    let _watchdog =
+        watchdog("a_caller_waiting_for_the_pool_gets_the_executor_before_the_grinders_next_batch");
+    let pool = pool(1);
+    let grinder = by_size(&pool, 1);
+    let first = grinder
+        .enqueue(SimpleTask::new("first", 0.4))
+        .expect("accepted");
+    let give_up = std::time::Instant::now() + HANG_GUARD;
+    while pool.stats().leased < 1 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the first batch leased"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Another caller asks for the one executor while the grinder holds it.
+    let other = {
+        let pool = pool.clone();
+        thread::spawn(move || {
+            let lease = pool
+                .acquire(Duration::from_secs(60), "other")
+                .expect("leased after the grinder's batch");
+            let got = std::time::Instant::now();
+            thread::sleep(Duration::from_millis(300));
+            drop(lease);
+            got
+        })
+    };
+    while pool.stats().waiting < 1 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the other caller waits"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Cut while the first runs: it waits for the executor, behind the
+    // other caller.
+    let second = grinder
+        .enqueue(SimpleTask::new("second", 0.0))
+        .expect("accepted");
+    assert_eq!(result(&first).expect("completed"), "first solved after 0.4");
+    assert_eq!(result(&second).expect("completed"), solved("second"));
+    let second_done = std::time::Instant::now();
+    let other_got = other.join().expect("the other caller");
+    assert!(
+        second_done >= other_got + Duration::from_millis(250),
+        "the second batch ran only once the other caller was done with the executor"
+    );
+    grinder.stop(false);
+    let stats = pool.stats();
+    assert_eq!((stats.granted, stats.renewed), (3, 0), "{stats:?}");
     pool.stop();
 }
 

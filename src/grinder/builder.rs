@@ -121,6 +121,11 @@ impl<T: Task> GrinderBuilder<T> {
     /// the pool's `lease_grace`) the batch's worker is killed and the item
     /// it was running answered [`WorkError::LeaseExpired`]. Must be more than
     /// zero.
+    ///
+    /// An executor whose batch has landed goes straight to the next one
+    /// when one is waiting, nobody else waits for the pool and at least half
+    /// the lease is left: its lease is renewed, a full term from the new
+    /// batch's start.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.as_secs_f64();
         self

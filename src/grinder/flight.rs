@@ -17,12 +17,11 @@
 //!
 //! What runs on the engine's thread is small and never waits: one lock that
 //! only the scheduler (arming the slot) also takes, a counter, the caller's
-//! waker, and, when the batch's last item has landed, two channel sends:
-//! the lease's release to the pool (so the executor goes to the next batch
-//! at once) and the news to the scheduler. Nothing that could block is
-//! dropped there: the [`Lease`] itself (which holds the facade, whose drop
-//! joins that very engine) stays with the scheduler, which drops it when it
-//! hears the batch has landed.
+//! waker, and, when the batch's last item has landed, one channel send: the
+//! news to the scheduler, which then sends the executor its next batch or
+//! gives the lease back. Nothing that could block is dropped there: the
+//! [`Lease`] itself (which holds the facade, whose drop joins that very
+//! engine) stays with the scheduler.
 //!
 //! Each slot counts the batch down exactly once, also if its delivery
 //! unwinds, so the scheduler always hears the batch end.
@@ -37,7 +36,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 
 use crate::engine::Reclaimed;
-use crate::pool::{AcquireError, Lease, LeaseError, Releaser, Revoked};
+use crate::pool::{AcquireError, Lease, LeaseError, Revoked};
 use crate::task::{NotRunReason, Outcome, Task};
 
 use super::handle::Reply;
@@ -61,8 +60,6 @@ pub(super) struct Flight<T: Task> {
     owner: String,
     /// The lease's revocation, read when an item settles.
     revoked: Arc<OnceLock<Revoked>>,
-    /// Gives the lease back the moment the last item settles.
-    releaser: Releaser<T>,
     rerun: bool,
     /// Slots not yet delivered, plus one while the batch is being queued.
     outstanding: AtomicUsize,
@@ -91,7 +88,6 @@ impl<T: Task> Flight<T> {
             number,
             owner: lease.owner().to_string(),
             revoked: lease.revocation_cell(),
-            releaser: lease.releaser(),
             rerun: settings.after_crash == AfterCrash::Rerun,
             outstanding: AtomicUsize::new(1),
             again: Mutex::new(Vec::new()),
@@ -165,13 +161,10 @@ impl<T: Task> Flight<T> {
         lock(&self.again).push(item);
     }
 
-    /// One slot (or the queueing) is done; the last one releases the lease
-    /// at once — nothing of the batch runs on it any more — so the pool
-    /// can hand the executor to the next batch without waiting for the
-    /// scheduler, and tells the scheduler.
+    /// One slot (or the queueing) is done; the last one tells the
+    /// scheduler, which decides what the executor does next.
     fn count_down(&self) {
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.releaser.release();
             // A scheduler that has ended no longer waits for it.
             let _ = self.control.send(Control::Landed(self.number));
         }

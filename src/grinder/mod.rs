@@ -8,15 +8,17 @@
 //! batch when `batch_size_threshold` items are pending or the oldest has
 //! waited `max_wait` — a deadline on its channel wait, no sleeping. Up to
 //! `concurrency` batches hold a place at once, each on its own executor: the
-//! scheduler asks the pool for a lease per batch (the answer is one more
+//! scheduler asks the pool for a lease for a batch (the answer is one more
 //! channel in the same wait), and when it comes, queues the whole batch on
 //! the executor in one go. No thread waits on a batch: each item's result
 //! goes to its caller from the executor's engine thread the moment the
-//! facade settles it (`flight.rs`). The last item to settle gives the lease
-//! back to the pool at once, and when the places are all the pool's
-//! executors one more batch is already waiting in the pool's queue, so the
-//! executor goes straight to it; the scheduler hears that the batch has
-//! landed, drops its lease and re-runs what did not run.
+//! facade settles it (`flight.rs`). The last item to settle tells the
+//! scheduler, which re-runs what did not run on a fresh executor, and
+//! otherwise sends this executor the next batch at once if one is cut and
+//! nobody else waits for the pool: the lease is renewed (a new term, named
+//! for the new batch), so each batch still has its executor for `lease`,
+//! and the executor goes from batch to batch with one thread hand-off.
+//! Else the lease goes back to the pool, which serves its callers in turn.
 //!
 //! Every accepted item is answered exactly once: each carries a one-shot
 //! reply that, if it were ever dropped unanswered, would answer

@@ -2,7 +2,8 @@
 //! or age, leases an executor for each (at most `concurrency` at once) and
 //! queues the batch on it. The items' results go to their callers from the
 //! executors' engine threads (see [`flight`](super::flight)); the scheduler
-//! hears only when a batch has landed, to release its lease.
+//! hears only when a batch has landed, and then either sends that executor
+//! the next batch at once, renewing its lease, or gives the lease back.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -38,7 +39,7 @@ pub(super) enum Control {
     Landed(u64),
 }
 
-/// A batch past the queue: asking for a lease, holding one, or running.
+/// A batch past the queue: asking for a lease, or running on one.
 struct Active<T: Task> {
     number: u64,
     stage: Stage<T>,
@@ -51,14 +52,6 @@ enum Stage<T: Task> {
     Leasing {
         items: Vec<Item<T>>,
         answer: Receiver<Result<Lease<T>, AcquireError>>,
-    },
-    /// The standby's lease, granted while every place is still taken. That
-    /// happens only when the places are the pool's every executor and one
-    /// of them was just released by a batch landing: the batch starts as
-    /// soon as this thread hears of that landing.
-    Held {
-        items: Vec<Item<T>>,
-        lease: Lease<T>,
     },
     /// Queued on the leased executor; answered from its engine thread.
     /// It holds one of the `concurrency` places.
@@ -96,9 +89,8 @@ pub(super) struct Scheduler<T: Task> {
     cancelling: bool,
     /// Batches cut and waiting for a place, oldest first.
     queued: VecDeque<(u64, Vec<Item<T>>)>,
-    /// Batches asking for a lease, holding one or running: at most
-    /// `concurrency` running, and at most one more than that in all (see
-    /// [`Scheduler::lease_limit`]).
+    /// Batches asking for a lease or running: at most `concurrency`, each
+    /// one a place.
     active: Vec<Active<T>>,
     dispatched: u64,
     done: u64,
@@ -180,7 +172,7 @@ impl<T: Task> Scheduler<T> {
                 .enumerate()
                 .filter_map(|(at, batch)| match &batch.stage {
                     Stage::Leasing { answer, .. } => Some((sel.recv(answer), at)),
-                    Stage::Held { .. } | Stage::Running { .. } => None,
+                    Stage::Running { .. } => None,
                 })
                 .collect();
             let op = match deadline {
@@ -205,7 +197,7 @@ impl<T: Task> Scheduler<T> {
                         .find(|(i, _)| *i == index)
                         .and_then(|&(_, at)| match &self.active[at].stage {
                             Stage::Leasing { answer, .. } => Some((at, op.recv(answer).ok())),
-                            Stage::Held { .. } | Stage::Running { .. } => None,
+                            Stage::Running { .. } => None,
                         });
                     match found {
                         Some((at, answer)) => Got::Lease(at, answer),
@@ -257,7 +249,7 @@ impl<T: Task> Scheduler<T> {
                     }
                     for batch in std::mem::take(&mut self.active) {
                         match batch.stage {
-                            Stage::Leasing { items, .. } | Stage::Held { items, .. } => {
+                            Stage::Leasing { items, .. } => {
                                 self.fail_all(items, &WorkError::Cancelled);
                                 self.done += 1;
                             }
@@ -368,11 +360,9 @@ impl<T: Task> Scheduler<T> {
         }
     }
 
-    /// Asks for leases for the oldest queued batches: one per free place,
-    /// and one more, the standby, when the places are the pool's every
-    /// executor (see [`Stage::Held`]).
+    /// Asks for leases for the oldest queued batches, one per free place.
     fn start_queued(&mut self) {
-        while self.active.len() < self.lease_limit() {
+        while self.active.len() < self.settings.concurrency {
             let Some((number, items)) = self.queued.pop_front() else {
                 return;
             };
@@ -380,31 +370,9 @@ impl<T: Task> Scheduler<T> {
         }
     }
 
-    /// How many batches may ask for or hold a lease at once.
-    ///
-    /// When `concurrency` covers every executor the pool may run, a
-    /// standby request waits in the pool's queue behind the running
-    /// batches and is granted the moment one of them lands: the executor
-    /// goes straight to the next batch (released from the engine's thread,
-    /// granted by the pool), without waiting for this thread to hear of the
-    /// landing first; that saves one thread wake-up per batch between two
-    /// batches on an executor. With fewer places than executors, a granted
-    /// standby could hold an executor idle that other lessees could use,
-    /// so there is none.
-    fn lease_limit(&self) -> usize {
-        let places = self.settings.concurrency;
-        if places >= self.manager.max_executors() {
-            places + 1
-        } else {
-            places
-        }
-    }
-
-    fn running(&self) -> usize {
-        self.active
-            .iter()
-            .filter(|b| matches!(b.stage, Stage::Running { .. }))
-            .count()
+    /// The lease name of batch `number`.
+    fn owner(&self, number: u64) -> String {
+        format!("{}-{number}", self.settings.owner_prefix)
     }
 
     /// Asks the pool for a lease for batch `number` (new, or what is left
@@ -433,8 +401,10 @@ impl<T: Task> Scheduler<T> {
             self.done += 1;
             return;
         }
-        let owner = format!("{}-{number}", self.settings.owner_prefix);
-        match self.manager.request(self.settings.lease, owner, true, None) {
+        match self
+            .manager
+            .request(self.settings.lease, self.owner(number), true, None)
+        {
             Ok(answer) => self.active.push(Active {
                 number,
                 stage: Stage::Leasing { items, answer },
@@ -456,14 +426,7 @@ impl<T: Task> Scheduler<T> {
             return;
         };
         match answer.unwrap_or(Err(AcquireError::Stopped)) {
-            Ok(lease) if self.running() < self.settings.concurrency => {
-                self.launch(batch.number, lease, items);
-            }
-            // The standby's lease, while every place is still taken.
-            Ok(lease) => self.active.push(Active {
-                number: batch.number,
-                stage: Stage::Held { items, lease },
-            }),
+            Ok(lease) => self.launch(batch.number, lease, items),
             Err(e) => {
                 self.fail_all(items, &WorkError::NoExecutor(e));
                 self.done += 1;
@@ -488,9 +451,10 @@ impl<T: Task> Scheduler<T> {
         });
     }
 
-    /// Every item of batch `number` is answered or kept, and its lease was
-    /// released as the last one settled: start the held batch in its
-    /// place, and run what did not run on a fresh executor.
+    /// Every item of batch `number` is answered or kept: its executor goes
+    /// straight to the next batch if one is cut, on the same lease renewed
+    /// (see [`Scheduler::keeps`]); otherwise the lease goes back to the
+    /// pool, and what did not run asks for a fresh executor.
     fn landed(&mut self, number: u64) {
         let Some(at) = self
             .active
@@ -500,31 +464,54 @@ impl<T: Task> Scheduler<T> {
             return;
         };
         let batch = self.active.swap_remove(at);
-        if let Some(held) = self
-            .active
-            .iter()
-            .position(|b| matches!(b.stage, Stage::Held { .. }))
-        {
-            let held = self.active.swap_remove(held);
-            if let Stage::Held { items, lease } = held.stage {
-                self.launch(held.number, lease, items);
+        let Stage::Running { mut lease, flight } = batch.stage else {
+            return;
+        };
+        let again = flight.take_again();
+        drop(flight);
+        // Cut now what is due, so that a batch ready at this moment finds
+        // the executor still leased.
+        self.cut_ready(Instant::now());
+        if again.is_empty() {
+            self.done += 1;
+            if self.keeps(&lease) {
+                if let Some((next, items)) = self.queued.pop_front() {
+                    if lease.renew(self.owner(next)) {
+                        self.launch(next, lease, items);
+                        self.start_queued();
+                        return;
+                    }
+                    self.queued.push_front((next, items));
+                }
             }
-        }
-        if let Stage::Running { lease, flight } = batch.stage {
-            let again = flight.take_again();
-            // Already released (the flight did as it landed): this drops
-            // only what the lease held here, off the engine's thread.
             drop(lease);
-            if again.is_empty() {
-                self.done += 1;
-            } else {
-                self.counters
-                    .rerun
-                    .fetch_add(again.len() as u64, Ordering::Relaxed);
-                self.lease_for(number, again);
-            }
+        } else {
+            // Its executor lost its worker (or its lease): given back first,
+            // so that the pool retires it before it reads the new request.
+            drop(lease);
+            self.counters
+                .rerun
+                .fetch_add(again.len() as u64, Ordering::Relaxed);
+            self.lease_for(number, again);
         }
         self.start_queued();
+    }
+
+    /// Whether a landed batch's lease carries the next batch rather than
+    /// going back to the pool: a batch is cut and waiting, the lease has at
+    /// least half its term left and its worker was never lost (so the
+    /// renewal reaches the pool long before the old expiry), the grinder is
+    /// not cancelling, and nobody else waits for an executor (the pool
+    /// serves callers in turn; a kept executor would skip theirs).
+    ///
+    /// Kept, the executor goes from one batch to the next with one thread
+    /// hand-off (its engine to this thread), not three (to the pool's
+    /// manager, back here, then the batch).
+    fn keeps(&self, lease: &Lease<T>) -> bool {
+        !self.queued.is_empty()
+            && !self.cancelling
+            && lease.has_time_for(self.settings.lease / 2)
+            && !self.manager.others_waiting()
     }
 
     fn fail_all(&self, items: Vec<Item<T>>, error: &WorkError) {

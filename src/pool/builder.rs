@@ -130,6 +130,7 @@ impl<T: Task> PoolBuilder<T> {
             cfg: self,
             phase: Mutex::new(Phase::Idle),
             span,
+            demand: Default::default(),
         })
     }
 

@@ -222,16 +222,44 @@ impl<T: Task> Lease<T> {
             .map_err(|err| self.refused(err))
     }
 
-    /// What gives this lease back from wherever the lease itself is not
-    /// (the grinder releases a batch's lease from the executor's engine
-    /// thread the moment its last item settles, where dropping the lease —
-    /// and the facade it holds — must not happen). Releasing twice is
-    /// harmless: the manager forgets a lease at its first release.
-    pub(crate) fn releaser(&self) -> Releaser<T> {
-        Releaser {
-            id: self.id,
-            manager: self.manager.clone(),
+    /// Whether the lease can carry more work for `at_least` before its
+    /// soft expiry: not revoked, its worker never lost, and that much time
+    /// left.
+    pub(crate) fn has_time_for(&self, at_least: Duration) -> bool {
+        !self.is_revoked()
+            && self.facade.workers_lost() == 0
+            && self
+                .soft
+                .checked_duration_since(Instant::now())
+                .is_some_and(|left| left >= at_least)
+    }
+
+    /// Starts the lease's term again, from now, for `owner` (a grinder's
+    /// executor going straight to its next batch, which the lease then
+    /// names). The manager hears of it without being waited for, so renew
+    /// only a lease with time left ([`has_time_for`](Self::has_time_for)):
+    /// until the message is read, the old expiry still holds there.
+    /// Returns whether the renewal was sent (not once the manager ended).
+    pub(crate) fn renew(&mut self, owner: String) -> bool {
+        let now = Instant::now();
+        let grace = self.hard.saturating_duration_since(self.soft);
+        let soft = now.checked_add(self.duration).unwrap_or(self.soft);
+        let hard = soft.checked_add(grace).unwrap_or(soft);
+        let sent = self
+            .manager
+            .send(Msg::Renew {
+                id: self.id,
+                owner: owner.clone(),
+                soft,
+                hard,
+            })
+            .is_ok();
+        if sent {
+            self.owner = owner;
+            self.soft = soft;
+            self.hard = hard;
         }
+        sent
     }
 
     /// The task back if the lease takes work now; the refusal otherwise.
@@ -281,21 +309,6 @@ impl<T: Task> Lease<T> {
 
     /// Gives the executor back to the pool. The same as dropping the lease.
     pub fn release(self) {}
-}
-
-/// Releases one lease without holding it: see [`Lease::releaser`].
-pub(crate) struct Releaser<T: Task> {
-    id: u64,
-    manager: Sender<Msg<T>>,
-}
-
-impl<T: Task> Releaser<T> {
-    /// Gives the lease back to the pool, as dropping it would. The lease
-    /// itself must take no more work.
-    pub(crate) fn release(&self) {
-        // A manager that has ended no longer needs to hear about it.
-        let _ = self.manager.send(Msg::Release { id: self.id });
-    }
 }
 
 impl<T: Task> Drop for Lease<T> {

@@ -4,7 +4,7 @@
 //! never on the manager's thread).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,13 @@ pub(super) enum Msg<T: Task> {
     Release {
         id: u64,
     },
+    /// Its holder started the lease's term again (see `Lease::renew`).
+    Renew {
+        id: u64,
+        owner: String,
+        soft: Instant,
+        hard: Instant,
+    },
     Spawned {
         result: Result<WorkingProcessFacade<T>, SpawnError>,
         purpose: SpawnFor,
@@ -44,6 +51,23 @@ pub(super) enum Msg<T: Task> {
     WorkerLost,
     Stats(oneshot::Sender<PoolStats>),
     Stop,
+}
+
+/// How many lease requests are on their way to the manager (counted up by
+/// the asker before it sends, down by the manager as it reads one) and how
+/// many wait in its queue (counted up as the manager queues one, and set to
+/// the queue's length each turn): someone waits for an executor while
+/// either is above zero.
+#[derive(Debug, Default)]
+pub(super) struct Demand {
+    pub(super) sent: AtomicUsize,
+    pub(super) queued: AtomicUsize,
+}
+
+impl Demand {
+    pub(super) fn waiting(&self) -> bool {
+        self.sent.load(Ordering::Acquire) > 0 || self.queued.load(Ordering::Acquire) > 0
+    }
 }
 
 /// Why an executor is being started.
@@ -144,6 +168,10 @@ pub(super) struct Manager<T: Task> {
     revoked: u64,
     shrunk: u64,
     spawn_failures: u64,
+    renewed: u64,
+    /// Lease requests on their way here and waiting here, for whoever
+    /// wants to know whether someone waits (see [`Demand`]).
+    demand: Arc<Demand>,
     /// When to try again to restore the minimum after a failed spawn.
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -181,8 +209,12 @@ impl<T: Task> Manager<T> {
         tx: Sender<Msg<T>>,
         spawn_tx: Sender<Job<T>>,
         spawner_stop: Arc<AtomicBool>,
+        demand: Arc<Demand>,
     ) -> Self {
         let now = Instant::now();
+        // Nothing was asked of this run yet (asking needs it running).
+        demand.sent.store(0, Ordering::Release);
+        demand.queued.store(0, Ordering::Release);
         Manager {
             min: cfg.min,
             max: cfg.max,
@@ -205,6 +237,8 @@ impl<T: Task> Manager<T> {
             revoked: 0,
             shrunk: 0,
             spawn_failures: 0,
+            renewed: 0,
+            demand,
             retry_at: None,
             backoff: FIRST_RETRY,
             stopping: false,
@@ -219,6 +253,9 @@ impl<T: Task> Manager<T> {
             self.serve(now);
             self.shrink(now);
             self.keep_minimum(now);
+            self.demand
+                .queued
+                .store(self.waiters.len(), Ordering::Release);
             let msg = match self.next_deadline() {
                 Some(deadline) => match self.rx.recv_deadline(deadline) {
                     Ok(msg) => msg,
@@ -250,14 +287,36 @@ impl<T: Task> Manager<T> {
                 wait,
                 deadline,
                 reply,
-            } => self.waiters.push_back(Waiter {
+            } => {
+                // Counted as queued before it stops counting as sent, so
+                // that it never looks as if nobody waits.
+                self.demand.queued.fetch_add(1, Ordering::AcqRel);
+                self.demand.sent.fetch_sub(1, Ordering::AcqRel);
+                self.waiters.push_back(Waiter {
                 asked: now,
                 owner,
                 duration,
                 wait,
                 deadline,
                 reply,
-            }),
+                })
+            }
+            Msg::Renew {
+                id,
+                owner,
+                soft,
+                hard,
+            } => {
+                // A lease revoked meanwhile is gone from the table: its
+                // holder hears so from the revocation.
+                if let Some(lease) = self.leased.get_mut(&id) {
+                    trace::lease_renewed(id, &owner, lease.facade.worker_pid(), lease.duration);
+                    lease.owner = owner;
+                    lease.soft = soft;
+                    lease.hard = hard;
+                    self.renewed += 1;
+                }
+            }
             Msg::Release { id } => {
                 if let Some(lease) = self.leased.remove(&id) {
                     if is_broken(&lease.facade) {
@@ -554,6 +613,8 @@ impl<T: Task> Manager<T> {
             revoked: self.revoked,
             shrunk: self.shrunk,
             spawn_failures: self.spawn_failures,
+            granted: self.next_lease,
+            renewed: self.renewed,
             leases,
         }
     }
@@ -596,15 +657,17 @@ impl<T: Task> Manager<T> {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 Msg::Acquire { mut reply, .. } => {
+                    self.demand.sent.fetch_sub(1, Ordering::AcqRel);
                     reply.send(Err(AcquireError::Stopped));
                 }
                 Msg::Spawned { .. } => self.spawning = self.spawning.saturating_sub(1),
                 Msg::Stats(reply) => {
                     let _ = reply.send(self.snapshot(now));
                 }
-                Msg::Release { .. } | Msg::WorkerLost | Msg::Stop => {}
+                Msg::Release { .. } | Msg::Renew { .. } | Msg::WorkerLost | Msg::Stop => {}
             }
         }
+        self.demand.queued.store(0, Ordering::Release);
         self.spawning = 0;
         self.snapshot(now)
     }

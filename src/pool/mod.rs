@@ -26,7 +26,7 @@ mod manager;
 mod stats;
 
 use std::fmt;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ use crate::task::Task;
 pub use builder::PoolBuilder;
 pub use error::{AcquireError, LeaseError, PoolConfigError, PoolStartError};
 pub use lease::Lease;
-pub(crate) use lease::{Releaser, Revoked};
+pub(crate) use lease::Revoked;
 pub use stats::{LeaseInfo, PoolStats};
 
 use manager::{LeaseReply, Manager, Msg, spawner};
@@ -167,6 +167,8 @@ pub struct LeasedExecutorManager<T: Task> {
     phase: Mutex<Phase<T>>,
     /// The `pool` span its threads (and its executors' facades) run in.
     span: crate::trace::Span,
+    /// Whether anyone waits for a lease (see [`manager::Demand`]).
+    demand: Arc<manager::Demand>,
 }
 
 impl<T: Task> fmt::Debug for LeasedExecutorManager<T> {
@@ -357,7 +359,15 @@ impl<T: Task> LeasedExecutorManager<T> {
             })
             .map_err(|e| PoolStartError::Thread("spawner", e))?
         };
-        let manager = Manager::new(&self.cfg, executors, rx, tx.clone(), spawn_tx, stopping);
+        let manager = Manager::new(
+            &self.cfg,
+            executors,
+            rx,
+            tx.clone(),
+            spawn_tx,
+            stopping,
+            self.demand.clone(),
+        );
         let span = self.span.clone();
         let thread = match joinable::spawn("wf-pool-manager", move || span.run(|| manager.run())) {
             Ok(thread) => thread,
@@ -799,14 +809,28 @@ impl<T: Task> LeasedExecutorManager<T> {
             Phase::Stopped(_) | Phase::Stopping { .. } => return Err(AcquireError::Stopped),
             Phase::Running { tx, .. } => tx.clone(),
         };
-        tx.send(Msg::Acquire {
+        // Counted before it is sent, so that it is never missed between
+        // the send and the manager reading it.
+        self.demand.sent.fetch_add(1, Ordering::AcqRel);
+        let sent = tx.send(Msg::Acquire {
             owner,
             duration: lease,
             wait,
             deadline,
             reply,
-        })
-        .map_err(|_| AcquireError::Stopped)
+        });
+        if sent.is_err() {
+            self.demand.sent.fetch_sub(1, Ordering::AcqRel);
+            return Err(AcquireError::Stopped);
+        }
+        Ok(())
+    }
+
+    /// Whether a lease request waits, or is on its way, to be answered:
+    /// whoever holds a lease and could use it for more should give it back
+    /// instead.
+    pub(crate) fn others_waiting(&self) -> bool {
+        self.demand.waiting()
     }
 
     /// Gives a lease back; the same as [`Lease::release`] or dropping it.
