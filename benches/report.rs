@@ -210,6 +210,8 @@ fn main() {
             let t = grind::throughput(2, SUBMITTERS, n, batch);
             println!("profile-grind: {n} items in batches of {batch} in {t:?}");
         }
+        let t = grind::facade_throughput(2, SUBMITTERS, n);
+        println!("profile-grind: {n} items straight on a workers(2) facade in {t:?}");
         return;
     }
     if only.iter().any(|o| o == "profile-blob") {
@@ -786,6 +788,11 @@ fn grinder(r: &mut Report) {
     let [small_rate] = median_of(RUNS, || {
         [total as f64 / grind::throughput(2, SUBMITTERS, total, 20).as_secs_f64()]
     });
+    // The ceiling: the same submitters straight on one workers(2) facade,
+    // no batches, no leases.
+    let [ceiling] = median_of(RUNS, || {
+        [total as f64 / grind::facade_throughput(2, SUBMITTERS, total).as_secs_f64()]
+    });
     for (batch, lib) in [(GRIND_BATCH, lib_rate), (20, small_rate)] {
         let ratio = lib / raw_rate;
         let default = if batch == 20 { ", the default" } else { "" };
@@ -811,6 +818,16 @@ fn grinder(r: &mut Report) {
             ))
         });
     }
+    r.push(Row {
+        library: rate(ceiling),
+        baseline: format!("{} (raw bincode frames, one child)", rate(raw_rate)),
+        ratio: Some(ceiling / raw_rate),
+        target: "—".into(),
+        met: None,
+        ..Row::new(
+            "8a. the same 1,000 submitters straight on a workers(2) facade (no grinder: its ceiling), tasks/s",
+        )
+    });
     let [raw50, raw99] = raw_ping();
     for (max_wait, label) in [
         (Duration::from_millis(1), "1 ms"),

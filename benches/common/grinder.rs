@@ -91,6 +91,10 @@ pub(crate) fn throughput(
     assert_eq!(done, total, "every item answered");
     drop(rt);
     g.stop(false);
+    if std::env::var_os("WF_DEBUG_POOL").is_some() {
+        let st = pool.stats();
+        eprintln!("granted {} renewed {}", st.granted, st.renewed);
+    }
     pool.stop();
     took
 }
@@ -153,5 +157,50 @@ pub(crate) fn leases(workers: usize, total: usize) -> Duration {
     assert_eq!(done, total, "every task answered");
     drop(leases);
     pool.stop();
+    took
+}
+
+/// The grinder's ceiling: the same `submitters` async tasks, one item
+/// each at a time, straight on one `workers(workers)` facade (no batching,
+/// no leases). Returns the time until every result is in; each is checked.
+pub(crate) fn facade_throughput(workers: usize, submitters: usize, total: usize) -> Duration {
+    let w = Arc::new(
+        worker_facade::WorkingProcessFacade::<Tiny>::builder(command("tiny"))
+            .workers(workers)
+            .spawn()
+            .expect("spawn workers"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("tokio runtime");
+    let per = total.div_ceil(submitters);
+    let t0 = Instant::now();
+    let done: usize = rt.block_on(async {
+        let joins: Vec<_> = (0..submitters)
+            .map(|s| {
+                let w = w.clone();
+                tokio::spawn(async move {
+                    let first = (s * per) as u64;
+                    let last = ((s + 1) * per).min(total) as u64;
+                    for id in first..last {
+                        let task = Tiny::new(id);
+                        let want = tasks::solve_tiny(&task);
+                        let got = w.submit(task).expect("accepted").await;
+                        assert_eq!(got.expect("an outcome"), Outcome::Completed(want));
+                    }
+                    (last.saturating_sub(first)) as usize
+                })
+            })
+            .collect();
+        let mut done = 0;
+        for j in joins {
+            done += j.await.expect("submitter");
+        }
+        done
+    });
+    let took = t0.elapsed();
+    assert_eq!(done, total, "every item answered");
+    drop(rt);
     took
 }
