@@ -52,11 +52,12 @@ pub struct PoolStats {
     pub shrunk: u64,
     /// Executor starts that failed.
     pub spawn_failures: u64,
-    /// Leases granted.
+    /// Leases granted since `start`.
     pub granted: u64,
-    /// Leases renewed by their holder: a [`WorkGrinder`](crate::WorkGrinder)
-    /// executor that went straight to its next batch, a new term from then
-    /// on, with nobody else waiting for the pool.
+    /// Times a lease was renewed by its holder since `start`: a
+    /// [`WorkGrinder`](crate::WorkGrinder)'s executor that went straight to
+    /// its next batch, with a new term from then on, while nobody else
+    /// waited for the pool.
     pub renewed: u64,
     /// Every current lease.
     pub leases: Vec<LeaseInfo>,
