@@ -123,7 +123,9 @@
 //!   `task_timed_out{pid, task, limit_ms}`,
 //!   `restart_budget_exhausted{slot, reason, gave_up}` and
 //!   `facade_gave_up{reason}` (exactly when [`FacadeStats::gave_up`] is set);
-//! - target `worker_facade::pool`: `lease_granted`, `lease_expired`,
+//! - target `worker_facade::pool`: `lease_granted`, `lease_renewed` (a
+//!   grinder's executor going straight to its next batch; both also with
+//!   `duration_ms`), `lease_expired`,
 //!   `lease_revoked{lease, owner, pid}`, `executor_retired{facade, why}`,
 //!   `executor_started`, `executor_replaced{facade, pid}`,
 //!   `executor_spawn_failed{error}`;

@@ -323,12 +323,18 @@ impl TaskView {
         })
     }
 
-    /// The `len` bytes at `offset`, in place. A span outside the region
-    /// is an error: the parent never sends one.
+    /// Runs `f` on the `len` bytes at `offset`, in place (what it returns
+    /// cannot borrow them). A span outside the region is an error, and `f`
+    /// does not run: the parent never sends one.
     ///
     /// The bytes are the task's until the worker answers it (see step 4):
-    /// the borrow must end before the answer is sent.
-    pub(crate) fn task(&self, offset: u64, len: u64) -> Result<&[u8], String> {
+    /// call this before the answer is sent.
+    pub(crate) fn with_task<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl for<'a> FnOnce(&'a [u8]) -> R,
+    ) -> Result<R, String> {
         let fits = offset
             .checked_add(len)
             .is_some_and(|end| end <= self.map.len() as u64);
@@ -339,7 +345,7 @@ impl TaskView {
             ));
         }
         // Both fit in usize: they are inside a mapping of this process.
-        Ok(self.map.frozen(offset as usize, len as usize))
+        Ok(self.map.with_frozen(offset as usize, len as usize, f))
     }
 }
 
@@ -355,17 +361,20 @@ mod tests {
         let span = region.store(&bytes).expect("a free span");
         let view = TaskView::open(region.fd()).expect("view");
         let read = view
-            .task(span.offset(), span.len())
+            .with_task(span.offset(), span.len(), <[u8]>::to_vec)
             .expect("inside the region");
-        assert_eq!(read, &bytes[..]);
+        assert_eq!(read, bytes);
         let err = view
-            .task(span.offset() + 1, 64 * 1024)
+            .with_task(span.offset() + 1, 64 * 1024, |_| ())
             .expect_err("runs past the end");
         assert!(err.contains("outside"), "{err}");
-        assert!(view.task(u64::MAX, 2).is_err(), "overflow");
-        let last = view.task(64 * 1024 - 1, 1).expect("the last byte");
-        assert_eq!(last.len(), 1);
-        assert!(view.task(64 * 1024, 1).is_err(), "one past the end");
+        assert!(view.with_task(u64::MAX, 2, |_| ()).is_err(), "overflow");
+        let last = view.with_task(64 * 1024 - 1, 1, <[u8]>::len);
+        assert_eq!(last, Ok(1), "the last byte");
+        assert!(
+            view.with_task(64 * 1024, 1, |_| ()).is_err(),
+            "one past the end"
+        );
     }
 
     #[test]
@@ -432,8 +441,10 @@ mod tests {
                     prop_assert!(pair[0].1 <= pair[1].0, "overlap: {:?}", pair);
                 }
                 for (span, fill) in &live {
-                    let read = view.task(span.offset(), span.len()).expect("inside");
-                    prop_assert!(read.iter().all(|b| b == fill));
+                    let same = view
+                        .with_task(span.offset(), span.len(), |read| read.iter().all(|b| b == fill))
+                        .expect("inside");
+                    prop_assert!(same);
                 }
             }
             drop(live);

@@ -361,7 +361,7 @@ mod tests {
 /// (the result ring), nothing read from it is ever referenced in place:
 /// words are loaded, bytes are copied out. Only a read-only view of a
 /// region that nobody may write while it is looked at (a worker's view of
-/// the sealed task region) lends its bytes ([`SharedMap::frozen`]).
+/// the sealed task region) lends its bytes ([`SharedMap::with_frozen`]).
 ///
 /// # Drop
 ///
@@ -528,29 +528,37 @@ impl SharedMap {
         }
     }
 
-    /// The `len` bytes at byte `offset`, lent in place, from a mapping
-    /// that this process maps read-only.
+    /// Runs `f` on the `len` bytes at byte `offset`, lent in place, from
+    /// a mapping that this process maps read-only. What `f` returns cannot
+    /// borrow them: the loan ends when `f` does.
     ///
     /// Only for the worker's view of the sealed task region: the seals
     /// leave the parent's mapping the only writable one, and the parent
     /// never writes a span while a frame naming it may be read (see
-    /// `region.rs`, step 4). The worker borrows a span only between reading
-    /// its TASK_AT and answering it, so nothing writes under the borrow.
-    pub(crate) fn frozen(&self, offset: usize, len: usize) -> &[u8] {
+    /// `region.rs`, step 4). The worker lends a span only between reading
+    /// its TASK_AT and answering it, so nothing writes during the loan.
+    pub(crate) fn with_frozen<R>(
+        &self,
+        offset: usize,
+        len: usize,
+        f: impl for<'a> FnOnce(&'a [u8]) -> R,
+    ) -> R {
         assert!(!self.writable, "lending bytes of a writable region");
         assert!(
             offset <= self.len && len <= self.len - offset,
             "bytes outside the region"
         );
         // SAFETY: the range is inside the mapping (checked above), which
-        // lives as long as `self`, so as long as the borrow. This process
-        // cannot write it (mapped PROT_READ, and the memfd is sealed against
-        // new writable mappings and write(2)); the one writable mapping is
-        // the parent's, which writes a span only before sending the frame
-        // that names it (the socket orders that write before our read) and
-        // again only once this worker answered it or is dead. Any byte value
-        // is a valid u8.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
+        // outlives this call, and the slice cannot outlive `f` (its
+        // lifetime is `f`'s own, so `R` cannot hold it). This process
+        // cannot write the range (mapped PROT_READ, and the memfd is sealed
+        // against new writable mappings and write(2)); the one writable
+        // mapping is the parent's, which writes a span only before sending
+        // the frame that names it (the socket orders that write before our
+        // read) and again only once this worker answered it or is dead.
+        // Any byte value is a valid u8.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) };
+        f(bytes)
     }
 
     /// Copies `src` into the region at byte `offset`.

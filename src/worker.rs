@@ -384,21 +384,22 @@ where
                 if options.mark_output {
                     mark_output(id);
                 }
-                // A large task is decoded in place from the task region. Its
-                // bytes are borrowed only in this block, long before the
-                // task is answered (region.rs, step 4).
-                let decoded = {
-                    let payload = match at {
-                        None => payload,
-                        Some((offset, len)) => match tasks.task(offset, len) {
-                            Ok(bytes) => bytes,
+                // A large task is decoded in place from the task region,
+                // long before it is answered (region.rs, step 4): the loan
+                // ends with the decode.
+                let decoded = match at {
+                    None => caught(|| codec::decode::<T>(payload)),
+                    Some((offset, len)) => {
+                        let lent = tasks
+                            .with_task(offset, len, |bytes| caught(|| codec::decode::<T>(bytes)));
+                        match lent {
+                            Ok(decoded) => decoded,
                             Err(why) => {
                                 push_message(&mut out, KIND_UNDECODABLE, id, &why, max);
                                 continue;
                             }
-                        },
-                    };
-                    caught(|| codec::decode::<T>(payload))
+                        }
+                    }
                 };
                 let task = match decoded {
                     Ok(Ok(task)) => task,
@@ -917,10 +918,15 @@ impl Tasks {
         }
     }
 
-    /// The large task at `offset` (`len` bytes), in place.
-    fn task(&self, offset: u64, len: u64) -> Result<&[u8], String> {
+    /// Runs `f` on the large task at `offset` (`len` bytes), in place.
+    fn with_task<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl for<'a> FnOnce(&'a [u8]) -> R,
+    ) -> Result<R, String> {
         match self {
-            Tasks::Mapped(view) => view.task(offset, len),
+            Tasks::Mapped(view) => view.with_task(offset, len, f),
             Tasks::Missing(why) => Err(why.clone()),
         }
     }

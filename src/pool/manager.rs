@@ -293,12 +293,12 @@ impl<T: Task> Manager<T> {
                 self.demand.queued.fetch_add(1, Ordering::AcqRel);
                 self.demand.sent.fetch_sub(1, Ordering::AcqRel);
                 self.waiters.push_back(Waiter {
-                asked: now,
-                owner,
-                duration,
-                wait,
-                deadline,
-                reply,
+                    asked: now,
+                    owner,
+                    duration,
+                    wait,
+                    deadline,
+                    reply,
                 })
             }
             Msg::Renew {
