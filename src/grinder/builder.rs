@@ -123,9 +123,10 @@ impl<T: Task> GrinderBuilder<T> {
     /// zero.
     ///
     /// An executor whose batch has landed goes straight to the next one
-    /// when one is waiting, nobody else waits for the pool and at least half
-    /// the lease is left: its lease is renewed, a full term from the new
-    /// batch's start.
+    /// when one is waiting, nobody else waits for the pool, its worker was
+    /// never lost, the grinder is not cancelling and at least half the lease
+    /// is left: its lease is renewed, a full term from the new batch's
+    /// start.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.as_secs_f64();
         self

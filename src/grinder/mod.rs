@@ -14,11 +14,13 @@
 //! goes to its caller from the executor's engine thread the moment the
 //! facade settles it (`flight.rs`). The last item to settle tells the
 //! scheduler, which re-runs what did not run on a fresh executor, and
-//! otherwise sends this executor the next batch at once if one is cut and
-//! nobody else waits for the pool: the lease is renewed (a new term, named
-//! for the new batch), so each batch still has its executor for `lease`,
-//! and the executor goes from batch to batch with one thread hand-off.
-//! Else the lease goes back to the pool, which serves its callers in turn.
+//! otherwise sends this executor the next batch at once if one is cut,
+//! nobody else waits for the pool, the grinder is not cancelling, the
+//! executor's worker was never lost and half the lease is left: the lease
+//! is renewed (a new term, named for the new batch), so each batch still
+//! has its executor for `lease`, and the executor goes from batch to batch
+//! with two thread hand-offs rather than three. Else the lease goes back
+//! to the pool, which serves its callers in turn.
 //!
 //! Every accepted item is answered exactly once: each carries a one-shot
 //! reply that, if it were ever dropped unanswered, would answer

@@ -504,9 +504,10 @@ impl<T: Task> Scheduler<T> {
     /// not cancelling, and nobody else waits for an executor (the pool
     /// serves callers in turn; a kept executor would skip theirs).
     ///
-    /// Kept, the executor goes from one batch to the next with one thread
-    /// hand-off (its engine to this thread), not three (to the pool's
-    /// manager, back here, then the batch).
+    /// Kept, the executor goes from one batch to the next with two thread
+    /// hand-offs (its engine to this thread, this thread's batch to the
+    /// executor), not three (its engine to the pool's manager, the lease
+    /// to this thread, the batch to the executor).
     fn keeps(&self, lease: &Lease<T>) -> bool {
         !self.queued.is_empty()
             && !self.cancelling

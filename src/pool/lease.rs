@@ -109,7 +109,9 @@ impl<T: Task> Lease<T> {
         &self.owner
     }
 
-    /// The duration asked for (soft expiry minus grant time).
+    /// The duration asked for: the soft expiry minus the time the lease
+    /// was granted (or last renewed, which only a
+    /// [`WorkGrinder`](crate::WorkGrinder) does to its own leases).
     pub fn duration(&self) -> Duration {
         self.duration
     }

@@ -247,6 +247,15 @@ impl<T: Task> Manager<T> {
 
     pub(super) fn run(mut self) -> PoolStats {
         loop {
+            // Whatever is waiting is read before anything is decided: a
+            // renewal sent as a lease's old term runs out counts, and the
+            // expiries below see it.
+            while let Ok(msg) = self.rx.try_recv() {
+                if let Msg::Stop = msg {
+                    return self.shutdown();
+                }
+                self.handle(msg);
+            }
             let now = Instant::now();
             self.revoke_expired(now);
             self.retire_broken();
@@ -268,13 +277,6 @@ impl<T: Task> Manager<T> {
                 return self.shutdown();
             }
             self.handle(msg);
-            // Take whatever else is waiting before deciding anything.
-            while let Ok(msg) = self.rx.try_recv() {
-                if let Msg::Stop = msg {
-                    return self.shutdown();
-                }
-                self.handle(msg);
-            }
         }
     }
 
