@@ -48,13 +48,17 @@ fn review_worker_main() {
     eprintln!("review worker: {mode} {}", std::process::id());
     let boot = read_boot();
     let mut s = boot.connect();
+    // "shut-rd" stops reading before its HELLO, so that every write the
+    // parent makes fails. Shut down after it, a task the parent wrote in
+    // between would sit unread in a live worker's socket: a worker hung
+    // before its first task, which collect_tasks() waits for like any hang.
+    if mode == "shut-rd" {
+        s.shutdown(std::net::Shutdown::Read).unwrap();
+    }
     send(&mut s, &honest_hello(&boot.token));
     match mode.as_str() {
         // Stops reading but keeps its socket and stays alive.
-        "shut-rd" => {
-            s.shutdown(std::net::Shutdown::Read).unwrap();
-            sleep_forever();
-        }
+        "shut-rd" => sleep_forever(),
         // Hangs up after the first task, lingers.
         "linger" => {
             wait_task(&mut s);
