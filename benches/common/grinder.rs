@@ -58,6 +58,28 @@ pub(crate) fn throughput(
 ) -> Duration {
     let pool = pool(workers);
     let g = grinder(&pool, Duration::from_millis(1), threshold, workers);
+    let submit_to = g.clone();
+    let took = async_submitters(submitters, total, move |task| {
+        let g = submit_to.clone();
+        async move {
+            let got = g.enqueue(task).expect("accepted").await;
+            got.expect("waited once").expect("a result")
+        }
+    });
+    g.stop(false);
+    pool.stop();
+    took
+}
+
+/// `total` tiny tasks from `submitters` concurrent async tasks on a
+/// 2-thread tokio runtime, each handing one task to `call` and awaiting
+/// its result before the next. Returns the time from the first call until
+/// every result is in; every result is checked.
+fn async_submitters<F, Fut>(submitters: usize, total: usize, call: F) -> Duration
+where
+    F: Fn(Tiny) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -67,15 +89,14 @@ pub(crate) fn throughput(
     let done: usize = rt.block_on(async {
         let joins: Vec<_> = (0..submitters)
             .map(|s| {
-                let g = g.clone();
+                let call = call.clone();
                 tokio::spawn(async move {
                     let first = (s * per) as u64;
                     let last = ((s + 1) * per).min(total) as u64;
                     for id in first..last {
                         let task = Tiny::new(id);
                         let want = tasks::solve_tiny(&task);
-                        let got = g.enqueue(task).expect("accepted").await;
-                        assert_eq!(got.expect("waited once").expect("a result"), want);
+                        assert_eq!(call(task).await, want);
                     }
                     (last.saturating_sub(first)) as usize
                 })
@@ -90,12 +111,6 @@ pub(crate) fn throughput(
     let took = t0.elapsed();
     assert_eq!(done, total, "every item answered");
     drop(rt);
-    g.stop(false);
-    if std::env::var_os("WF_DEBUG_POOL").is_some() {
-        let st = pool.stats();
-        eprintln!("granted {} renewed {}", st.granted, st.renewed);
-    }
-    pool.stop();
     took
 }
 
@@ -170,37 +185,13 @@ pub(crate) fn facade_throughput(workers: usize, submitters: usize, total: usize)
             .spawn()
             .expect("spawn workers"),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .expect("tokio runtime");
-    let per = total.div_ceil(submitters);
-    let t0 = Instant::now();
-    let done: usize = rt.block_on(async {
-        let joins: Vec<_> = (0..submitters)
-            .map(|s| {
-                let w = w.clone();
-                tokio::spawn(async move {
-                    let first = (s * per) as u64;
-                    let last = ((s + 1) * per).min(total) as u64;
-                    for id in first..last {
-                        let task = Tiny::new(id);
-                        let want = tasks::solve_tiny(&task);
-                        let got = w.submit(task).expect("accepted").await;
-                        assert_eq!(got.expect("an outcome"), Outcome::Completed(want));
-                    }
-                    (last.saturating_sub(first)) as usize
-                })
-            })
-            .collect();
-        let mut done = 0;
-        for j in joins {
-            done += j.await.expect("submitter");
+    async_submitters(submitters, total, move |task| {
+        let w = w.clone();
+        async move {
+            match w.submit(task).expect("accepted").await {
+                Ok(Outcome::Completed(got)) => got,
+                other => panic!("expected a result, got {other:?}"),
+            }
         }
-        done
-    });
-    let took = t0.elapsed();
-    assert_eq!(done, total, "every item answered");
-    drop(rt);
-    took
+    })
 }
