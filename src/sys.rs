@@ -385,19 +385,7 @@ impl SharedMap {
     /// Makes a region of `len` bytes (zeroed) and its descriptor
     /// (close-on-exec; the spawn keeps it open in the worker).
     pub(crate) fn create(len: usize) -> io::Result<(OwnedFd, SharedMap)> {
-        // SAFETY: the name is a valid NUL-terminated string; memfd_create
-        // returns a new descriptor or -1.
-        let fd = unsafe { libc::memfd_create(c"worker-facade-ring".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this descriptor; we own it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("region too large"))?;
-        // SAFETY: ftruncate on our own descriptor; no memory is passed.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = memfd(c"worker-facade-ring", libc::MFD_CLOEXEC, len)?;
         let map = SharedMap::map(std::os::fd::AsFd::as_fd(&fd), len)?;
         Ok((fd, map))
     }
@@ -407,24 +395,11 @@ impl SharedMap {
     /// writable mappings, `write(2)` and any change of size, so a process
     /// that inherits it can map it read-only and nothing more.
     pub(crate) fn create_sealed(len: usize) -> io::Result<(OwnedFd, SharedMap)> {
-        // SAFETY: the name is a valid NUL-terminated string; memfd_create
-        // returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"worker-facade-tasks".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this descriptor; we own it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("region too large"))?;
-        // SAFETY: ftruncate on our own descriptor; no memory is passed.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = memfd(
+            c"worker-facade-tasks",
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            len,
+        )?;
         let map = SharedMap::map_with(
             std::os::fd::AsFd::as_fd(&fd),
             len,
@@ -575,6 +550,24 @@ impl SharedMap {
             std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
         }
     }
+}
+
+/// A new memfd named `name`, made with `flags`, of `len` bytes (zeroed).
+fn memfd(name: &std::ffi::CStr, flags: libc::c_uint, len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: the name is a valid NUL-terminated string; memfd_create
+    // returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; we own it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("region too large"))?;
+    // SAFETY: ftruncate on our own descriptor; no memory is passed.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 /// Whether `fd` is a memfd sealed the way [`SharedMap::create_sealed`]
