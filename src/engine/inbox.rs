@@ -58,18 +58,38 @@ impl<T: Task> Default for Batch<T> {
     }
 }
 
-/// One accepted task in a [`Batch`].
+/// One accepted task in a [`Batch`]: 16 bytes besides its entry, so that
+/// a stream's tray is small (it is the memory its submitter touches).
 pub(crate) struct Submission<T: Task> {
     pub(crate) id: u64,
     pub(crate) entry: Entry<T>,
+    /// What only a large task, or one sent by the lane, has; `None`: its
+    /// frame is the next one in [`Batch::frames`], for the engine to send.
+    pub(crate) rare: Option<Box<Rare>>,
+}
+
+/// The parts of a [`Submission`] that few tasks have.
+#[derive(Default)]
+pub(crate) struct Rare {
     /// A large frame, in its own buffer; `None`: the next one in
     /// [`Batch::frames`].
     pub(crate) own_frame: Option<Vec<u8>>,
     /// Written to an idle worker by its submitter (see [`super::lane`]).
     pub(crate) direct: Option<Direct>,
     /// Where its payload lies in the task region, when its frame is a
-    /// TASK_AT (see `region.rs`). Boxed: a tray of tiny tasks stays small.
-    pub(crate) span: Option<Box<Span>>,
+    /// TASK_AT (see `region.rs`).
+    pub(crate) span: Option<Span>,
+}
+
+impl<T: Task> Submission<T> {
+    /// Its parts: the rare ones empty for most tasks.
+    pub(crate) fn into_parts(self) -> (u64, Entry<T>, Rare) {
+        (
+            self.id,
+            self.entry,
+            self.rare.map(|r| *r).unwrap_or_default(),
+        )
+    }
 }
 
 struct Tray<T: Task> {
@@ -216,13 +236,15 @@ impl<T: Task> Outbox<T> {
             tray.batch.frames.extend_from_slice(frame);
             None
         };
-        tray.batch.tasks.push(Submission {
-            id,
-            entry,
-            own_frame,
-            direct: claim.as_ref().map(|c| c.direct),
-            span: span.map(Box::new),
+        let direct = claim.as_ref().map(|c| c.direct);
+        let rare = (own_frame.is_some() || direct.is_some() || span.is_some()).then(|| {
+            Box::new(Rare {
+                own_frame,
+                direct,
+                span,
+            })
         });
+        tray.batch.tasks.push(Submission { id, entry, rare });
         // One wake per tray is enough. A task written whole to the worker
         // wakes the engine with the worker's answer, and does not count:
         // the next task must wake it, or it could wait behind a long one.

@@ -65,6 +65,13 @@ const OUT_LIMIT: usize = 4 << 20;
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Commands taken per turn of the loop, to batch the writes they cause.
 const COMMAND_BATCH: usize = 4096;
+/// Room an emptied tray keeps for the next one, in tasks and frame bytes:
+/// a stream's trays, which hold what came in during one turn, vary from a
+/// few to some 30,000 tiny tasks on a 2-core machine (1.5 MiB and about
+/// 1 MiB). A tray that must grow past them again costs its submitter
+/// page faults; an idle facade keeps no more than two of each.
+const KEPT_TRAY_TASKS: usize = 1 << 15;
+const KEPT_TRAY_BYTES: usize = 1 << 20;
 /// How often lines waiting for a stderr that cannot be watched are retried.
 const STDERR_RETRY: Duration = Duration::from_millis(5);
 /// How long the engine's end waits for stderr to take the last lines.
@@ -363,12 +370,12 @@ impl<T: Task> Engine<T> {
         let mut at = 0;
         for sub in tasks.drain(..) {
             self.received += 1;
-            let id = sub.id;
+            let (id, entry, rare) = sub.into_parts();
             let frame_at = at;
-            if sub.own_frame.is_none() {
+            if rare.own_frame.is_none() {
                 at += crate::wire::own_frame_len(frames.get(at..).unwrap_or_default());
             }
-            if !self.ledger.accept(id, sub.entry) {
+            if !self.ledger.accept(id, entry) {
                 continue;
             }
             if let Some(reason) = &self.dead {
@@ -376,10 +383,10 @@ impl<T: Task> Engine<T> {
                 self.finish(id, Outcome::NotRun(reason));
                 continue;
             }
-            if let Some(span) = sub.span {
-                self.spans.keep(id, *span);
+            if let Some(span) = rare.span {
+                self.spans.keep(id, span);
             }
-            match (sub.own_frame, sub.direct) {
+            match (rare.own_frame, rare.direct) {
                 (Some(frame), _) => self.queue.push_back_owned(frame),
                 (None, Some(direct)) => {
                     let frame = &frames[frame_at..at];
@@ -403,8 +410,8 @@ impl<T: Task> Engine<T> {
         frames.clear();
         // A burst's buffers are not kept for ever, but a stream's are: a
         // tray grown from nothing again costs its submitter page faults.
-        frames.shrink_to(1 << 20);
-        tasks.shrink_to(1 << 14);
+        frames.shrink_to(KEPT_TRAY_BYTES);
+        tasks.shrink_to(KEPT_TRAY_TASKS);
         self.spare = batch;
     }
 
