@@ -183,6 +183,12 @@ pub(crate) struct Ledger<T: Task> {
     stragglers: HashMap<u64, Entry<T>, BuildHasherDefault<IdHasher>>,
     /// Settled tasks whose outcome no handle took, for `collect_tasks`.
     records: Vec<TaskRecord<T>>,
+    /// Whether `records` may be out of ID order (tasks settle in about
+    /// the order they were sent, and with one worker in exactly that
+    /// order): only then are they sorted when taken, since a sort that
+    /// finds them sorted still reads them all once more, at the end of a
+    /// collect, when nothing else is left to do.
+    records_unsorted: bool,
     /// Once `completed()` was called: where those records go instead, as
     /// they finish. A record it refuses (every receiver gone) is kept.
     sink: Option<flume::Sender<TaskRecord<T>>>,
@@ -203,6 +209,7 @@ impl<T: Task> Ledger<T> {
             live: 0,
             stragglers: HashMap::default(),
             records: Vec::new(),
+            records_unsorted: false,
             sink: None,
         }
     }
@@ -211,6 +218,7 @@ impl<T: Task> Ledger<T> {
     /// the records kept so far go there first, in submission order.
     pub(crate) fn set_sink(&mut self, sink: flume::Sender<TaskRecord<T>>) {
         let mut kept = std::mem::take(&mut self.records);
+        self.records_unsorted = false;
         kept.sort_unstable_by_key(|r| r.id);
         self.sink = Some(sink);
         for record in kept {
@@ -237,6 +245,9 @@ impl<T: Task> Ledger<T> {
             },
             None => record,
         };
+        if self.records.last().is_some_and(|last| last.id > record.id) {
+            self.records_unsorted = true;
+        }
         self.records.push(record);
         Delivered::ForCollect
     }
@@ -403,12 +414,14 @@ impl<T: Task> Ledger<T> {
     pub(crate) fn take_records(&mut self) -> Vec<TaskRecord<T>> {
         self.reclaim();
         let mut records = std::mem::take(&mut self.records);
+        let sorted = !std::mem::take(&mut self.records_unsorted);
         let base = self.base;
         let slots = std::mem::take(&mut self.slots)
             .into_iter()
             .enumerate()
             .filter_map(|(i, e)| Some((base + i as u64, e?)));
         let lost: Vec<(u64, Entry<T>)> = slots.chain(self.stragglers.drain()).collect();
+        let lost_none = lost.is_empty();
         self.live = 0;
         for (id, entry) in lost {
             records.push(TaskRecord {
@@ -421,7 +434,9 @@ impl<T: Task> Ledger<T> {
                 )),
             });
         }
-        records.sort_unstable_by_key(|r| r.id);
+        if !(sorted && lost_none) {
+            records.sort_unstable_by_key(|r| r.id);
+        }
         records
     }
 }
