@@ -29,7 +29,8 @@
 //!
 //! A worker killed at any point loses nothing it published: the region
 //! outlives it in the parent, which drains it after the socket ends, and
-//! the last STARTED in it names the task that was running. A frame half
+//! the last STARTED in it (or OK_STARTED, a result that carries the next
+//! task's start) names the task that was running. A frame half
 //! published is a truncated frame at the end of the stream, as on a socket.
 //! When the ring is full the worker waits for the parent to free room
 //! (waking it if parked); a frame larger than the ring travels in pieces.

@@ -18,9 +18,15 @@
 //! HELLO   = 0x10 magic:u32le protocol:u32le pid:u32le token[16] crate_version
 //! STARTED = 0x11 id:u64le              worker -> parent, before decoding a task
 //! OK      = 0x12 id:u64le payload      worker -> parent
+//! OK_STARTED = 0x19 id:u64le payload next:u64le   worker -> parent: OK,
+//!                                      and it started task `next` (a STARTED
+//!                                      for it, in the same frame)
 //! ERR     = 0x13 id:u64le utf8-message worker -> parent: the handler failed
 //! UNDECODABLE = 0x14 id:u64le utf8-message  worker -> parent: the task did not decode
 //! SKIPPED = 0x16 id:u64le              worker -> parent: cancelled, not started
+//! PROGRESS = 0x17 id:u64le payload     worker -> parent: the running task's report
+//! WAKE    = 0x18                       worker -> parent, on the socket: the
+//!                                      result ring has news (`ring.rs`)
 //! NOT_SERVING = 0x15                   worker -> parent, instead of HELLO: the
 //!                                      program made a facade instead of serving
 //! ```
@@ -48,7 +54,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MAGIC: u32 = 0x5746_4143;
 /// The version of the wire format and codec; bumped on every incompatible
 /// change. A worker must speak the same version as its parent.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The largest handshake frame (a HELLO with its type shapes) a parent
 /// reads, whatever the maximum frame size.
 pub(crate) const HANDSHAKE_MAX: u32 = 64 * 1024;
@@ -90,6 +96,10 @@ pub(crate) const KIND_PROGRESS: u8 = 0x17;
 /// On the worker's socket: "the ring has news" (only while the parent is
 /// parked; see `ring.rs`).
 pub(crate) const KIND_WAKE: u8 = 0x18;
+/// An OK whose last 8 bytes name the task the worker started as it sent
+/// it: a stream's worker says "done, and started the next" in one frame,
+/// not two (see [`mark_next_started`]).
+pub(crate) const KIND_OK_STARTED: u8 = 0x19;
 pub(crate) const KIND_BOOT: u8 = 0x20;
 
 /// A frame could not be read. Reported inside the reason of the outcome of
@@ -197,6 +207,31 @@ pub(crate) fn push_frame<E>(
             Err(PushError::TooLarge { len: body, max })
         }
     }
+}
+
+/// Turns the OK frame that starts at `at` in `out`, and ends it, into an
+/// OK_STARTED naming `next`: the worker is about to start `next`, and its
+/// STARTED travels in the result's frame. `false`, and `out` unchanged, if
+/// the bytes from `at` are not one whole OK frame, or the longer frame
+/// would exceed `max`: the worker then sends a STARTED of its own.
+pub(crate) fn mark_next_started(out: &mut Vec<u8>, at: usize, next: u64, max: u32) -> bool {
+    let Some(frame) = out.get(at..) else {
+        return false;
+    };
+    let (Some(word), Some(&KIND_OK)) = (frame.first_chunk::<4>(), frame.get(4)) else {
+        return false;
+    };
+    let body = u32::from_le_bytes(*word);
+    if 4 + body as usize != frame.len() || frame.len() < FRAME_HEADER {
+        return false;
+    }
+    let Some(len) = body.checked_add(8).filter(|&len| len <= max) else {
+        return false;
+    };
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    out[at + 4] = KIND_OK_STARTED;
+    out.extend_from_slice(&next.to_le_bytes());
+    true
 }
 
 /// Sets the task ID of a frame made by [`push_frame`] with an ID.
@@ -709,6 +744,49 @@ mod tests {
             out.push((f.kind, f.rest.to_vec()));
         }
         Ok(out)
+    }
+
+    #[test]
+    fn only_a_whole_ok_frame_at_the_end_takes_the_next_tasks_start() {
+        let ok = |out: &mut Vec<u8>, id| {
+            push_frame(out, KIND_OK, Some(id), 64, |o| {
+                o.extend_from_slice(b"out");
+                Ok::<_, ()>(())
+            })
+            .map_err(|_| "push")
+            .expect("fits");
+        };
+        // An OK, the last frame: it says the next task started too.
+        let mut out = Vec::new();
+        push_bare(&mut out, KIND_PROGRESS, Some(1));
+        let at = out.len();
+        ok(&mut out, 1);
+        assert!(mark_next_started(&mut out, at, 2, 64));
+        let frames = read_all(&out, 64).expect("reads");
+        assert_eq!(frames[1].0, KIND_OK_STARTED);
+        let mut want = 1u64.to_le_bytes().to_vec();
+        want.extend_from_slice(b"out");
+        want.extend_from_slice(&2u64.to_le_bytes());
+        assert_eq!(frames[1].1, want);
+        // Not when a frame follows it, nor at a frame that is no OK, nor
+        // past the end, nor when the longer frame would be too large.
+        let mut out = Vec::new();
+        ok(&mut out, 1);
+        push_bare(&mut out, KIND_SKIPPED, Some(2));
+        let before = out.clone();
+        assert!(!mark_next_started(&mut out, 0, 3, 64));
+        assert!(!mark_next_started(&mut out, 16, 3, 64), "the SKIPPED");
+        let past = out.len() + 5;
+        assert!(!mark_next_started(&mut out, past, 3, 64));
+        assert_eq!(out, before, "unchanged");
+        let mut out = Vec::new();
+        ok(&mut out, 1);
+        let before = out.clone();
+        assert!(
+            !mark_next_started(&mut out, 0, 2, 19),
+            "a body of 12 + 8 bytes > 19"
+        );
+        assert_eq!(out, before, "unchanged");
     }
 
     #[test]

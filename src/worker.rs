@@ -324,11 +324,15 @@ where
     // What the parent cancelled, seen ahead of the tasks it concerns.
     let mut cancel_all = false;
     let mut cancelled: HashSet<u64> = HashSet::new();
+    // Where the last task's OK frame starts in `out`, while unsent: the
+    // next task's STARTED can travel in it.
+    let mut last_ok: Option<usize> = None;
     loop {
         // Never block on a read with results unsent.
         if !out.is_empty() && !reader.has_buffered_frame() {
             outlet.borrow_mut().send(&out)?;
             out.clear();
+            last_ok = None;
         }
         // Tasks already buffered do not start once the parent cancelled
         // them: look at the socket now and then, without blocking.
@@ -376,9 +380,16 @@ where
                 }
                 // The previous result and this STARTED leave in one write,
                 // before the task is even decoded: a crash from here on is
-                // this task's.
+                // this task's. In one frame, when the result is an OK that
+                // nothing followed: a stream's parent reads one frame per
+                // task, not two.
                 let start_only = out.is_empty();
-                wire::push_bare(&mut out, KIND_STARTED, Some(id));
+                let merged = last_ok
+                    .take()
+                    .is_some_and(|at| wire::mark_next_started(&mut out, at, id, max));
+                if !merged {
+                    wire::push_bare(&mut out, KIND_STARTED, Some(id));
+                }
                 outlet.borrow_mut().send_start(&out, start_only)?;
                 out.clear();
                 if options.mark_output {
@@ -418,7 +429,10 @@ where
                 // The last value reported goes before the result.
                 out.extend_from_slice(&progress.into_pending());
                 match result {
-                    Ok(Ok(output)) => push_output::<T>(&mut out, id, &output, max),
+                    Ok(Ok(output)) => {
+                        last_ok = Some(out.len());
+                        push_output::<T>(&mut out, id, &output, max);
+                    }
                     Ok(Err(e)) => push_message(&mut out, KIND_ERR, id, &e.to_string(), max),
                     Err(panic) => {
                         push_message(&mut out, KIND_ERR, id, &format!("the handler {panic}"), max)

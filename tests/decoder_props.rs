@@ -18,8 +18,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::hand_wire::{
-    KIND_ERR, KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, close_and_linger, encoded, exit,
-    from_hex, honest_hello, length_claim, read_boot, to_hex, try_read_frame,
+    KIND_ERR, KIND_OK, KIND_OK_STARTED, KIND_STARTED, KIND_STOP, KIND_TASK, close_and_linger,
+    encoded, exit, from_hex, honest_hello, length_claim, read_boot, to_hex, try_read_frame,
 };
 use common::{capture_lines, count_library_panics, library_panics, pids_printing, vm_peak};
 use nix::errno::Errno;
@@ -175,11 +175,21 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
 /// that do not decode, frames of any kind with lengths that are sometimes
 /// off — mixed with raw noise and huge length claims.
 fn worker_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let honest = (0..=TASKS as u64).prop_map(|k| {
+    // As the library's worker streams: STARTED and OK, or an OK that
+    // carries the next task's start (OK_STARTED) when it is about to run.
+    let honest = (0..=TASKS as u64, any::<bool>()).prop_map(|(k, merged)| {
         let mut out = Vec::new();
         for id in 0..k {
-            out.extend(frame(KIND_STARTED, id, &[], 0));
-            out.extend(frame(KIND_OK, id, &encoded(&format!("answer {id}")), 0));
+            if !merged || id == 0 {
+                out.extend(frame(KIND_STARTED, id, &[], 0));
+            }
+            let answer = encoded(&format!("answer {id}"));
+            if merged && id + 1 < k {
+                let with_next = [answer, (id + 1).to_le_bytes().to_vec()].concat();
+                out.extend(frame(KIND_OK_STARTED, id, &with_next, 0));
+            } else {
+                out.extend(frame(KIND_OK, id, &answer, 0));
+            }
         }
         out
     });
@@ -189,6 +199,10 @@ fn worker_bytes() -> impl Strategy<Value = Vec<u8>> {
         3 => (id.clone(), "[a-z ]{0,12}").prop_map(|(id, s)| frame(KIND_OK, id, &encoded(&s), 0)),
         1 => (id.clone(), payload()).prop_map(|(id, p)| frame(KIND_OK, id, &p, 0)),
         1 => (id.clone(), payload()).prop_map(|(id, p)| frame(KIND_ERR, id, &p, 0)),
+        2 => (id.clone(), "[a-z ]{0,12}", id.clone()).prop_map(|(id, s, next)| {
+            frame(KIND_OK_STARTED, id, &[encoded(&s), next.to_le_bytes().to_vec()].concat(), 0)
+        }),
+        1 => (id.clone(), payload()).prop_map(|(id, p)| frame(KIND_OK_STARTED, id, &p, 0)),
         1 => (any::<u8>(), id, payload(), -3i64..4)
             .prop_map(|(kind, id, p, skew)| frame(kind, id, &p, skew)),
         1 => proptest::collection::vec(any::<u8>(), 0..32),

@@ -8,6 +8,10 @@
 //! - A worker that scribbles over the region (a tail far beyond what the
 //!   ring can hold) is killed and its tasks settled.
 //! - A result larger than the ring still travels, as does a large task.
+//! - An OK that also says the next task started (OK_STARTED, one frame
+//!   for both) makes that task the running one: a death after it is that
+//!   task's crash. One that names any other task, or no task, breaks the
+//!   protocol.
 //!
 //! The hostile workers speak the protocol by hand (`common::hand_wire`);
 //! the large-result worker is this test binary running the library's own
@@ -18,8 +22,8 @@ mod common;
 use std::os::unix::net::UnixStream;
 
 use common::hand_wire::{
-    KIND_OK, KIND_STARTED, KIND_STOP, KIND_TASK, encoded, exit, frame, honest_hello, read_boot,
-    read_frame, send, sleep_forever, task_id, with_ring,
+    KIND_OK, KIND_OK_STARTED, KIND_STARTED, KIND_STOP, KIND_TASK, encoded, exit, frame,
+    honest_hello, read_boot, read_frame, send, sleep_forever, task_id, with_ring,
 };
 use common::within;
 use worker_facade::simple::SimpleTask;
@@ -51,6 +55,13 @@ fn die() -> ! {
     sleep_forever()
 }
 
+/// An OK for `id` that says task `next` started, in one frame.
+fn ok_started(id: u64, text: &str, next: u64) -> Vec<u8> {
+    let mut payload = encoded(text);
+    payload.extend_from_slice(&next.to_le_bytes());
+    frame(KIND_OK_STARTED, Some(id), &payload)
+}
+
 /// Answers the first task honestly, then misbehaves with the second as
 /// `mode` says.
 fn hostile(mode: &str) -> ! {
@@ -58,6 +69,28 @@ fn hostile(mode: &str) -> ! {
     let mut s = boot.connect();
     send(&mut s, &honest_hello(&boot.token));
     let first = next_task(&mut s);
+    if let Some(merged) = mode.strip_prefix("ok-started-") {
+        let second = next_task(&mut s);
+        let third = next_task(&mut s);
+        send(&mut s, &frame(KIND_STARTED, Some(first), &[]));
+        match merged {
+            // The first answered, the second started, in one frame; then
+            // the worker dies.
+            "then-killed" => send(&mut s, &ok_started(first, "first done", second)),
+            // The first answered, and a start for the third, which is not
+            // next.
+            "out-of-order" => send(&mut s, &ok_started(first, "first done", third)),
+            // The first answered, and the started task's ID cut short: the
+            // 8 bytes the frame must end with are not all there.
+            "cut-short" => send(
+                &mut s,
+                &frame(KIND_OK_STARTED, Some(first), &second.to_le_bytes()[..3]),
+            ),
+            other => panic!("unknown mode {other}"),
+        }
+        with_ring(|r| r.wait_drained());
+        die()
+    }
     send(&mut s, &answer(first, "first done"));
     let second = next_task(&mut s);
     match mode {
@@ -206,6 +239,73 @@ fn a_worker_scribbling_over_its_ring_is_killed_and_its_tasks_settled() {
             records[2].outcome,
             Outcome::NotRun(NotRunReason::WorkerDied(_))
         ));
+    });
+}
+
+#[test]
+fn an_ok_that_says_the_next_task_started_makes_a_death_after_it_that_tasks_crash() {
+    within(std::time::Duration::from_secs(30), || {
+        let records = run("ok-started-then-killed");
+        assert_first_done(&records);
+        assert!(
+            matches!(&records[1].outcome, Outcome::Crashed(_)),
+            "the second started in the first's frame: {:?}",
+            records[1].outcome
+        );
+        assert!(
+            matches!(
+                records[2].outcome,
+                Outcome::NotRun(NotRunReason::WorkerDied(_))
+            ),
+            "{:?}",
+            records[2].outcome
+        );
+    });
+}
+
+/// The protocol violation that ended the worker, from the outcome of a
+/// task it held.
+fn violation(outcome: &Outcome<String>) -> String {
+    let crash = match outcome {
+        Outcome::Crashed(crash) => crash,
+        Outcome::NotRun(NotRunReason::WorkerDied(crash)) => crash,
+        other => panic!("expected a crash, got {other:?}"),
+    };
+    match &crash.reason {
+        Some(CrashReason::ProtocolViolation(why)) => why.clone(),
+        other => panic!("expected a protocol violation, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_ok_that_starts_a_task_out_of_order_or_names_none_breaks_the_protocol() {
+    within(std::time::Duration::from_secs(30), || {
+        for (mode, says) in [
+            ("ok-started-out-of-order", "out of order"),
+            ("ok-started-cut-short", "without the started task's ID"),
+        ] {
+            let records = run(mode);
+            assert_eq!(records.len(), 3, "{mode}");
+            // The answer in a frame that breaks the protocol is believed
+            // only if the frame could be read: the out-of-order one could.
+            // The cut one could not, and the first task was running.
+            let broken = if mode == "ok-started-out-of-order" {
+                assert_first_done(&records);
+                &records[1..]
+            } else {
+                assert!(
+                    matches!(records[0].outcome, Outcome::Crashed(_)),
+                    "{:?}",
+                    records[0].outcome
+                );
+                &records[..]
+            };
+            for r in broken {
+                assert!(!r.outcome.is_completed(), "{mode}: {:?}", r.outcome);
+                let why = violation(&r.outcome);
+                assert!(why.contains(says), "{mode}: {why}");
+            }
+        }
     });
 }
 

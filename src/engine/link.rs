@@ -28,9 +28,9 @@ use crate::console::Console;
 use crate::process::{Reaped, Spawned, WorkerChild};
 use crate::task::CrashReason;
 use crate::wire::{
-    self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK, KIND_PROGRESS,
-    KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_UNDECODABLE, KIND_WAKE, Next, PROTOCOL_VERSION,
-    PROTOCOL_WORD, TOKEN_LEN,
+    self, FrameReader, KIND_CANCEL, KIND_ERR, KIND_HELLO, KIND_NOT_SERVING, KIND_OK,
+    KIND_OK_STARTED, KIND_PROGRESS, KIND_SKIPPED, KIND_STARTED, KIND_STOP, KIND_UNDECODABLE,
+    KIND_WAKE, Next, PROTOCOL_VERSION, PROTOCOL_WORD, TOKEN_LEN,
 };
 
 /// Frames handled per readiness event, so one flooding worker cannot starve
@@ -164,6 +164,8 @@ pub(super) enum Said<'a> {
     Started(u64),
     /// A result for the task at the front; its payload still encoded.
     Ok(u64, &'a [u8]),
+    /// [`Said::Ok`], then [`Said::Started`] for the task named last.
+    OkStarted(u64, &'a [u8], u64),
     Err(u64, &'a [u8]),
     Undecodable(u64, &'a [u8]),
     /// It skipped a task the parent cancelled before it started.
@@ -1047,6 +1049,17 @@ fn parse<'a>(
             ))),
         },
         KIND_OK => with_id(frame).map(|(id, p)| Said::Ok(id, p)),
+        KIND_OK_STARTED => {
+            let (id, rest) = with_id(frame)?;
+            match rest.split_last_chunk::<8>() {
+                Some((payload, next)) => {
+                    Ok(Said::OkStarted(id, payload, u64::from_le_bytes(*next)))
+                }
+                None => Err(Parsed::Violation(format!(
+                    "OK_STARTED for task #{id} without the started task's ID"
+                ))),
+            }
+        }
         KIND_ERR => with_id(frame).map(|(id, p)| Said::Err(id, p)),
         KIND_UNDECODABLE => with_id(frame).map(|(id, p)| Said::Undecodable(id, p)),
         KIND_PROGRESS => with_id(frame).map(|(id, p)| Said::Progress(id, p)),

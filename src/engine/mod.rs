@@ -839,7 +839,7 @@ impl<T: Task> Engine<T> {
                     let mut started = Vec::new();
                     link.read(now, |tasks, said| {
                         match said {
-                            Said::Started(id) => started.push(id),
+                            Said::Started(id) | Said::OkStarted(_, _, id) => started.push(id),
                             Said::Progress(id, bytes) => {
                                 if tasks.running.is_none_or(|(r, _)| r != id) {
                                     return Err(format!(
@@ -1519,6 +1519,11 @@ fn on_said<T: Task>(
             answer(tasks, id)?;
             settled.push((id, decode_output::<T>(payload)));
             Ok(())
+        }
+        Said::OkStarted(id, payload, next) => {
+            answer(tasks, id)?;
+            settled.push((id, decode_output::<T>(payload)));
+            tasks.start(next)
         }
         Said::Err(id, message) => {
             answer(tasks, id)?;

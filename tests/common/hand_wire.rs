@@ -25,6 +25,7 @@ pub const KIND_ERR: u8 = 0x13;
 pub const KIND_UNDECODABLE: u8 = 0x14;
 pub const KIND_NOT_SERVING: u8 = 0x15;
 pub const KIND_PROGRESS: u8 = 0x17;
+pub const KIND_OK_STARTED: u8 = 0x19;
 pub const KIND_BOOT: u8 = 0x20;
 pub const TOKEN_LEN: usize = 16;
 /// The handshake's `protocol`: the version in the low 24 bits, the codec's
