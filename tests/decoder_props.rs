@@ -1,7 +1,11 @@
 //! Decoder fuzzing through the public surface (issue 3, item 9): a worker
 //! that completes the handshake honestly and then writes arbitrary bytes
 //! never makes the parent panic, hang, allocate what a frame claims, or lose
-//! a task's outcome.
+//! a task's outcome. The bytes go where a worker's messages go after its
+//! HELLO: into its result ring (issue 9), published and announced with a
+//! WAKE as the library's worker does (on the socket, where only WAKEs may
+//! come, the first frame would end the worker and nothing after it would
+//! be parsed).
 //!
 //! The frame reader itself is `pub(crate)`; its own property tests live in
 //! `src/wire.rs`. Here each case spawns a worker — this test binary
@@ -11,7 +15,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::thread;
@@ -65,9 +68,11 @@ fn decoder_worker() -> ! {
     let end = std::env::var(END_ENV).expect("WF_FUZZ_END");
     let boot = read_boot();
     let mut s = boot.connect();
-    s.write_all(&honest_hello(&boot.token)).expect("HELLO");
+    // As the library's worker: the HELLO on the socket, everything after
+    // it through the result ring.
+    common::hand_wire::send(&mut s, &honest_hello(&boot.token));
     wait_for_the_tasks(&mut s);
-    let _ = s.write_all(&bytes);
+    common::hand_wire::send(&mut s, &bytes);
     match end.as_str() {
         "exit" => exit(0),
         "close" => close_and_linger(s),
