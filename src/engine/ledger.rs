@@ -20,7 +20,9 @@
 //! of the deque (and more than [`STRAGGLER_SLACK`] slots) is empty, the
 //! live tasks at its front move to a map of stragglers and the empty slots
 //! go. Each task moves at most once, so memory stays proportional to the
-//! tasks without an outcome, whatever the order they finish in.
+//! tasks without an outcome, whatever the order they finish in; and once
+//! none is left, the room a burst grew the deque to goes too (beyond
+//! about a MiB, kept for the next tasks).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -35,6 +37,11 @@ use crate::task::{NotRunReason, Outcome, Task, TaskId, TaskRecord};
 /// in front of them move to the stragglers (a handful in unit tests, so
 /// that the property test below goes through the stragglers too).
 const STRAGGLER_SLACK: usize = if cfg!(test) { 4 } else { 4096 };
+
+/// Slots an emptied ledger keeps room for: about a MiB of them.
+fn kept_slots<T: Task>() -> usize {
+    ((1 << 20) / std::mem::size_of::<Option<Entry<T>>>().max(1)).max(1024)
+}
 
 /// An accepted task the ledger holds until it has its outcome.
 pub(crate) struct Entry<T: Task> {
@@ -310,6 +317,11 @@ impl<T: Task> Ledger<T> {
             while let Some(None) = self.slots.front() {
                 self.slots.pop_front();
                 self.base += 1;
+            }
+            if self.slots.is_empty() && self.slots.capacity() > kept_slots::<T>() {
+                // A burst is over: its room goes (an idle facade keeps at
+                // most about a MiB of it).
+                self.slots = VecDeque::new();
             }
             let empty = self.slots.len() - self.live;
             if empty <= STRAGGLER_SLACK.max(self.live) {
@@ -601,6 +613,34 @@ mod tests {
         assert!(ledger.records.is_empty());
         assert!(ledger.slots.capacity() < 64, "{}", ledger.slots.capacity());
         assert!(ledger.stragglers.is_empty());
+    }
+
+    #[test]
+    fn a_burst_delivered_leaves_no_room_behind() {
+        let mut ledger = Ledger::<Job>::new();
+        let mut handles = Vec::new();
+        for id in 0..200_000u64 {
+            let (e, rx) = entry(id as u32, true);
+            assert!(ledger.accept(id, e));
+            handles.push(rx);
+        }
+        assert!(ledger.slots.capacity() >= 200_000);
+        for id in 0..200_000u64 {
+            assert_eq!(
+                ledger.settle(id, Outcome::Completed(1)),
+                Some(Delivered::ToHandle)
+            );
+        }
+        assert_eq!(ledger.pending(), 0);
+        assert!(
+            ledger.slots.capacity() <= kept_slots::<Job>(),
+            "{} slots kept",
+            ledger.slots.capacity()
+        );
+        // And it takes tasks again.
+        let (e, _rx) = entry(0, false);
+        assert!(ledger.accept(200_000, e));
+        assert!(ledger.is_pending(200_000));
     }
 
     #[test]
