@@ -21,8 +21,8 @@
 //! live tasks at its front move to a map of stragglers and the empty slots
 //! go. Each task moves at most once, so memory stays proportional to the
 //! tasks without an outcome, whatever the order they finish in; and once
-//! none is left, the room a burst grew the deque to goes too (beyond
-//! about a MiB, kept for the next tasks).
+//! none is left and the engine is idle, the room a burst grew the deque to
+//! goes too (beyond about a MiB, kept for the next tasks).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -318,11 +318,6 @@ impl<T: Task> Ledger<T> {
                 self.slots.pop_front();
                 self.base += 1;
             }
-            if self.slots.is_empty() && self.slots.capacity() > kept_slots::<T>() {
-                // A burst is over: its room goes (an idle facade keeps at
-                // most about a MiB of it).
-                self.slots = VecDeque::new();
-            }
             let empty = self.slots.len() - self.live;
             if empty <= STRAGGLER_SLACK.max(self.live) {
                 return;
@@ -334,6 +329,16 @@ impl<T: Task> Ledger<T> {
                 }
                 self.base += 1;
             }
+        }
+    }
+
+    /// Lets go of the room a burst grew the deque to, once no task is in
+    /// it, beyond about a MiB. The engine calls it when it goes idle, not
+    /// as the last task settles: the end of a stream is no time to free
+    /// tens of MiB while a `collect_tasks` waits.
+    pub(crate) fn release_room(&mut self) {
+        if self.slots.is_empty() && self.slots.capacity() > kept_slots::<T>() {
+            self.slots = VecDeque::new();
         }
     }
 
@@ -632,6 +637,7 @@ mod tests {
             );
         }
         assert_eq!(ledger.pending(), 0);
+        ledger.release_room();
         assert!(
             ledger.slots.capacity() <= kept_slots::<Job>(),
             "{} slots kept",

@@ -656,6 +656,13 @@ impl<T: Task> Engine<T> {
         // ring got news meanwhile.
         let mut news = streaming;
         if !streaming {
+            // Idle now, or nearly: a burst's table goes (a stream's, never
+            // empty while large, stays). Not while a collect waits for its
+            // workers to exit: it ends the engine, and the table with it,
+            // after the reply.
+            if matches!(self.lifecycle, Lifecycle::Open) {
+                self.ledger.release_room();
+            }
             for slot in &self.slots {
                 if let Some(link) = &slot.link {
                     news |= link.park();
