@@ -1527,9 +1527,9 @@ fn on_said<T: Task>(
             settled.push((id, decode_output::<T>(payload)));
             Ok(())
         }
+        // Exactly an OK, then a STARTED.
         Said::OkStarted(id, payload, next) => {
-            answer(tasks, id)?;
-            settled.push((id, decode_output::<T>(payload)));
+            on_said::<T>(tasks, Said::Ok(id, payload), settled, ran)?;
             tasks.start(next)
         }
         Said::Err(id, message) => {
