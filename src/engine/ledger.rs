@@ -12,9 +12,11 @@
 //! The facade hands out IDs in order (0, 1, 2, ...), and tasks mostly
 //! finish in about that order, so the ledger is a deque indexed by
 //! `id - base`: accepting is a push, finding is an index, and settling
-//! empties a slot and pops the empty ones at the front. A queued tiny task
-//! costs its own size and a pointer ([`Entry`]); what only some tasks have
-//! (a handle, a time limit, progress, retries) lives behind that pointer.
+//! empties a slot and pops the empty ones at the front. A slot is the task
+//! itself and nothing more (a queued tiny task costs its own size and
+//! `Option`'s tag); what only some tasks have (a handle, a time limit,
+//! progress, retries, a cancel) lives in a map beside the deque, keyed by
+//! ID, which a stream of `process_task`s never touches.
 //!
 //! A task that runs for long keeps the slots behind it: once more than half
 //! of the deque (and more than [`STRAGGLER_SLACK`] slots) is empty, the
@@ -40,10 +42,13 @@ const STRAGGLER_SLACK: usize = if cfg!(test) { 4 } else { 4096 };
 
 /// Slots an emptied ledger keeps room for: about a MiB of them.
 fn kept_slots<T: Task>() -> usize {
-    ((1 << 20) / std::mem::size_of::<Option<Entry<T>>>().max(1)).max(1024)
+    ((1 << 20) / std::mem::size_of::<Option<T>>().max(1)).max(1024)
 }
 
-/// An accepted task the ledger holds until it has its outcome.
+/// Entries of the map of rarer parts an emptied ledger keeps room for.
+const KEPT_MORE: usize = 1024;
+
+/// An accepted task, on its way into the ledger or out of it.
 pub(crate) struct Entry<T: Task> {
     /// The original task, handed back in its record.
     pub(crate) task: T,
@@ -65,6 +70,18 @@ struct More<T: Task> {
     progress: Option<Arc<ProgressCell>>,
 }
 
+impl<T: Task> More<T> {
+    fn blank() -> Box<Self> {
+        Box::new(More {
+            notify: None,
+            timeout: None,
+            attempts: 0,
+            cancelled: false,
+            progress: None,
+        })
+    }
+}
+
 impl<T: Task> Entry<T> {
     pub(crate) fn new(
         task: T,
@@ -73,57 +90,45 @@ impl<T: Task> Entry<T> {
         progress: Option<Arc<ProgressCell>>,
     ) -> Self {
         let more = (notify.is_some() || timeout.is_some() || progress.is_some()).then(|| {
-            Box::new(More {
-                notify,
-                timeout,
-                attempts: 0,
-                cancelled: false,
-                progress,
-            })
+            let mut more = More::blank();
+            (more.notify, more.timeout, more.progress) = (notify, timeout, progress);
+            more
         });
         Entry { task, more }
     }
 
-    fn more(&mut self) -> &mut More<T> {
-        self.more.get_or_insert_with(|| {
-            Box::new(More {
-                notify: None,
-                timeout: None,
-                attempts: 0,
-                cancelled: false,
-                progress: None,
-            })
-        })
-    }
-
     /// Its own time limit, if it has one.
     pub(crate) fn timeout(&self) -> Option<Duration> {
-        self.more.as_ref().and_then(|m| m.timeout)
-    }
-
-    /// Where its progress reports go, if anywhere.
-    pub(crate) fn progress(&self) -> Option<&Arc<ProgressCell>> {
-        self.more.as_ref().and_then(|m| m.progress.as_ref())
-    }
-
-    /// Whether the caller cancelled it while a worker held it.
-    pub(crate) fn cancelled(&self) -> bool {
-        self.more.as_ref().is_some_and(|m| m.cancelled)
-    }
-
-    pub(crate) fn mark_cancelled(&mut self) {
-        self.more().cancelled = true;
-    }
-
-    /// Counts one more run that crashed a worker; returns the count.
-    pub(crate) fn crashed_once_more(&mut self) -> u32 {
-        let more = self.more();
-        more.attempts += 1;
-        more.attempts
+        Pending {
+            more: self.more.as_deref(),
+        }
+        .timeout()
     }
 
     fn into_parts(self) -> (T, Option<Notify<T>>) {
         (self.task, self.more.and_then(|m| m.notify))
+    }
+}
+
+/// A task the ledger holds, as the engine reads it.
+pub(crate) struct Pending<'a, T: Task> {
+    more: Option<&'a More<T>>,
+}
+
+impl<'a, T: Task> Pending<'a, T> {
+    /// Its own time limit, if it has one.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.more.and_then(|m| m.timeout)
+    }
+
+    /// Where its progress reports go, if anywhere.
+    pub(crate) fn progress(&self) -> Option<&'a Arc<ProgressCell>> {
+        self.more.and_then(|m| m.progress.as_ref())
+    }
+
+    /// Whether the caller cancelled it while a worker held it.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.more.is_some_and(|m| m.cancelled)
     }
 }
 
@@ -181,13 +186,15 @@ pub(crate) enum Delivered {
 pub(crate) struct Ledger<T: Task> {
     /// Task `base + i` is `slots[i]`; `None` once settled (or never
     /// accepted). The front slot is never `None`.
-    slots: VecDeque<Option<Entry<T>>>,
+    slots: VecDeque<Option<T>>,
     base: u64,
     /// `Some` slots.
     live: usize,
     /// Tasks without an outcome whose IDs are below `base` (see the module
     /// docs).
-    stragglers: HashMap<u64, Entry<T>, BuildHasherDefault<IdHasher>>,
+    stragglers: HashMap<u64, T, BuildHasherDefault<IdHasher>>,
+    /// The rarer parts of the tasks above that have them.
+    more: HashMap<u64, Box<More<T>>, BuildHasherDefault<IdHasher>>,
     /// Settled tasks whose outcome no handle took, for `collect_tasks`.
     records: Vec<TaskRecord<T>>,
     /// Whether `records` may be out of ID order (tasks settle in about
@@ -215,6 +222,7 @@ impl<T: Task> Ledger<T> {
             base: 0,
             live: 0,
             stragglers: HashMap::default(),
+            more: HashMap::default(),
             records: Vec::new(),
             records_unsorted: false,
             sink: None,
@@ -273,24 +281,59 @@ impl<T: Task> Ledger<T> {
         for _ in end..id {
             self.slots.push_back(None); // an ID never used (not expected)
         }
-        self.slots.push_back(Some(entry));
+        self.slots.push_back(Some(entry.task));
         self.live += 1;
+        if let Some(more) = entry.more {
+            self.more.insert(id, more);
+        }
         true
     }
 
-    /// The task if it is still waiting for its outcome.
-    pub(crate) fn get(&self, id: u64) -> Option<&Entry<T>> {
+    /// Whether task `id` is accepted and still without an outcome.
+    fn holds(&self, id: u64) -> bool {
         match id.checked_sub(self.base) {
-            Some(i) => self.slots.get(usize::try_from(i).ok()?)?.as_ref(),
-            None => self.stragglers.get(&id),
+            Some(i) => usize::try_from(i)
+                .ok()
+                .and_then(|i| self.slots.get(i))
+                .is_some_and(Option::is_some),
+            None => self.stragglers.contains_key(&id),
         }
     }
 
-    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Entry<T>> {
-        match id.checked_sub(self.base) {
-            Some(i) => self.slots.get_mut(usize::try_from(i).ok()?)?.as_mut(),
-            None => self.stragglers.get_mut(&id),
+    /// The task if it is still waiting for its outcome.
+    pub(crate) fn get(&self, id: u64) -> Option<Pending<'_, T>> {
+        if !self.holds(id) {
+            return None;
         }
+        let more = match self.more.is_empty() {
+            true => None,
+            false => self.more.get(&id).map(|m| &**m),
+        };
+        Some(Pending { more })
+    }
+
+    /// The rarer parts of task `id`, made if it had none; `None` if it
+    /// is not waiting for its outcome.
+    fn more_mut(&mut self, id: u64) -> Option<&mut More<T>> {
+        if !self.holds(id) {
+            return None;
+        }
+        Some(self.more.entry(id).or_insert_with(More::blank))
+    }
+
+    /// Notes that the caller cancelled task `id` while a worker held it.
+    pub(crate) fn mark_cancelled(&mut self, id: u64) {
+        if let Some(more) = self.more_mut(id) {
+            more.cancelled = true;
+        }
+    }
+
+    /// Counts one more run of task `id` that crashed a worker; returns the
+    /// count, or `None` if the task is not waiting for its outcome.
+    pub(crate) fn crashed_once_more(&mut self, id: u64) -> Option<u32> {
+        let more = self.more_mut(id)?;
+        more.attempts += 1;
+        Some(more.attempts)
     }
 
     /// Whether task `id` is accepted and still without an outcome.
@@ -301,13 +344,20 @@ impl<T: Task> Ledger<T> {
 
     /// Takes task `id` out, if it is still waiting for its outcome.
     fn remove(&mut self, id: u64) -> Option<Entry<T>> {
-        let Some(i) = id.checked_sub(self.base) else {
-            return self.stragglers.remove(&id);
+        let task = match id.checked_sub(self.base) {
+            None => self.stragglers.remove(&id)?,
+            Some(i) => {
+                let task = self.slots.get_mut(usize::try_from(i).ok()?)?.take()?;
+                self.live -= 1;
+                self.trim();
+                task
+            }
         };
-        let entry = self.slots.get_mut(usize::try_from(i).ok()?)?.take()?;
-        self.live -= 1;
-        self.trim();
-        Some(entry)
+        let more = match self.more.is_empty() {
+            true => None,
+            false => self.more.remove(&id),
+        };
+        Some(Entry { task, more })
     }
 
     /// Pops the empty slots at the front; moves live ones that hold back
@@ -323,8 +373,8 @@ impl<T: Task> Ledger<T> {
                 return;
             }
             while let Some(Some(_)) = self.slots.front() {
-                if let Some(Some(entry)) = self.slots.pop_front() {
-                    self.stragglers.insert(self.base, entry);
+                if let Some(Some(task)) = self.slots.pop_front() {
+                    self.stragglers.insert(self.base, task);
                     self.live -= 1;
                 }
                 self.base += 1;
@@ -339,6 +389,9 @@ impl<T: Task> Ledger<T> {
     pub(crate) fn release_room(&mut self) {
         if self.slots.is_empty() && self.slots.capacity() > kept_slots::<T>() {
             self.slots = VecDeque::new();
+        }
+        if self.more.is_empty() && self.more.capacity() > KEPT_MORE {
+            self.more = HashMap::default();
         }
     }
 
@@ -437,13 +490,14 @@ impl<T: Task> Ledger<T> {
             .into_iter()
             .enumerate()
             .filter_map(|(i, e)| Some((base + i as u64, e?)));
-        let lost: Vec<(u64, Entry<T>)> = slots.chain(self.stragglers.drain()).collect();
+        let lost: Vec<(u64, T)> = slots.chain(self.stragglers.drain()).collect();
         let lost_none = lost.is_empty();
         self.live = 0;
-        for (id, entry) in lost {
+        self.more.clear();
+        for (id, task) in lost {
             records.push(TaskRecord {
                 id: TaskId(id),
-                task: entry.task,
+                task,
                 outcome: Outcome::NotRun(NotRunReason::Cancelled(
                     crate::task::CancelReason::Terminated(
                         "no outcome was recorded (a bug in worker-facade: please report it)".into(),
@@ -630,6 +684,10 @@ mod tests {
             handles.push(rx);
         }
         assert!(ledger.slots.capacity() >= 200_000);
+        assert!(
+            ledger.more.capacity() >= 200_000,
+            "each handle is in the map"
+        );
         for id in 0..200_000u64 {
             assert_eq!(
                 ledger.settle(id, Outcome::Completed(1)),
@@ -642,6 +700,11 @@ mod tests {
             ledger.slots.capacity() <= kept_slots::<Job>(),
             "{} slots kept",
             ledger.slots.capacity()
+        );
+        assert!(
+            ledger.more.capacity() <= KEPT_MORE,
+            "{}",
+            ledger.more.capacity()
         );
         // And it takes tasks again.
         let (e, _rx) = entry(0, false);

@@ -476,10 +476,8 @@ impl<T: Task> Engine<T> {
             // this request is otherwise seen only with the task's result.
             link.watch_starts(Starts::WhileCancelled);
             link.cancel_task(id);
-            if let Some(entry) = self.ledger.get_mut(id) {
-                // If the worker starts it before it reads the request.
-                entry.mark_cancelled();
-            }
+            // If the worker starts it before it reads the request.
+            self.ledger.mark_cancelled(id);
         }
     }
 
@@ -1019,10 +1017,9 @@ impl<T: Task> Engine<T> {
                 continue; // settled already (timed out, cancelled)
             }
             if Some(id) == end.running {
-                let Some(entry) = self.ledger.get_mut(id) else {
+                let Some(attempts) = self.ledger.crashed_once_more(id) else {
                     continue;
                 };
-                let attempts = entry.crashed_once_more();
                 if !(policy::retry(attempts, self.cfg.retries) && self.dead.is_none()) {
                     self.spans.forget(id);
                     self.finish(id, Outcome::Crashed(Box::new(crash.clone())));
