@@ -87,6 +87,7 @@ impl<'a, T: ?Sized> Checked<'a, T> {
 }
 
 impl<T: Serialize + ?Sized> Serialize for Checked<'_, T> {
+    #[inline]
     fn serialize<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let guard = Guard {
             inner: serializer,
@@ -137,6 +138,7 @@ struct Guard<'a, S> {
 }
 
 impl<'a, S> Guard<'a, S> {
+    #[inline]
     fn nested<'v, T: ?Sized>(&self, value: &'v T, at: Option<At>) -> Checked<'v, T>
     where
         'a: 'v,
@@ -173,6 +175,7 @@ fn compound<'a, C>(
 macro_rules! forward {
     ($($method:ident($ty:ty)),* $(,)?) => {
         $(
+            #[inline]
             fn $method(self, v: $ty) -> Result<S::Ok, Self::Error> {
                 self.inner.$method(v).map_err(GuardError::Codec)
             }
@@ -203,6 +206,7 @@ impl<'a, S: ser::Serializer> ser::Serializer for Guard<'a, S> {
         self.inner.serialize_none().map_err(GuardError::Codec)
     }
 
+    #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<S::Ok, Self::Error> {
         let value = self.nested(value, self.at);
         self.inner.serialize_some(&value).map_err(GuardError::Codec)
@@ -223,6 +227,7 @@ impl<'a, S: ser::Serializer> ser::Serializer for Guard<'a, S> {
             .map_err(GuardError::Codec)
     }
 
+    #[inline]
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         name: &'static str,
@@ -362,6 +367,7 @@ struct Compound<'a, C> {
 }
 
 impl<'a, C> Compound<'a, C> {
+    #[inline]
     fn item<'v, T: ?Sized>(&self, value: &'v T, field: Option<&'static str>) -> Checked<'v, T>
     where
         'a: 'v,
@@ -392,6 +398,7 @@ impl<C: ser::SerializeSeq> ser::SerializeSeq for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = GuardError<C::Error>;
 
+    #[inline]
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
         let value = self.item(value, None);
         self.inner
@@ -408,6 +415,7 @@ impl<C: ser::SerializeTuple> ser::SerializeTuple for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = GuardError<C::Error>;
 
+    #[inline]
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
         let value = self.item(value, None);
         self.inner
@@ -424,6 +432,7 @@ impl<C: ser::SerializeTupleStruct> ser::SerializeTupleStruct for Compound<'_, C>
     type Ok = C::Ok;
     type Error = GuardError<C::Error>;
 
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
         let value = self.item(value, None);
         self.inner
@@ -440,6 +449,7 @@ impl<C: ser::SerializeTupleVariant> ser::SerializeTupleVariant for Compound<'_, 
     type Ok = C::Ok;
     type Error = GuardError<C::Error>;
 
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
         let value = self.item(value, None);
         self.inner
@@ -456,11 +466,13 @@ impl<C: ser::SerializeMap> ser::SerializeMap for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = GuardError<C::Error>;
 
+    #[inline]
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Self::Error> {
         let key = self.item(key, None);
         self.inner.serialize_key(&key).map_err(GuardError::Codec)
     }
 
+    #[inline]
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
         let value = self.item(value, None);
         self.inner
@@ -489,6 +501,7 @@ impl<C: ser::SerializeStruct> ser::SerializeStruct for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = GuardError<C::Error>;
 
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(
         &mut self,
         key: &'static str,
@@ -513,6 +526,7 @@ impl<C: ser::SerializeStructVariant> ser::SerializeStructVariant for Compound<'_
     type Ok = C::Ok;
     type Error = GuardError<C::Error>;
 
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(
         &mut self,
         key: &'static str,
