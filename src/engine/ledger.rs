@@ -99,10 +99,7 @@ impl<T: Task> Entry<T> {
 
     /// Its own time limit, if it has one.
     pub(crate) fn timeout(&self) -> Option<Duration> {
-        Pending {
-            more: self.more.as_deref(),
-        }
-        .timeout()
+        self.more.as_ref().and_then(|m| m.timeout)
     }
 
     fn into_parts(self) -> (T, Option<Notify<T>>) {
@@ -305,9 +302,11 @@ impl<T: Task> Ledger<T> {
         if !self.holds(id) {
             return None;
         }
-        let more = match self.more.is_empty() {
-            true => None,
-            false => self.more.get(&id).map(|m| &**m),
+        // A stream of `process_task`s never fills the map: no lookup then.
+        let more = if self.more.is_empty() {
+            None
+        } else {
+            self.more.get(&id).map(|m| &**m)
         };
         Some(Pending { more })
     }
@@ -353,9 +352,10 @@ impl<T: Task> Ledger<T> {
                 task
             }
         };
-        let more = match self.more.is_empty() {
-            true => None,
-            false => self.more.remove(&id),
+        let more = if self.more.is_empty() {
+            None
+        } else {
+            self.more.remove(&id)
         };
         Some(Entry { task, more })
     }
