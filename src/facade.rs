@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::command::WorkerCommand;
 use crate::completed::Completed;
 use crate::config::{Config, RestartPolicy};
-use crate::engine::{Command, Engine, Entry, Notify, Outbox, Reclaimed};
+use crate::engine::{Command, Engine, Entry, Gather, Notify, Outbox, Reclaimed};
 use crate::error::{CollectError, SpawnError, SubmitError};
 use crate::guard::CollectOnDrop;
 use crate::handle::TaskHandle;
@@ -683,6 +683,15 @@ impl<T: Task> WorkingProcessFacade<T> {
         let (notify, rx) = oneshot::channel();
         self.send(task, Some(Notify::Reclaim(notify)), timeout, None)?;
         Ok(rx)
+    }
+
+    /// Gathers the submissions made until the guard is dropped into one
+    /// wake of the engine, and none of them goes by the direct lane: for a
+    /// batch submitted in one go (a grinder's), which then reaches the
+    /// worker in one write rather than one task first and the rest a wake
+    /// later.
+    pub(crate) fn gather(&self) -> Gather<'_, T> {
+        self.tx.gather()
     }
 
     fn send(

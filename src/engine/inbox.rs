@@ -99,6 +99,10 @@ struct Tray<T: Task> {
     /// A submitter woke the engine for the tasks in the tray (a task
     /// written through the lane wakes nobody).
     woken: bool,
+    /// Open [`Gather`]s: while there is one, a submission neither takes
+    /// the lane nor wakes the engine; the last one to end wakes it, once,
+    /// for everything it left in the tray.
+    gathering: usize,
 }
 
 struct Shared<T: Task> {
@@ -224,8 +228,11 @@ impl<T: Task> Outbox<T> {
         crate::wire::set_frame_id(frame, id);
         let first = tray.batch.tasks.is_empty();
         // Only the first task of a tray may go by the lane: the engine takes
-        // the ones before it first, so they would start later.
-        let claim = if first && entry.timeout().is_none() && frame.len() <= DIRECT_FRAME {
+        // the ones before it first, so they would start later. Nor one of a
+        // gathering: the rest of its batch would follow it one wake later.
+        let gathering = tray.gathering > 0;
+        let may_go_direct = first && !gathering && entry.timeout().is_none();
+        let claim = if may_go_direct && frame.len() <= DIRECT_FRAME {
             self.shared.lane.claim()
         } else {
             None
@@ -248,7 +255,8 @@ impl<T: Task> Outbox<T> {
         // One wake per tray is enough. A task written whole to the worker
         // wakes the engine with the worker's answer, and does not count:
         // the next task must wake it, or it could wait behind a long one.
-        let wake = claim.is_none() && !tray.woken;
+        // A gathering's wake is its end's.
+        let wake = claim.is_none() && !tray.woken && !gathering;
         tray.woken |= wake;
         drop(tray);
         // Written after the tray is let go: the worker this write wakes,
@@ -258,6 +266,38 @@ impl<T: Task> Outbox<T> {
             self.shared.waker.wake();
         }
         Ok(id)
+    }
+
+    /// Starts gathering submissions (a batch going in at once): until the
+    /// returned guard is dropped, tasks submitted through this outbox go in
+    /// the tray without waking the engine, which then wakes once for all of
+    /// them. A busy engine still takes them at its next turn.
+    pub(crate) fn gather(&self) -> Gather<'_, T> {
+        let shared = &*self.shared;
+        shared.tray().gathering += 1;
+        Gather { shared }
+    }
+}
+
+/// Submissions gathered into one wake of the engine; see
+/// [`Outbox::gather`].
+///
+/// Drop: ends the gathering, and, if it was the last one open, wakes the
+/// engine for the tasks left in the tray (unless a submitter did already).
+pub(crate) struct Gather<'a, T: Task> {
+    shared: &'a Shared<T>,
+}
+
+impl<T: Task> Drop for Gather<'_, T> {
+    fn drop(&mut self) {
+        let mut tray = self.shared.tray();
+        tray.gathering = tray.gathering.saturating_sub(1);
+        let wake = tray.gathering == 0 && !tray.woken && !tray.batch.tasks.is_empty();
+        tray.woken |= wake;
+        drop(tray);
+        if wake {
+            self.shared.waker.wake();
+        }
     }
 }
 
@@ -354,6 +394,7 @@ pub(crate) fn inbox<T: Task>() -> std::io::Result<(Outbox<T>, Inbox<T>)> {
             batch: Batch::default(),
             closed: false,
             woken: false,
+            gathering: 0,
         }),
         waker: Waker {
             fd,
@@ -397,6 +438,61 @@ mod tests {
         inbox.unpark();
         assert_eq!(inbox.lane().observe(), Seen::Short(0));
         assert!(inbox.park(), "nothing left to look at");
+        inbox.unpark();
+    }
+
+    /// A gathered batch takes neither the lane nor a wake per task: it is
+    /// all in the tray when the engine wakes, once, as the gathering ends.
+    #[test]
+    fn a_gathering_wakes_the_engine_once_at_its_end_and_leaves_the_lane_alone() {
+        use crate::simple::SimpleTask;
+        let (outbox, inbox) = inbox::<SimpleTask>().expect("inbox");
+        let (ours, _theirs) = UnixStream::pair().expect("socket pair");
+        let dup = OwnedFd::from(ours.try_clone().expect("dup"));
+        let direct = Direct {
+            slot: 0,
+            generation: 1,
+        };
+        assert!(inbox.lane().open(Arc::new(dup), direct));
+        assert!(inbox.park(), "an idle engine parks");
+        let mut next = 0;
+        let gather = outbox.gather();
+        for name in ["one", "two", "three"] {
+            let mut frame = Vec::new();
+            crate::wire::push_bare_with(&mut frame, crate::wire::KIND_TASK, 0, b"task");
+            let entry = Entry::new(SimpleTask::new(name, 0.0), None, None, None);
+            let assign = || {
+                next += 1;
+                Some(next - 1)
+            };
+            assert!(outbox.submit(&mut frame, entry, None, assign).is_ok());
+            assert!(
+                inbox.shared.waker.parked.load(SeqCst),
+                "no wake while gathering"
+            );
+        }
+        drop(gather);
+        assert!(
+            !inbox.shared.waker.parked.load(SeqCst),
+            "the gathering's end woke the engine"
+        );
+        assert!(
+            inbox.lane().claim().is_some(),
+            "the lane is still open: no gathered task took it"
+        );
+        let mut batch = Batch::default();
+        inbox.take(&mut batch, true);
+        let ids: Vec<u64> = batch.tasks.iter().map(|t| t.id).collect();
+        assert_eq!(ids, vec![0, 1, 2], "every task in the tray, in order");
+        let direct = batch.tasks.iter().filter(|t| t.rare.is_some()).count();
+        assert_eq!(direct, 0, "none went direct");
+        assert_eq!(batch.frames.len(), 3 * (13 + 4), "every frame in the tray");
+
+        // An empty gathering wakes nobody.
+        assert!(inbox.park());
+        drop(outbox.gather());
+        let still_parked = inbox.shared.waker.parked.load(SeqCst);
+        assert!(still_parked, "nothing to wake for");
         inbox.unpark();
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use inbox::{Batch, Inbox, Mail};
-pub(crate) use inbox::{LARGE_FRAME, Outbox, inbox};
+pub(crate) use inbox::{Gather, LARGE_FRAME, Outbox, inbox};
 pub(crate) use ledger::Entry;
 use ledger::Ledger;
 pub(crate) use ledger::{Notify, Reclaimed};

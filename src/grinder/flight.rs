@@ -110,6 +110,9 @@ impl<T: Task> Flight<T> {
                 batch.push(item);
             }
         }
+        // The whole batch goes in the executor's tray before its engine is
+        // woken, so that it reaches the worker in one write.
+        let gather = lease.gather();
         for item in batch {
             let dispatches = item.dispatches + 1;
             match lease.submit_reclaim(item.task, None) {
@@ -148,6 +151,7 @@ impl<T: Task> Flight<T> {
                 }
             }
         }
+        drop(gather);
         drop(queued);
         flight
     }

@@ -224,6 +224,12 @@ impl<T: Task> Lease<T> {
             .map_err(|err| self.refused(err))
     }
 
+    /// Gathers the submissions made until the guard is dropped into one
+    /// wake of the executor's engine (a grinder's batch going in at once).
+    pub(crate) fn gather(&self) -> crate::engine::Gather<'_, T> {
+        self.facade.gather()
+    }
+
     /// Whether the lease can carry more work for `at_least` before its
     /// soft expiry: not revoked, its worker never lost, and that much time
     /// left.
