@@ -17,10 +17,13 @@
 //! otherwise sends this executor the next batch at once if one is cut,
 //! nobody else waits for the pool, the grinder is not cancelling, the
 //! executor's worker was never lost and half the lease is left: the lease
-//! is renewed (a new term, named for the new batch), so each batch still
-//! has its executor for `lease`, and the executor goes from batch to batch
-//! with two thread hand-offs rather than three. Else the lease goes back
-//! to the pool, which serves its callers in turn.
+//! is renewed (a new term, named for the new batch, written where the
+//! pool's manager reads it without waking it), so each batch still has its
+//! executor for `lease`, and the executor goes from batch to batch with two
+//! thread hand-offs rather than three. The batch goes in the executor's
+//! tray in one go, with one wake of its engine (a gathering), so that it
+//! reaches the worker in one write. Else the lease goes back to the pool,
+//! which serves its callers in turn.
 //!
 //! Every accepted item is answered exactly once: each carries a one-shot
 //! reply that, if it were ever dropped unanswered, would answer

@@ -1,6 +1,7 @@
 //! [`Lease`]: one executor held by one caller until its expiry.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -10,9 +11,10 @@ use crate::facade::WorkingProcessFacade;
 use crate::handle::TaskHandle;
 use crate::stats::FacadeStats;
 use crate::task::Task;
+use crate::trace;
 
 use super::LeaseError;
-use super::manager::Msg;
+use super::manager::{Msg, SharedTerm, term};
 
 #[cfg(doc)]
 use super::LeasedExecutorManager;
@@ -82,6 +84,10 @@ pub struct Lease<T: Task> {
     pub(super) hard: Instant,
     pub(super) facade: Arc<WorkingProcessFacade<T>>,
     pub(super) revoked: Arc<OnceLock<Revoked>>,
+    /// The term as the manager reads it (renewals write it there too).
+    pub(super) term: SharedTerm,
+    /// The pool's count of renewals.
+    pub(super) renewed: Arc<AtomicU64>,
     pub(super) manager: Sender<Msg<T>>,
 }
 
@@ -244,30 +250,32 @@ impl<T: Task> Lease<T> {
 
     /// Starts the lease's term again, from now, for `owner` (a grinder's
     /// executor going straight to its next batch, which the lease then
-    /// names). The manager hears of it without being waited for, so renew
-    /// only a lease with time left ([`has_time_for`](Self::has_time_for)):
-    /// until the message is read, the old expiry still holds there.
-    /// Returns whether the renewal was sent (not once the manager ended).
+    /// names). The new term is written where the manager reads it, which
+    /// wakes nobody: the manager finds it when the old term would have
+    /// ended. Renew only a lease with time left
+    /// ([`has_time_for`](Self::has_time_for)), so that the manager never
+    /// revokes the lease just as it is renewed. Returns whether it was
+    /// renewed: not once it is revoked.
     pub(crate) fn renew(&mut self, owner: String) -> bool {
+        if self.is_revoked() {
+            return false;
+        }
         let now = Instant::now();
         let grace = self.hard.saturating_duration_since(self.soft);
         let soft = now.checked_add(self.duration).unwrap_or(self.soft);
         let hard = soft.checked_add(grace).unwrap_or(soft);
-        let sent = self
-            .manager
-            .send(Msg::Renew {
-                id: self.id,
-                owner: owner.clone(),
-                soft,
-                hard,
-            })
-            .is_ok();
-        if sent {
-            self.owner = owner;
-            self.soft = soft;
-            self.hard = hard;
+        {
+            let mut term = term(&self.term);
+            term.owner.clone_from(&owner);
+            term.soft = soft;
+            term.hard = hard;
         }
-        sent
+        self.renewed.fetch_add(1, Ordering::Relaxed);
+        trace::lease_renewed(self.id, &owner, self.facade.worker_pid(), self.duration);
+        self.owner = owner;
+        self.soft = soft;
+        self.hard = hard;
+        true
     }
 
     /// The task back if the lease takes work now; the refusal otherwise.

@@ -4,8 +4,8 @@
 //! never on the manager's thread).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -35,13 +35,6 @@ pub(super) enum Msg<T: Task> {
     Release {
         id: u64,
     },
-    /// Its holder started the lease's term again (see `Lease::renew`).
-    Renew {
-        id: u64,
-        owner: String,
-        soft: Instant,
-        hard: Instant,
-    },
     Spawned {
         result: Result<WorkingProcessFacade<T>, SpawnError>,
         purpose: SpawnFor,
@@ -51,6 +44,27 @@ pub(super) enum Msg<T: Task> {
     WorkerLost,
     Stats(oneshot::Sender<PoolStats>),
     Stop,
+}
+
+/// A lease's current term, shared by its holder, who renews it (a
+/// grinder's executor going to its next batch), and the manager, who
+/// revokes the lease once past `hard`. A renewal therefore costs the
+/// manager no wake: it reads the new term when the old one would have
+/// ended, and waits again.
+#[derive(Debug)]
+pub(super) struct Term {
+    pub(super) owner: String,
+    pub(super) soft: Instant,
+    pub(super) hard: Instant,
+}
+
+/// A [`Term`] as both sides hold it.
+pub(super) type SharedTerm = Arc<Mutex<Term>>;
+
+/// The term, also if a holder panicked while renewing it (each field is
+/// written whole, so it is never torn).
+pub(super) fn term(shared: &SharedTerm) -> MutexGuard<'_, Term> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How many lease requests are on their way to the manager (counted up by
@@ -95,11 +109,19 @@ struct Idle<T: Task> {
 
 struct Leased<T: Task> {
     facade: Arc<WorkingProcessFacade<T>>,
-    owner: String,
     duration: Duration,
-    soft: Instant,
-    hard: Instant,
+    term: SharedTerm,
     revoked: Arc<OnceLock<Revoked>>,
+}
+
+impl<T: Task> Leased<T> {
+    fn owner(&self) -> String {
+        term(&self.term).owner.clone()
+    }
+
+    fn hard(&self) -> Instant {
+        term(&self.term).hard
+    }
 }
 
 struct Waiter<T: Task> {
@@ -168,7 +190,8 @@ pub(super) struct Manager<T: Task> {
     revoked: u64,
     shrunk: u64,
     spawn_failures: u64,
-    renewed: u64,
+    /// Renewals of every lease, counted by their holders.
+    renewed: Arc<AtomicU64>,
     /// Lease requests on their way here and waiting here, for whoever
     /// wants to know whether someone waits (see [`Demand`]).
     demand: Arc<Demand>,
@@ -237,7 +260,7 @@ impl<T: Task> Manager<T> {
             revoked: 0,
             shrunk: 0,
             spawn_failures: 0,
-            renewed: 0,
+            renewed: Arc::new(AtomicU64::new(0)),
             demand,
             retry_at: None,
             backoff: FIRST_RETRY,
@@ -302,22 +325,6 @@ impl<T: Task> Manager<T> {
                     deadline,
                     reply,
                 })
-            }
-            Msg::Renew {
-                id,
-                owner,
-                soft,
-                hard,
-            } => {
-                // A lease revoked meanwhile is gone from the table: its
-                // holder hears so from the revocation.
-                if let Some(lease) = self.leased.get_mut(&id) {
-                    trace::lease_renewed(id, &owner, lease.facade.worker_pid(), lease.duration);
-                    lease.owner = owner;
-                    lease.soft = soft;
-                    lease.hard = hard;
-                    self.renewed += 1;
-                }
             }
             Msg::Release { id } => {
                 if let Some(lease) = self.leased.remove(&id) {
@@ -393,7 +400,7 @@ impl<T: Task> Manager<T> {
         let expired: Vec<u64> = self
             .leased
             .iter()
-            .filter(|(_, l)| l.hard <= now)
+            .filter(|(_, l)| l.hard() <= now)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -403,11 +410,12 @@ impl<T: Task> Manager<T> {
             // Marked before the kill, so whoever sees an outcome of the kill
             // also sees why.
             let _ = lease.revoked.set(Revoked::Expired);
-            trace::lease_expired(id, &lease.owner, lease.facade.worker_pid());
+            let owner = lease.owner();
+            trace::lease_expired(id, &owner, lease.facade.worker_pid());
             let why = format!(
-                "the lease of {} expired: it passed its hard expiry ({:?} lease + {:?} grace) \
+                "the lease of {owner} expired: it passed its hard expiry ({:?} lease + {:?} grace) \
                  and was revoked",
-                lease.owner, lease.duration, self.grace
+                lease.duration, self.grace
             );
             lease.facade.terminate_for(
                 CrashReason::LeaseExpired(why.clone()),
@@ -527,24 +535,29 @@ impl<T: Task> Manager<T> {
         let soft = later(now, waiter.duration);
         let hard = later(soft, self.grace);
         let revoked = Arc::new(OnceLock::new());
+        let term = Arc::new(Mutex::new(Term {
+            owner: waiter.owner.clone(),
+            soft,
+            hard,
+        }));
         let lease = Lease {
             id,
-            owner: waiter.owner.clone(),
+            owner: waiter.owner,
             duration: waiter.duration,
             soft,
             hard,
             facade: facade.clone(),
             revoked: revoked.clone(),
+            term: term.clone(),
+            renewed: self.renewed.clone(),
             manager: self.tx.clone(),
         };
         self.leased.insert(
             id,
             Leased {
                 facade,
-                owner: waiter.owner,
                 duration: waiter.duration,
-                soft,
-                hard,
+                term,
                 revoked,
             },
         );
@@ -577,7 +590,7 @@ impl<T: Task> Manager<T> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let leases = self.leased.values().map(|l| l.hard);
+        let leases = self.leased.values().map(|l| l.hard());
         let waiters = self.waiters.iter().filter_map(|w| w.deadline);
         let idle = (self.available.len() + self.leased.len() > self.min)
             .then(|| self.available.front())
@@ -591,12 +604,15 @@ impl<T: Task> Manager<T> {
         let mut leases: Vec<LeaseInfo> = self
             .leased
             .iter()
-            .map(|(id, l)| LeaseInfo {
-                id: *id,
-                owner: l.owner.clone(),
-                worker_pid: l.facade.worker_pid(),
-                seconds_to_soft_expiry: seconds_until(now, l.soft),
-                seconds_to_hard_expiry: seconds_until(now, l.hard),
+            .map(|(id, l)| {
+                let term = term(&l.term);
+                LeaseInfo {
+                    id: *id,
+                    owner: term.owner.clone(),
+                    worker_pid: l.facade.worker_pid(),
+                    seconds_to_soft_expiry: seconds_until(now, term.soft),
+                    seconds_to_hard_expiry: seconds_until(now, term.hard),
+                }
             })
             .collect();
         leases.sort_by_key(|l| l.id);
@@ -616,7 +632,7 @@ impl<T: Task> Manager<T> {
             shrunk: self.shrunk,
             spawn_failures: self.spawn_failures,
             granted: self.next_lease,
-            renewed: self.renewed,
+            renewed: self.renewed.load(Ordering::Relaxed),
             leases,
         }
     }
@@ -630,10 +646,10 @@ impl<T: Task> Manager<T> {
         let mut revoked = Vec::with_capacity(leased.len());
         for (id, lease) in leased {
             let _ = lease.revoked.set(Revoked::Stopped);
-            trace::lease_revoked(id, &lease.owner, lease.facade.worker_pid());
+            let owner = lease.owner();
+            trace::lease_revoked(id, &owner, lease.facade.worker_pid());
             lease.facade.terminate(format!(
-                "the executor manager was stopped, which revoked the lease of {}",
-                lease.owner
+                "the executor manager was stopped, which revoked the lease of {owner}"
             ));
             revoked.push(lease.facade.clone());
             self.dispose(lease.facade);
@@ -666,7 +682,7 @@ impl<T: Task> Manager<T> {
                 Msg::Stats(reply) => {
                     let _ = reply.send(self.snapshot(now));
                 }
-                Msg::Release { .. } | Msg::Renew { .. } | Msg::WorkerLost | Msg::Stop => {}
+                Msg::Release { .. } | Msg::WorkerLost | Msg::Stop => {}
             }
         }
         self.demand.queued.store(0, Ordering::Release);
