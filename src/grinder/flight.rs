@@ -111,8 +111,10 @@ impl<T: Task> Flight<T> {
             }
         }
         // The whole batch goes in the executor's tray before its engine is
-        // woken, so that it reaches the worker in one write.
-        let gather = lease.gather();
+        // woken, so that it reaches the worker in one write. A batch of one
+        // is not gathered: it may then take the direct lane to an idle
+        // worker, a hand-off fewer.
+        let gather = (batch.len() > 1).then(|| lease.gather());
         for item in batch {
             let dispatches = item.dispatches + 1;
             match lease.submit_reclaim(item.task, None) {
