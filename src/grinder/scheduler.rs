@@ -499,8 +499,8 @@ impl<T: Task> Scheduler<T> {
 
     /// Whether a landed batch's lease carries the next batch rather than
     /// going back to the pool: a batch is cut and waiting, the lease has at
-    /// least half its term left and its worker was never lost (so the
-    /// renewal reaches the pool long before the old expiry), the grinder is
+    /// least half its term left and its worker was never lost (so it is
+    /// renewed long before the old expiry), the grinder is
     /// not cancelling, and nobody else waits for an executor (the pool
     /// serves callers in turn; a kept executor would skip theirs).
     ///

@@ -257,15 +257,18 @@ impl<T: Task> Lease<T> {
     /// revokes the lease just as it is renewed. Returns whether it was
     /// renewed: not once it is revoked.
     pub(crate) fn renew(&mut self, owner: String) -> bool {
-        if self.is_revoked() {
-            return false;
-        }
         let now = Instant::now();
         let grace = self.hard.saturating_duration_since(self.soft);
         let soft = now.checked_add(self.duration).unwrap_or(self.soft);
         let hard = soft.checked_add(grace).unwrap_or(soft);
         {
+            // The manager revokes under this lock too: a lease revoked
+            // before it is taken stays revoked, and one renewed before the
+            // manager looks is judged by its new term.
             let mut term = term(&self.term);
+            if self.is_revoked() {
+                return false;
+            }
             term.owner.clone_from(&owner);
             term.soft = soft;
             term.hard = hard;

@@ -122,6 +122,20 @@ impl<T: Task> Leased<T> {
     fn hard(&self) -> Instant {
         term(&self.term).hard
     }
+
+    /// Revokes the lease, for `why`, if `due` says so of its term: decided
+    /// under the term's lock, which a renewal holds while it looks at the
+    /// revocation and writes a new term. So a lease is either renewed
+    /// (and `due` sees the new term) or revoked (and the renewal refused),
+    /// never both. Whether it is revoked now.
+    fn revoke_if(&self, due: impl FnOnce(&Term) -> bool, why: Revoked) -> bool {
+        let term = term(&self.term);
+        if !due(&term) {
+            return false;
+        }
+        let _ = self.revoked.set(why);
+        true
+    }
 }
 
 struct Waiter<T: Task> {
@@ -270,9 +284,8 @@ impl<T: Task> Manager<T> {
 
     pub(super) fn run(mut self) -> PoolStats {
         loop {
-            // Whatever is waiting is read before anything is decided: a
-            // renewal sent as a lease's old term runs out counts, and the
-            // expiries below see it.
+            // Whatever is waiting is read before anything is decided (a
+            // release, say, before the expiries below).
             while let Ok(msg) = self.rx.try_recv() {
                 if let Msg::Stop = msg {
                     return self.shutdown();
@@ -400,16 +413,15 @@ impl<T: Task> Manager<T> {
         let expired: Vec<u64> = self
             .leased
             .iter()
-            .filter(|(_, l)| l.hard() <= now)
+            .filter(|(_, l)| l.revoke_if(|term| term.hard <= now, Revoked::Expired))
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
             let Some(lease) = self.leased.remove(&id) else {
                 continue;
             };
-            // Marked before the kill, so whoever sees an outcome of the kill
-            // also sees why.
-            let _ = lease.revoked.set(Revoked::Expired);
+            // Marked (above) before the kill, so whoever sees an outcome of
+            // the kill also sees why.
             let owner = lease.owner();
             trace::lease_expired(id, &owner, lease.facade.worker_pid());
             let why = format!(
@@ -645,7 +657,7 @@ impl<T: Task> Manager<T> {
         let leased: Vec<(u64, Leased<T>)> = self.leased.drain().collect();
         let mut revoked = Vec::with_capacity(leased.len());
         for (id, lease) in leased {
-            let _ = lease.revoked.set(Revoked::Stopped);
+            lease.revoke_if(|_| true, Revoked::Stopped);
             let owner = lease.owner();
             trace::lease_revoked(id, &owner, lease.facade.worker_pid());
             lease.facade.terminate(format!(
