@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use worker_facade::simple::SimpleTask;
 use worker_facade::{
@@ -366,6 +366,57 @@ fn a_caller_waiting_for_the_pool_gets_the_executor_before_the_grinders_next_batc
     grinder.stop(false);
     let stats = pool.stats();
     assert_eq!((stats.granted, stats.renewed), (3, 0), "{stats:?}");
+    pool.stop();
+}
+
+#[test]
+fn a_renewed_lease_is_revoked_at_the_end_of_its_new_term_not_its_first() {
+    let _watchdog = watchdog("a_renewed_lease_is_revoked_at_the_end_of_its_new_term_not_its_first");
+    // Batch 1 (0.3 s) runs on a 1 s lease with 0.2 s of grace, so its first
+    // term ends at 1.2 s at the earliest. Batch 2 (hung) goes straight onto
+    // the same executor, the lease renewed as batch 1 lands (0.7 s of its
+    // term left, more than half): the new term ends 1.2 s after that, at
+    // 1.5 s at the earliest. The pool's manager, which never heard of the
+    // renewal, must read it when the first term would have ended.
+    let pool = pool_with_grace(1, Duration::from_millis(200));
+    let grinder = WorkGrinder::builder(pool.clone())
+        .max_wait_seconds(FOREVER)
+        .batch_size_threshold(1)
+        .lease_seconds(1.0)
+        .owner_prefix("renewed")
+        .build()
+        .expect("valid settings");
+    grinder.start().expect("starts");
+    let t0 = Instant::now();
+    let first = grinder
+        .enqueue(SimpleTask::new("first", 0.3))
+        .expect("accepted");
+    let hung = grinder
+        .enqueue(SimpleTask::new("hung", FOREVER))
+        .expect("accepted");
+    assert_eq!(result(&first).expect("completed"), "first solved after 0.3");
+    match result(&hung) {
+        Err(WorkError::LeaseExpired { owner, crash }) => {
+            assert_eq!(
+                owner, "renewed-2",
+                "the renewal named the lease for batch 2"
+            );
+            assert!(crash.is_some(), "it was running when its worker was killed");
+        }
+        other => panic!("expected lease-expired, got {other:?}"),
+    }
+    let revoked_after = t0.elapsed();
+    assert!(
+        revoked_after >= Duration::from_millis(1450),
+        "revoked after {revoked_after:?}: by the first term (1.2 s), not the renewed one (1.5 s)"
+    );
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.granted, stats.renewed, stats.revoked),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    grinder.stop(false);
     pool.stop();
 }
 
