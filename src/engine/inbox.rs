@@ -25,6 +25,12 @@
 //! as the tray's wake: the next submitter wakes the engine. A short write
 //! wakes it too, and the engine's park looks at the lane's word as it looks
 //! at the tray.
+//!
+//! A batch submitted in one go (a grinder's) is gathered ([`Outbox::gather`]):
+//! while any gathering on this facade is open, no submission takes the lane
+//! or wakes the engine; the last gathering to end wakes it, once, if the
+//! tray holds tasks and nobody woke it for them. A busy engine still takes
+//! the tray at its next turn, gathering or not.
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst, fence};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -269,9 +275,11 @@ impl<T: Task> Outbox<T> {
     }
 
     /// Starts gathering submissions (a batch going in at once): until the
-    /// returned guard is dropped, tasks submitted through this outbox go in
-    /// the tray without waking the engine, which then wakes once for all of
-    /// them. A busy engine still takes them at its next turn.
+    /// returned guard is dropped, tasks submitted to this facade, from any
+    /// thread, go in the tray without taking the lane or waking the engine,
+    /// which then wakes once for all of them. A busy engine still takes them
+    /// at its next turn. Hold it only while submitting a batch: everything
+    /// submitted meanwhile waits for its end if the engine sleeps.
     pub(crate) fn gather(&self) -> Gather<'_, T> {
         let shared = &*self.shared;
         shared.tray().gathering += 1;
@@ -456,10 +464,12 @@ mod tests {
         assert!(inbox.lane().open(Arc::new(dup), direct));
         assert!(inbox.park(), "an idle engine parks");
         let mut next = 0;
+        let mut frame_len = 0;
         let gather = outbox.gather();
         for name in ["one", "two", "three"] {
             let mut frame = Vec::new();
             crate::wire::push_bare_with(&mut frame, crate::wire::KIND_TASK, 0, b"task");
+            frame_len = frame.len();
             let entry = Entry::new(SimpleTask::new(name, 0.0), None, None, None);
             let assign = || {
                 next += 1;
@@ -486,7 +496,7 @@ mod tests {
         assert_eq!(ids, vec![0, 1, 2], "every task in the tray, in order");
         let direct = batch.tasks.iter().filter(|t| t.rare.is_some()).count();
         assert_eq!(direct, 0, "none went direct");
-        assert_eq!(batch.frames.len(), 3 * (13 + 4), "every frame in the tray");
+        assert_eq!(batch.frames.len(), 3 * frame_len, "every frame in the tray");
 
         // An empty gathering wakes nobody.
         assert!(inbox.park());

@@ -16,8 +16,9 @@
 //!   (and after it told that worker's ring it is parked, so the answer will
 //!   wake it), the engine opens the lane to a duplicate of that worker's
 //!   socket, under a new epoch.
-//! - **Claiming.** A submitter holding the tray, with the tray empty and a
-//!   small task without a time limit, claims the lane (one compare-and-swap)
+//! - **Claiming.** A submitter holding the tray, with the tray empty, no
+//!   gathering open (`inbox.rs`) and a small task without a time limit,
+//!   claims the lane (one compare-and-swap)
 //!   and puts the task in the tray marked [`Direct`]; then, holding no lock,
 //!   it writes the frame once (`MSG_DONTWAIT`) and says whether the write
 //!   was whole. Only a short write wakes the engine.

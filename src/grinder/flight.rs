@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -48,6 +48,12 @@ use super::{AfterCrash, Settings, WorkError};
 /// after a crash or an expired lease took down the executor before the item
 /// started.
 const MAX_DISPATCHES: u32 = 4;
+
+/// How long a batch's items are gathered into one wake of the executor's
+/// engine, at most, while the batch is being queued; and every how many
+/// items the clock is read.
+const GATHER_FOR: Duration = Duration::from_micros(200);
+const GATHER_CHECK: usize = 16;
 
 fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -99,9 +105,11 @@ impl<T: Task> Flight<T> {
         // Cancelled through its handle while the batch waited for this
         // lease: it still has not gone to a worker. Decided for the whole
         // batch before any of it is queued: the first item may be answered
-        // before the loop below is over (a submission to an idle worker
-        // starts at once), and a cancel its caller sends then must not take
-        // the rest of the batch, which has gone to the worker with it.
+        // before the loop below is over (a busy engine takes what is in its
+        // tray at its next turn, a batch of one may go straight to an idle
+        // worker, and a slow batch is let go in parts), and a cancel its
+        // caller sends then must not take the rest of the batch, which has
+        // gone to the worker with it.
         let mut batch = Vec::with_capacity(items.len());
         for item in items {
             if item.reply.is_cancelled() {
@@ -110,12 +118,26 @@ impl<T: Task> Flight<T> {
                 batch.push(item);
             }
         }
-        // The whole batch goes in the executor's tray before its engine is
-        // woken, so that it reaches the worker in one write. A batch of one
-        // is not gathered: it may then take the direct lane to an idle
-        // worker, a hand-off fewer.
-        let gather = (batch.len() > 1).then(|| lease.gather());
-        for item in batch {
+        // The batch goes in the executor's tray before its engine is woken,
+        // so that its worker wakes once for all of it rather than for its
+        // first item and again for the rest. A batch of one is not
+        // gathered: it may then take the direct lane to an idle worker, a
+        // hand-off fewer. A batch whose tasks are slow to encode is let go
+        // every `GATHER_FOR`, so that its worker does not wait for the
+        // whole batch to start on its first items.
+        let gathering = batch.len() > 1;
+        let mut gather = gathering.then(|| (lease.gather(), Instant::now()));
+        for (n, item) in batch.into_iter().enumerate() {
+            if n % GATHER_CHECK == GATHER_CHECK - 1 {
+                if let Some((_, since)) = &gather {
+                    if since.elapsed() >= GATHER_FOR {
+                        // Ended first (it wakes the engine for what is
+                        // there), then the next one opened.
+                        drop(gather.take());
+                        gather = Some((lease.gather(), Instant::now()));
+                    }
+                }
+            }
             let dispatches = item.dispatches + 1;
             match lease.submit_reclaim(item.task, None) {
                 Ok(answer) => Slot::arm(

@@ -20,10 +20,12 @@
 //! is renewed (a new term, named for the new batch, written where the
 //! pool's manager reads it without waking it), so each batch still has its
 //! executor for `lease`, and the executor goes from batch to batch with two
-//! thread hand-offs rather than three. The batch goes in the executor's
-//! tray in one go, with one wake of its engine (a gathering), so that it
-//! reaches the worker in one write. Else the lease goes back to the pool,
-//! which serves its callers in turn.
+//! thread hand-offs rather than three. Else the lease goes back to the
+//! pool, which serves its callers in turn.
+//!
+//! A batch of more than one item goes in its executor's tray gathered: a
+//! sleeping engine wakes once for it, not for its first item and again for
+//! the rest (`flight.rs`).
 //!
 //! Every accepted item is answered exactly once: each carries a one-shot
 //! reply that, if it were ever dropped unanswered, would answer
