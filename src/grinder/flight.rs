@@ -52,7 +52,7 @@ const MAX_DISPATCHES: u32 = 4;
 /// How long a batch's items are gathered into one wake of the executor's
 /// engine, at most, while the batch is being queued; and every how many
 /// items the clock is read.
-const GATHER_FOR: Duration = Duration::from_micros(200);
+const GATHER_FOR: Duration = Duration::from_millis(1);
 const GATHER_CHECK: usize = 16;
 
 fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
