@@ -206,9 +206,16 @@ fn main() {
     }
     if only.iter().any(|o| o == "profile-grind") {
         let n = scale(200_000);
-        for batch in [GRIND_BATCH, 20] {
+        // WF_GRIND_BATCH=N profiles batches of N alone.
+        let one = std::env::var("WF_GRIND_BATCH")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        for batch in one.map_or(vec![GRIND_BATCH, 20], |b| vec![b]) {
             let t = grind::throughput(2, SUBMITTERS, n, batch);
             println!("profile-grind: {n} items in batches of {batch} in {t:?}");
+        }
+        if one.is_some() {
+            return;
         }
         let t = grind::facade_throughput(2, SUBMITTERS, n);
         println!("profile-grind: {n} items straight on a workers(2) facade in {t:?}");
