@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde_reflection::{ContainerFormat, Format, Named, Tracer, TracerConfig, VariantFormat};
 
+use crate::codec::Limit;
 use crate::task::Task;
 
 /// One type as the handshake describes it.
@@ -50,25 +51,64 @@ pub(crate) struct Mismatch {
     pub(crate) worker: TypeShape,
 }
 
+/// What a type's serde shape says about the lengths a decode of it reads
+/// from the bytes (of a string, a byte buffer, a sequence or a map): the
+/// lengths the codec's limit exists for (`codec::decode_trusting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lengths {
+    /// None, and the shape is std's types alone (integers, floats, `bool`,
+    /// `char`, `()`, `Option`, tuples, arrays), whose `Deserialize` asks for
+    /// the same whatever the bytes: nothing a decode of one allocates can be
+    /// claimed by the bytes, even a hostile peer's.
+    NoneInStd,
+    /// None in the traced shape, which has types of the program's own: their
+    /// `Deserialize` could ask for more on other bytes than on the tracer's.
+    NoneTraced,
+    /// Some, or the type was not traced.
+    Some,
+}
+
+impl Lengths {
+    /// The limit for bytes that this program's own encoder made from a
+    /// value of this type (a task, in its worker): none needed unless the
+    /// shape has lengths. A stale worker whose type differs in a way the
+    /// handshake's check did not see at worst aborts that worker.
+    pub(crate) fn trusted(self) -> Limit {
+        match self {
+            Lengths::NoneInStd | Lengths::NoneTraced => Limit::Off,
+            Lengths::Some => Limit::Input,
+        }
+    }
+
+    /// The limit for bytes from a peer that may be hostile (an output, in
+    /// the parent): none only for std's types, whose decode cannot be led
+    /// by the bytes to read a length.
+    pub(crate) fn untrusted(self) -> Limit {
+        match self {
+            Lengths::NoneInStd => Limit::Off,
+            Lengths::NoneTraced | Lengths::Some => Limit::Input,
+        }
+    }
+}
+
+/// One task type's signature, and the lengths of its task and output.
+#[derive(Clone)]
+struct Traced {
+    signature: Arc<Signature>,
+    lengths: (Lengths, Lengths),
+}
+
 impl Signature {
     /// This program's signature for `T`, traced once per process.
     pub(crate) fn of<T: Task>() -> Arc<Signature> {
-        static CACHE: Mutex<Option<HashMap<TypeId, Arc<Signature>>>> = Mutex::new(None);
-        let mut cache = CACHE
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache
-            .get_or_insert_with(HashMap::new)
-            .entry(TypeId::of::<T>())
-            .or_insert_with(|| {
-                let (task, output) = if T::SHAPE_CHECK {
-                    (shape_of::<T>(), shape_of::<T::Output>())
-                } else {
-                    (unchecked::<T>(), unchecked::<T::Output>())
-                };
-                Arc::new(Signature { task, output })
-            })
-            .clone()
+        traced::<T>().signature
+    }
+
+    /// What the shapes of `T` and its output say about their lengths (see
+    /// [`Lengths`]), from the same trace as [`of`](Self::of): `Some` for
+    /// both when `T::SHAPE_CHECK` is off.
+    pub(crate) fn lengths_of<T: Task>() -> (Lengths, Lengths) {
+        traced::<T>().lengths
     }
 
     /// The first type whose shape differs between `self` (the parent) and
@@ -138,9 +178,32 @@ fn put(out: &mut Vec<u8>, text: Option<&str>) {
     }
 }
 
+/// `T`'s signature and lengths, traced once per process.
+fn traced<T: Task>() -> Traced {
+    static CACHE: Mutex<Option<HashMap<TypeId, Traced>>> = Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    cache
+        .get_or_insert_with(HashMap::new)
+        .entry(TypeId::of::<T>())
+        .or_insert_with(|| {
+            let ((task, task_lengths), (output, output_lengths)) = if T::SHAPE_CHECK {
+                (shape_of::<T>(), shape_of::<T::Output>())
+            } else {
+                (unchecked::<T>(), unchecked::<T::Output>())
+            };
+            Traced {
+                signature: Arc::new(Signature { task, output }),
+                lengths: (task_lengths, output_lengths),
+            }
+        })
+        .clone()
+}
+
 /// Traces `T` and renders its shape. The trace runs `T`'s `Deserialize`
 /// (user code) against the tracer, so a panic there means "unknown".
-fn shape_of<T: DeserializeOwned>() -> TypeShape {
+fn shape_of<T: DeserializeOwned>() -> (TypeShape, Lengths) {
     let traced = std::panic::catch_unwind(|| {
         let mut tracer = Tracer::new(TracerConfig::default());
         let (root, _) = tracer.trace_simple_type::<T>().ok()?;
@@ -151,20 +214,78 @@ fn shape_of<T: DeserializeOwned>() -> TypeShape {
             text.push_str("; ");
             render_container(&mut text, name, container);
         }
-        Some(text)
+        let lengths = if !has_lengths(&root) && registry.is_empty() {
+            Lengths::NoneInStd
+        } else if !has_lengths(&root) && !registry.values().any(container_has_lengths) {
+            Lengths::NoneTraced
+        } else {
+            Lengths::Some
+        };
+        Some((text, lengths))
     });
-    TypeShape {
+    let (shape, lengths) = match traced {
+        Ok(Some((text, lengths))) => (Some(text), lengths),
+        _ => (None, Lengths::Some),
+    };
+    let shape = TypeShape {
         name: std::any::type_name::<T>().to_string(),
-        shape: traced.ok().flatten(),
+        shape,
+    };
+    (shape, lengths)
+}
+
+/// Whether a decode of `format` may read a length from the bytes (or
+/// `format` is not fully known). A named container counts as none here:
+/// the registry holds its own format.
+fn has_lengths(format: &Format) -> bool {
+    match format {
+        Format::Str | Format::Bytes | Format::Seq(_) | Format::Map { .. } => true,
+        Format::Variable(_) => true,
+        Format::Option(inner) | Format::TupleArray { content: inner, .. } => has_lengths(inner),
+        Format::Tuple(items) => items.iter().any(has_lengths),
+        Format::TypeName(_)
+        | Format::Unit
+        | Format::Bool
+        | Format::I8
+        | Format::I16
+        | Format::I32
+        | Format::I64
+        | Format::I128
+        | Format::U8
+        | Format::U16
+        | Format::U32
+        | Format::U64
+        | Format::U128
+        | Format::F32
+        | Format::F64
+        | Format::Char => false,
+    }
+}
+
+fn container_has_lengths(container: &ContainerFormat) -> bool {
+    let fields = |fields: &[Named<Format>]| fields.iter().any(|f| has_lengths(&f.value));
+    match container {
+        ContainerFormat::UnitStruct => false,
+        ContainerFormat::NewTypeStruct(inner) => has_lengths(inner),
+        ContainerFormat::TupleStruct(items) => items.iter().any(has_lengths),
+        ContainerFormat::Struct(named) => fields(named),
+        ContainerFormat::Enum(variants) => variants.values().any(|v| match &v.value {
+            VariantFormat::Unit => false,
+            VariantFormat::NewType(inner) => has_lengths(inner),
+            VariantFormat::Tuple(items) => items.iter().any(has_lengths),
+            VariantFormat::Struct(named) => fields(named),
+            VariantFormat::Variable(_) => true,
+        }),
     }
 }
 
 /// A type whose shape is not traced (`Task::SHAPE_CHECK` is off).
-fn unchecked<T>() -> TypeShape {
-    TypeShape {
+fn unchecked<T>() -> (TypeShape, Lengths) {
+    let shape = TypeShape {
         name: std::any::type_name::<T>().to_string(),
         shape: None,
-    }
+    };
+    (shape, Lengths::Some)
 }
 
 fn render_container(out: &mut String, name: &str, container: &ContainerFormat) {
@@ -331,6 +452,65 @@ mod tests {
         assert!(
             s.mismatch(&other).is_none(),
             "an unknown shape is not checked"
+        );
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Tiny {
+        id: u64,
+        payload: [u8; 16],
+        maybe: Option<(char, bool)>,
+    }
+    impl Task for Tiny {
+        type Output = (u64, [i16; 4]);
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum Deep {
+        Plain(u8),
+        Named { inner: Option<Box<Inner>> },
+    }
+    #[derive(Serialize, Deserialize)]
+    struct Inner {
+        tags: [(u8, std::collections::BTreeMap<u8, u8>); 1],
+    }
+    impl Task for Deep {
+        type Output = u64;
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Unchecked(u64);
+    impl Task for Unchecked {
+        type Output = u64;
+        const SHAPE_CHECK: bool = false;
+    }
+
+    /// Only a shape with no length anywhere is decoded without the limit:
+    /// a task (trusted bytes) when it is traced whole, an output (a
+    /// hostile worker's bytes) only when it is std's types alone.
+    #[test]
+    fn lengths_are_found_at_any_depth_and_only_std_shapes_skip_the_limit_for_outputs() {
+        assert_eq!(
+            Signature::lengths_of::<Tiny>(),
+            (Lengths::NoneTraced, Lengths::NoneInStd)
+        );
+        assert_eq!(Lengths::NoneTraced.trusted(), Limit::Off);
+        assert_eq!(Lengths::NoneTraced.untrusted(), Limit::Input);
+        assert_eq!(Lengths::NoneInStd.untrusted(), Limit::Off);
+        assert_eq!(Lengths::Some.trusted(), Limit::Input);
+        // A map inside an array inside a tuple inside a boxed option inside
+        // an enum's variant still counts.
+        assert_eq!(
+            Signature::lengths_of::<Deep>(),
+            (Lengths::Some, Lengths::NoneInStd)
+        );
+        // Strings, sequences; an untraceable output; an unchecked type.
+        assert_eq!(Signature::lengths_of::<v1::Frame>().1, Lengths::Some);
+        assert_eq!(Signature::lengths_of::<v1::Frame>().0, Lengths::NoneTraced);
+        assert_eq!(Signature::lengths_of::<Shape>().1, Lengths::Some);
+        assert_eq!(
+            Signature::lengths_of::<Unchecked>(),
+            (Lengths::Some, Lengths::Some)
         );
     }
 

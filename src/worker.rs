@@ -319,6 +319,9 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let outlet = std::cell::RefCell::new(Outlet::new(&stream, &options)?);
     let mut look_ahead = LookAhead::new();
+    // The parent encoded every task from a `T`: a type whose shape holds no
+    // length is decoded without the codec's limit (see `types::Lengths`).
+    let limit = crate::types::Signature::lengths_of::<T>().0.trusted();
     // The task region, mapped now (its descriptor closed at once).
     let tasks = Tasks::open();
     // What the parent cancelled, seen ahead of the tasks it concerns.
@@ -399,10 +402,11 @@ where
                 // long before it is answered (region.rs, step 4): the loan
                 // ends with the decode.
                 let decoded = match at {
-                    None => caught(|| codec::decode::<T>(payload)),
+                    None => caught(|| codec::decode_with::<T>(payload, limit)),
                     Some((offset, len)) => {
-                        let lent = tasks
-                            .with_task(offset, len, |bytes| caught(|| codec::decode::<T>(bytes)));
+                        let lent = tasks.with_task(offset, len, |bytes| {
+                            caught(|| codec::decode_with::<T>(bytes, limit))
+                        });
                         match lent {
                             Ok(decoded) => decoded,
                             Err(why) => {

@@ -52,6 +52,12 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Fa
     .map_err(|e| decode_failure(&e))
 }
 
+/// Decodes a value from the start of `bytes` believing every length in
+/// them: only for a type with none (`codec::Limit::Off`).
+pub(super) fn decode_unlimited<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Failure> {
+    bincode::serde::decode_from_slice(bytes, config()).map_err(|e| decode_failure(&e))
+}
+
 /// 16 x the largest possible frame (4 GiB) on 64-bit targets.
 #[cfg(target_pointer_width = "64")]
 const LARGEST_LIMIT: usize = 1 << 36;

@@ -38,6 +38,11 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Fa
     }
 }
 
+/// The same as [`decode`]: postcard needs no limit (see the module's docs).
+pub(super) fn decode_unlimited<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Failure> {
+    decode(bytes)
+}
+
 /// Appends to a caller's writer (postcard's own `Vec` flavors own their
 /// buffer). A writer with no more room is postcard's full buffer.
 struct Append<W>(W);

@@ -420,3 +420,35 @@ fn a_failing_deserialize_runs_once() {
     // run it again.
     assert_eq!(RUNS.load(SeqCst), 1);
 }
+
+/// Without the limit, a value with no length in its shape decodes to the
+/// same value, and wrong bytes are refused the same way, as with it.
+#[test]
+fn a_decode_without_the_limit_agrees_with_the_limited_one() {
+    type Fixed = (u64, [u8; 16], Option<(char, i32)>);
+    let values: [Fixed; 3] = [
+        (0, [0; 16], None),
+        (u64::MAX, [7; 16], Some(('é', -1))),
+        (300, [255; 16], Some(('x', i32::MIN))),
+    ];
+    for value in values {
+        let bytes = encode(&value).expect("encodes");
+        let limited: Fixed = decode_with(&bytes, Limit::Input).expect("decodes");
+        let unlimited: Fixed = decode_with(&bytes, Limit::Off).expect("decodes");
+        assert_eq!(limited, value);
+        assert_eq!(unlimited, value);
+        for cut in 0..bytes.len() {
+            let short = &bytes[..cut];
+            assert!(
+                decode_with::<Fixed>(short, Limit::Off).is_err(),
+                "{cut} bytes of {value:?} are not a value"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            decode_with::<Fixed>(&long, Limit::Off),
+            Err(CodecError::TrailingBytes(1))
+        ));
+    }
+}

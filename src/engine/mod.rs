@@ -227,6 +227,10 @@ pub(crate) struct Engine<T: Task> {
     stderr_watch: StderrWatch,
     /// This program's task and output types, checked at each handshake.
     types: Arc<crate::types::Signature>,
+    /// How an output from a worker is decoded: without the codec's limit
+    /// only when the output's type cannot hold a length (a hostile worker's
+    /// bytes then have none to claim).
+    output_limit: codec::Limit,
     /// Runs progress callbacks, off the engine.
     progress: crate::progress::ProgressThread,
     /// The facade's task region, which every worker inherits.
@@ -286,6 +290,7 @@ impl<T: Task> Engine<T> {
             stderr: StderrQueue::default(),
             stderr_watch: StderrWatch::Idle,
             types: crate::types::Signature::of::<T>(),
+            output_limit: crate::types::Signature::lengths_of::<T>().1.untrusted(),
             progress: crate::progress::ProgressThread::default(),
             region,
             spans: spans::Spans::default(),
@@ -822,6 +827,7 @@ impl<T: Task> Engine<T> {
             answers,
             inbox,
             spans,
+            output_limit,
             ..
         } = self;
         let Some((link, budget)) = slots
@@ -861,7 +867,7 @@ impl<T: Task> Engine<T> {
                             }
                             _ => {}
                         }
-                        on_said::<T>(tasks, said, &mut settled, &mut ran)
+                        on_said::<T>(tasks, said, &mut settled, &mut ran, *output_limit)
                     });
                     for d in ran {
                         *service = Some(match *service {
@@ -1511,6 +1517,7 @@ fn on_said<T: Task>(
     said: Said<'_>,
     settled: &mut Vec<(u64, Outcome<T::Output>)>,
     ran: &mut Vec<Duration>,
+    limit: codec::Limit,
 ) -> Result<(), String> {
     let mut answer = |tasks: &mut LinkTasks<'_>, id| -> Result<(), String> {
         ran.extend(tasks.answer(id)?);
@@ -1521,12 +1528,12 @@ fn on_said<T: Task>(
         Said::Started(id) => tasks.start(id),
         Said::Ok(id, payload) => {
             answer(tasks, id)?;
-            settled.push((id, decode_output::<T>(payload)));
+            settled.push((id, decode_output::<T>(payload, limit)));
             Ok(())
         }
         // Exactly an OK, then a STARTED.
         Said::OkStarted(id, payload, next) => {
-            on_said::<T>(tasks, Said::Ok(id, payload), settled, ran)?;
+            on_said::<T>(tasks, Said::Ok(id, payload), settled, ran, limit)?;
             tasks.start(next)
         }
         Said::Err(id, message) => {
@@ -1560,8 +1567,10 @@ fn on_said<T: Task>(
 
 /// Decodes a result, with the user's `Deserialize` kept from hurting the
 /// engine: an error or a panic fails that task alone.
-fn decode_output<T: Task>(payload: &[u8]) -> Outcome<T::Output> {
-    match catch_unwind(AssertUnwindSafe(|| codec::decode::<T::Output>(payload))) {
+fn decode_output<T: Task>(payload: &[u8], limit: codec::Limit) -> Outcome<T::Output> {
+    match catch_unwind(AssertUnwindSafe(|| {
+        codec::decode_with::<T::Output>(payload, limit)
+    })) {
         Ok(Ok(output)) => Outcome::Completed(output),
         Ok(Err(e)) => Outcome::Failed(format!(
             "the worker's result could not be decoded: {}",
