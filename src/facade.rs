@@ -687,9 +687,10 @@ impl<T: Task> WorkingProcessFacade<T> {
 
     /// Gathers the submissions made until the guard is dropped into one
     /// wake of the engine, and none of them goes by the direct lane: for a
-    /// batch submitted in one go (a grinder's), which then reaches the
-    /// worker in one write rather than one task first and the rest a wake
-    /// later.
+    /// batch submitted in one go (a grinder's), so that a sleeping engine
+    /// and its worker wake once for the batch, not for its first task and
+    /// again for the rest. It holds for every submitter of this facade
+    /// while it is open (see `Outbox::gather`).
     pub(crate) fn gather(&self) -> Gather<'_, T> {
         self.tx.gather()
     }
