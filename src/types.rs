@@ -53,7 +53,7 @@ pub(crate) struct Mismatch {
 
 /// What a type's serde shape says about the lengths a decode of it reads
 /// from the bytes (of a string, a byte buffer, a sequence or a map): the
-/// lengths the codec's limit exists for (`codec::decode_trusting`).
+/// lengths the codec's limit exists for (`codec::Limit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lengths {
     /// None, and the shape is std's types alone (integers, floats, `bool`,
@@ -71,8 +71,10 @@ pub(crate) enum Lengths {
 impl Lengths {
     /// The limit for bytes that this program's own encoder made from a
     /// value of this type (a task, in its worker): none needed unless the
-    /// shape has lengths. A stale worker whose type differs in a way the
-    /// handshake's check did not see at worst aborts that worker.
+    /// shape has lengths. Only a `Deserialize` of the program's own that
+    /// reads other things on other bytes than on the tracer's could then
+    /// believe a length, and at worst abort that worker (a crash its
+    /// parent reports like any other).
     pub(crate) fn trusted(self) -> Limit {
         match self {
             Lengths::NoneInStd | Lengths::NoneTraced => Limit::Off,
