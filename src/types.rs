@@ -93,11 +93,18 @@ impl Lengths {
     }
 }
 
-/// One task type's signature, and the lengths of its task and output.
+/// The [`Lengths`] of a task type and of its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskLengths {
+    pub(crate) task: Lengths,
+    pub(crate) output: Lengths,
+}
+
+/// One task type's signature, and its lengths.
 #[derive(Clone)]
 struct Traced {
     signature: Arc<Signature>,
-    lengths: (Lengths, Lengths),
+    lengths: TaskLengths,
 }
 
 impl Signature {
@@ -109,7 +116,7 @@ impl Signature {
     /// What the shapes of `T` and its output say about their lengths (see
     /// [`Lengths`]), from the same trace as [`of`](Self::of): `Some` for
     /// both when `T::SHAPE_CHECK` is off.
-    pub(crate) fn lengths_of<T: Task>() -> (Lengths, Lengths) {
+    pub(crate) fn lengths_of<T: Task>() -> TaskLengths {
         traced::<T>().lengths
     }
 
@@ -197,7 +204,10 @@ fn traced<T: Task>() -> Traced {
             };
             Traced {
                 signature: Arc::new(Signature { task, output }),
-                lengths: (task_lengths, output_lengths),
+                lengths: TaskLengths {
+                    task: task_lengths,
+                    output: output_lengths,
+                },
             }
         })
         .clone()
@@ -216,12 +226,12 @@ fn shape_of<T: DeserializeOwned>() -> (TypeShape, Lengths) {
             text.push_str("; ");
             render_container(&mut text, name, container);
         }
-        let lengths = if !has_lengths(&root) && registry.is_empty() {
-            Lengths::NoneInStd
-        } else if !has_lengths(&root) && !registry.values().any(container_has_lengths) {
-            Lengths::NoneTraced
-        } else {
+        let lengths = if has_lengths(&root) || registry.values().any(container_has_lengths) {
             Lengths::Some
+        } else if registry.is_empty() {
+            Lengths::NoneInStd
+        } else {
+            Lengths::NoneTraced
         };
         Some((text, lengths))
     });
@@ -494,7 +504,10 @@ mod tests {
     fn lengths_are_found_at_any_depth_and_only_std_shapes_skip_the_limit_for_outputs() {
         assert_eq!(
             Signature::lengths_of::<Tiny>(),
-            (Lengths::NoneTraced, Lengths::NoneInStd)
+            TaskLengths {
+                task: Lengths::NoneTraced,
+                output: Lengths::NoneInStd
+            }
         );
         assert_eq!(Lengths::NoneTraced.trusted(), Limit::Off);
         assert_eq!(Lengths::NoneTraced.untrusted(), Limit::Input);
@@ -504,15 +517,22 @@ mod tests {
         // an enum's variant still counts.
         assert_eq!(
             Signature::lengths_of::<Deep>(),
-            (Lengths::Some, Lengths::NoneInStd)
+            TaskLengths {
+                task: Lengths::Some,
+                output: Lengths::NoneInStd
+            }
         );
         // Strings, sequences; an untraceable output; an unchecked type.
-        assert_eq!(Signature::lengths_of::<v1::Frame>().1, Lengths::Some);
-        assert_eq!(Signature::lengths_of::<v1::Frame>().0, Lengths::NoneTraced);
-        assert_eq!(Signature::lengths_of::<Shape>().1, Lengths::Some);
+        let frame = Signature::lengths_of::<v1::Frame>();
+        assert_eq!(frame.output, Lengths::Some);
+        assert_eq!(frame.task, Lengths::NoneTraced);
+        assert_eq!(Signature::lengths_of::<Shape>().output, Lengths::Some);
         assert_eq!(
             Signature::lengths_of::<Unchecked>(),
-            (Lengths::Some, Lengths::Some)
+            TaskLengths {
+                task: Lengths::Some,
+                output: Lengths::Some
+            }
         );
     }
 

@@ -321,7 +321,7 @@ where
     let mut look_ahead = LookAhead::new();
     // The parent encoded every task from a `T`: a type whose shape holds no
     // length is decoded without the codec's limit (see `types::Lengths`).
-    let limit = crate::types::Signature::lengths_of::<T>().0.trusted();
+    let limit = crate::types::Signature::lengths_of::<T>().task.trusted();
     // The task region, mapped now (its descriptor closed at once).
     let tasks = Tasks::open();
     // What the parent cancelled, seen ahead of the tasks it concerns.

@@ -265,6 +265,7 @@ impl<T: Task> Engine<T> {
                 handshaken: false,
             })
             .collect();
+        let lengths = crate::types::Signature::lengths_of::<T>();
         Ok(Engine {
             window: if n == 1 { WINDOW } else { SHARED_WINDOW },
             service: None,
@@ -290,7 +291,7 @@ impl<T: Task> Engine<T> {
             stderr: StderrQueue::default(),
             stderr_watch: StderrWatch::Idle,
             types: crate::types::Signature::of::<T>(),
-            output_limit: crate::types::Signature::lengths_of::<T>().1.untrusted(),
+            output_limit: lengths.output.untrusted(),
             progress: crate::progress::ProgressThread::default(),
             region,
             spans: spans::Spans::default(),
